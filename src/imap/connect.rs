@@ -1,0 +1,195 @@
+//! From a host name to a logged-in session with a selected mailbox.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_imap::imap_proto::{Response, Status};
+use tokio::net::TcpStream;
+
+use super::{deadline, ImapError, Io, Session};
+use crate::config::{Account, SecretSource, TlsMode};
+
+/// Everything needed to reach and log in to one account's server. Shared by its mailboxes.
+#[derive(Debug)]
+pub struct Endpoint {
+    /// Server host name; also the name the certificate must carry.
+    pub host: String,
+    /// Server port.
+    pub port: u16,
+    /// How the connection is secured.
+    pub tls: TlsMode,
+    /// Built once per account: roots plus the account's `ca_file`.
+    pub tls_config: Arc<rustls::ClientConfig>,
+    /// Login name.
+    pub username: String,
+    /// Resolved at every login, so a rotated password needs no restart.
+    pub secret: SecretSource,
+}
+
+impl Endpoint {
+    /// Builds the endpoint of a configured account (reads its `ca_file`).
+    pub fn from_account(a: &Account) -> Result<Endpoint, ImapError> {
+        Ok(Endpoint {
+            host: a.host.clone(),
+            port: a.port(),
+            tls: a.tls,
+            tls_config: super::tls::client_config(a.ca_file.as_deref())?,
+            username: a.username.clone(),
+            secret: a.secret(),
+        })
+    }
+}
+
+/// What SELECT told us.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Selected {
+    /// UIDVALIDITY: UIDs are only comparable while this stays the same.
+    pub uid_validity: u32,
+    /// UIDNEXT, when the server sent it.
+    pub uid_next: Option<u32>,
+    /// Messages in the mailbox.
+    pub exists: u32,
+}
+
+/// TCP connect with keepalive, TLS as configured, and the server greeting.
+pub async fn open(
+    ep: &Endpoint,
+    t: Duration,
+) -> Result<async_imap::Client<Box<dyn Io>>, ImapError> {
+    let addr = format!("{}:{}", ep.host, ep.port);
+    let tcp = match tokio::time::timeout(t, TcpStream::connect((ep.host.as_str(), ep.port))).await {
+        Ok(Ok(tcp)) => tcp,
+        Ok(Err(source)) => return Err(ImapError::Connect { addr, source }),
+        Err(_) => return Err(ImapError::Timeout("tcp connect")),
+    };
+    // Both are best effort: a socket that refuses them still works.
+    let _ = tcp.set_nodelay(true);
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(60))
+        .with_interval(Duration::from_secs(15))
+        .with_retries(4);
+    let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive);
+
+    match ep.tls {
+        TlsMode::None => {
+            let mut client = async_imap::Client::new(Box::new(tcp) as Box<dyn Io>);
+            read_greeting(&mut client, t).await?;
+            Ok(client)
+        }
+        TlsMode::Implicit => {
+            let tls = handshake(ep, tcp, t).await?;
+            let mut client = async_imap::Client::new(Box::new(tls) as Box<dyn Io>);
+            read_greeting(&mut client, t).await?;
+            Ok(client)
+        }
+        TlsMode::Starttls => {
+            let mut plain = async_imap::Client::new(tcp);
+            read_greeting(&mut plain, t).await?;
+            match tokio::time::timeout(t, plain.run_command_and_check_ok("STARTTLS", None)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(async_imap::error::Error::No(m) | async_imap::error::Error::Bad(m))) => {
+                    return Err(ImapError::StarttlsRefused(m));
+                }
+                Ok(Err(e)) => return Err(e.into()),
+                Err(_) => return Err(ImapError::Timeout("STARTTLS")),
+            }
+            // into_inner drops anything buffered after the OK: plaintext injected before the
+            // handshake must never be read as if it came over TLS.
+            let tls = handshake(ep, plain.into_inner(), t).await?;
+            // No greeting follows STARTTLS.
+            Ok(async_imap::Client::new(Box::new(tls) as Box<dyn Io>))
+        }
+    }
+}
+
+async fn handshake(
+    ep: &Endpoint,
+    tcp: TcpStream,
+    t: Duration,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ImapError> {
+    let name =
+        rustls::pki_types::ServerName::try_from(ep.host.clone()).map_err(|e| ImapError::Tls {
+            host: ep.host.clone(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
+        })?;
+    let connector = tokio_rustls::TlsConnector::from(ep.tls_config.clone());
+    match tokio::time::timeout(t, connector.connect(name, tcp)).await {
+        Ok(Ok(s)) => Ok(s),
+        Ok(Err(source)) => Err(ImapError::Tls {
+            host: ep.host.clone(),
+            source,
+        }),
+        Err(_) => Err(ImapError::Timeout("TLS handshake")),
+    }
+}
+
+async fn read_greeting<T: Io>(
+    client: &mut async_imap::Client<T>,
+    t: Duration,
+) -> Result<(), ImapError> {
+    let greeting = match tokio::time::timeout(t, client.read_response()).await {
+        Ok(Ok(Some(g))) => g,
+        Ok(Ok(None)) => return Err(ImapError::Closed("no greeting".into())),
+        Ok(Err(e)) => return Err(ImapError::Protocol(e.into())),
+        Err(_) => return Err(ImapError::Timeout("greeting")),
+    };
+    match greeting.parsed() {
+        Response::Data {
+            status: Status::Ok | Status::PreAuth,
+            ..
+        } => Ok(()),
+        Response::Data { outcome, .. } => Err(ImapError::Closed(
+            outcome
+                .information
+                .as_deref()
+                .unwrap_or("greeting refused")
+                .to_string(),
+        )),
+        _ => Err(ImapError::Closed("unexpected greeting".into())),
+    }
+}
+
+/// LOGIN with the account's password. A tagged NO is [`ImapError::Auth`]; a connection closed
+/// right after LOGIN (Dovecot at its process limit) is a retryable [`ImapError::Closed`].
+pub async fn login(
+    client: async_imap::Client<Box<dyn Io>>,
+    ep: &Endpoint,
+    t: Duration,
+) -> Result<Session, ImapError> {
+    let secret = ep.secret.resolve()?;
+    match tokio::time::timeout(t, client.login(&ep.username, secret.expose())).await {
+        Ok(Ok(session)) => Ok(session),
+        Ok(Err((async_imap::error::Error::No(m), _))) => Err(ImapError::Auth(m)),
+        Ok(Err((async_imap::error::Error::ConnectionLost, _))) => {
+            Err(ImapError::Closed("connection closed after LOGIN".into()))
+        }
+        // A BAD is a protocol problem, not a wrong password; the message never echoes the
+        // command, so the password cannot leak through it.
+        Ok(Err((e, _))) => Err(e.into()),
+        Err(_) => Err(ImapError::Timeout("login")),
+    }
+}
+
+/// SELECT the mailbox (read-write, so a later flag sync could work; we only ever PEEK).
+pub async fn select(
+    session: &mut Session,
+    mailbox: &str,
+    t: Duration,
+) -> Result<Selected, ImapError> {
+    let mb = match tokio::time::timeout(t, session.select(mailbox)).await {
+        Ok(Ok(mb)) => mb,
+        Ok(Err(async_imap::error::Error::No(m))) => return Err(ImapError::Select(m)),
+        Ok(Err(e)) => return Err(e.into()),
+        Err(_) => return Err(ImapError::Timeout("select")),
+    };
+    Ok(Selected {
+        uid_validity: mb.uid_validity.ok_or(ImapError::NoUidValidity)?,
+        uid_next: mb.uid_next,
+        exists: mb.exists,
+    })
+}
+
+/// LOGOUT, bounded; errors are irrelevant at this point.
+pub async fn logout(mut session: Session, t: Duration) {
+    let _ = deadline(t, "logout", session.logout()).await;
+}

@@ -1,0 +1,109 @@
+//! The IMAP side: TCP and TLS ([`tls`]), greeting, STARTTLS and login ([`connect`]), IDLE with
+//! its timers ([`idle`]) and `UID FETCH` ([`fetch`]).
+//!
+//! Nothing here knows about storage or metrics. Errors are classified by [`ImapError::kind`] and
+//! [`ImapError::is_auth`], never by their text.
+
+pub mod connect;
+pub mod fetch;
+pub mod idle;
+pub mod tls;
+
+use std::fmt;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::config::SecretError;
+
+/// Any byte stream a session can run over: TLS or, for loopback test servers, plain TCP.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + fmt::Debug {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + fmt::Debug> Io for T {}
+
+/// A logged-in IMAP session.
+pub type Session = async_imap::Session<Box<dyn Io>>;
+
+/// Why an IMAP step failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ImapError {
+    /// TCP connect failed.
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        /// host:port
+        addr: String,
+        /// The socket error.
+        source: std::io::Error,
+    },
+    /// The TLS handshake failed (bad certificate, wrong name, protocol error).
+    #[error("TLS handshake with {host} failed: {source}")]
+    Tls {
+        /// The server name checked.
+        host: String,
+        /// rustls' reason, wrapped in io::Error by tokio-rustls.
+        source: std::io::Error,
+    },
+    /// The server refused `STARTTLS`; we never continue in plaintext.
+    #[error("server refused STARTTLS ({0}); refusing to continue without TLS")]
+    StarttlsRefused(String),
+    /// The extra trust root could not be loaded.
+    #[error("{0}")]
+    CaFile(#[from] tls::CaFileError),
+    /// A step took longer than its deadline.
+    #[error("timed out: {0}")]
+    Timeout(&'static str),
+    /// The connection sent nothing for longer than `dead_after`.
+    #[error("connection silent for longer than the dead_after deadline")]
+    Dead,
+    /// The server rejected the credentials (tagged NO to LOGIN/AUTHENTICATE).
+    #[error("authentication failed: {0}")]
+    Auth(String),
+    /// The password could not be read.
+    #[error("password unavailable: {0}")]
+    Secret(#[from] SecretError),
+    /// The server said `* BYE` or closed the connection.
+    #[error("server closed the connection: {0}")]
+    Closed(String),
+    /// SELECT answered without UIDVALIDITY, so UIDs cannot be trusted.
+    #[error("server sent no UIDVALIDITY for the mailbox")]
+    NoUidValidity,
+    /// The server rejected SELECT (usually: the mailbox does not exist).
+    #[error("cannot select mailbox: {0}")]
+    Select(String),
+    /// Any other protocol or IO failure.
+    #[error("IMAP: {0}")]
+    Protocol(#[from] async_imap::error::Error),
+}
+
+impl ImapError {
+    /// A bounded label for metrics (`error_type`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ImapError::Connect { .. } => "connect",
+            ImapError::Tls { .. } | ImapError::StarttlsRefused(_) | ImapError::CaFile(_) => "tls",
+            ImapError::Timeout(_) => "timeout",
+            ImapError::Dead => "dead_connection",
+            ImapError::Auth(_) | ImapError::Secret(_) => "auth",
+            ImapError::Closed(_) => "closed",
+            ImapError::NoUidValidity | ImapError::Select(_) => "select",
+            ImapError::Protocol(async_imap::error::Error::Io(_))
+            | ImapError::Protocol(async_imap::error::Error::ConnectionLost) => "io",
+            ImapError::Protocol(_) => "protocol",
+        }
+    }
+
+    /// Credentials were refused or are missing: retry slowly, not on the network schedule.
+    pub fn is_auth(&self) -> bool {
+        matches!(self, ImapError::Auth(_) | ImapError::Secret(_))
+    }
+}
+
+/// Runs `fut` with a deadline, mapping expiry to [`ImapError::Timeout`].
+pub(crate) async fn deadline<T, E: Into<ImapError>>(
+    d: std::time::Duration,
+    what: &'static str,
+    fut: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, ImapError> {
+    match tokio::time::timeout(d, fut).await {
+        Ok(r) => r.map_err(Into::into),
+        Err(_) => Err(ImapError::Timeout(what)),
+    }
+}

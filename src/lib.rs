@@ -1,0 +1,30 @@
+//! idlesync: new mail in a web app the instant it reaches the mailbox.
+//!
+//! # Layout
+//! - [`config`]: the operator's TOML file, validation with file/line/key, secrets.
+//! - [`daemon`]: start-up and shutdown of the whole: store, publisher, admin listener, mailboxes.
+//! - [`supervisor`]: one task per (account, mailbox), restarts with backoff, panics caught.
+//! - [`mailbox`]: one connection's life: connect → select → catch up → idle ⇄ fetch → commit.
+//! - [`imap`]: TLS, login, IDLE with its timers, `UID FETCH`.
+//! - [`message`]: raw bytes → [`message::MessageRecord`] (pure).
+//! - [`store`]: migrations, sync state, the batch transaction, the outbox (PostgreSQL or SQLite).
+//! - [`event`]: the `email:sync` record (the web app's contract).
+//! - [`publish`]: drains the outbox to Redis or stdout.
+//! - [`status`] and [`metrics`]: mailbox states, metric names and handles.
+//! - [`admin`]: `/metrics`, `/healthz`, `/status`.
+
+pub mod admin;
+pub mod config;
+pub mod daemon;
+pub mod event;
+pub mod imap;
+pub mod mailbox;
+pub mod message;
+pub mod metrics;
+pub mod publish;
+pub mod status;
+pub mod store;
+pub mod supervisor;
+
+pub use config::Config;
+pub use daemon::{Daemon, DaemonError};

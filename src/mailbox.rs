@@ -1,0 +1,261 @@
+//! The per-mailbox state machine: connect → log in → select → catch up → idle ⇄ fetch.
+//!
+//! One call of [`run`] is one connection's life. It returns `Ok(())` only on shutdown; any
+//! error drops the connection and goes back to the supervisor, which decides when to call
+//! [`run`] again. Nothing here writes SQL or talks to Redis: batches go to the store, and the
+//! publisher is poked through a [`Notify`].
+
+use std::sync::Arc;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ImapTimers;
+use crate::event::{timestamp_now, RecordKind, SyncRecord};
+use crate::imap::connect::{self, Endpoint, Selected};
+use crate::imap::idle::{IdleEvent, IdleTimers};
+use crate::imap::{fetch, idle, ImapError, Session};
+use crate::message::{extract, ImapMeta, MessageRecord};
+use crate::status::{MailboxState, Reporter};
+use crate::store::{BatchTarget, Store, StoreError, SyncState};
+
+/// Everything one mailbox task needs. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct MailboxCtx {
+    /// The web app's account id.
+    pub account_id: String,
+    /// The account's address, for records.
+    pub email: String,
+    /// The mailbox watched.
+    pub mailbox: String,
+    /// Server and credentials, shared by the account's mailboxes.
+    pub endpoint: Arc<Endpoint>,
+    /// Protocol timers.
+    pub timers: ImapTimers,
+    /// Where batches go.
+    pub store: Store,
+    /// Poked after each commit that added an outbox record.
+    pub outbox: Arc<Notify>,
+    /// Status board, metrics and log, together.
+    pub reporter: Reporter,
+}
+
+/// Why a connection's life ended early.
+#[derive(Debug, thiserror::Error)]
+pub enum MailboxError {
+    /// The server side.
+    #[error(transparent)]
+    Imap(#[from] ImapError),
+    /// The database side.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl MailboxError {
+    /// A bounded label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            MailboxError::Imap(e) => e.kind(),
+            MailboxError::Store(e) => e.kind(),
+        }
+    }
+
+    /// Credentials refused: retry on the slow schedule.
+    pub fn is_auth(&self) -> bool {
+        matches!(self, MailboxError::Imap(e) if e.is_auth())
+    }
+}
+
+/// One connection's life. `Ok(())` means shutdown was requested and handled cleanly.
+pub async fn run(ctx: &MailboxCtx, cancel: &CancellationToken) -> Result<(), MailboxError> {
+    let t = ctx.timers.connect_timeout;
+    ctx.reporter.set_state(MailboxState::Connecting);
+    let Some(client) = until_cancelled(cancel, connect::open(&ctx.endpoint, t)).await? else {
+        return Ok(());
+    };
+    ctx.reporter.set_state(MailboxState::Authenticating);
+    let Some(mut session) =
+        until_cancelled(cancel, connect::login(client, &ctx.endpoint, t)).await?
+    else {
+        return Ok(());
+    };
+    ctx.reporter.set_state(MailboxState::Syncing);
+    let selected = connect::select(&mut session, &ctx.mailbox, t).await?;
+    let mut state = establish_epoch(ctx, selected).await?;
+    ctx.reporter.set_last_uid(state.last_uid);
+    fetch_new(ctx, &mut session, &mut state, None).await?;
+
+    let timers = IdleTimers {
+        renew: ctx.timers.idle_renew,
+        dead_after: ctx.timers.dead_after,
+        done_timeout: ctx.timers.done_timeout,
+    };
+    while !cancel.is_cancelled() {
+        ctx.reporter.set_state(MailboxState::Idling);
+        let (s, event) = idle::idle(session, timers, cancel).await?;
+        session = s;
+        match event {
+            IdleEvent::NewMail { at } => {
+                ctx.reporter.set_state(MailboxState::Fetching);
+                fetch_new(ctx, &mut session, &mut state, Some(at)).await?;
+            }
+            IdleEvent::Changed | IdleEvent::Renew => {}
+            IdleEvent::Shutdown => break,
+        }
+    }
+    ctx.reporter.set_state(MailboxState::Stopping);
+    connect::logout(session, ctx.timers.done_timeout).await;
+    Ok(())
+}
+
+/// `None` when shutdown was requested first.
+async fn until_cancelled<T>(
+    cancel: &CancellationToken,
+    fut: impl std::future::Future<Output = Result<T, ImapError>>,
+) -> Result<Option<T>, ImapError> {
+    tokio::select! {
+        r = fut => r.map(Some),
+        _ = cancel.cancelled() => Ok(None),
+    }
+}
+
+/// Loads the sync state, starting a new epoch when the mailbox is new or its UIDVALIDITY
+/// changed (then a `mailboxReset` record is announced).
+async fn establish_epoch(ctx: &MailboxCtx, sel: Selected) -> Result<SyncState, StoreError> {
+    let known = ctx.store.sync_state(&ctx.account_id, &ctx.mailbox).await?;
+    match known {
+        Some(s) if s.uidvalidity == sel.uid_validity => Ok(s),
+        Some(old) => {
+            tracing::warn!(
+                old = old.uidvalidity,
+                new = sel.uid_validity,
+                "UIDVALIDITY changed: resyncing the mailbox; rows of the old epoch are kept under their uidvalidity"
+            );
+            let record = SyncRecord {
+                account_id: &ctx.account_id,
+                email_address: &ctx.email,
+                count: 0,
+                timestamp: timestamp_now(),
+                kind: RecordKind::MailboxReset,
+                mailbox: &ctx.mailbox,
+                uid_validity: sel.uid_validity,
+                uids: &[],
+            }
+            .to_json();
+            ctx.store
+                .start_epoch(
+                    &ctx.account_id,
+                    &ctx.mailbox,
+                    sel.uid_validity,
+                    Some(&record),
+                )
+                .await?;
+            ctx.outbox.notify_one();
+            Ok(SyncState {
+                uidvalidity: sel.uid_validity,
+                last_uid: 0,
+            })
+        }
+        None => {
+            ctx.store
+                .start_epoch(&ctx.account_id, &ctx.mailbox, sel.uid_validity, None)
+                .await?;
+            Ok(SyncState {
+                uidvalidity: sel.uid_validity,
+                last_uid: 0,
+            })
+        }
+    }
+}
+
+/// Fetches everything above `state.last_uid` and commits it in batches. What was stored before
+/// an error stays stored and counted; the rest is fetched again on the next connection.
+async fn fetch_new(
+    ctx: &MailboxCtx,
+    session: &mut Session,
+    state: &mut SyncState,
+    exists_at: Option<Instant>,
+) -> Result<(), MailboxError> {
+    let exists_at_us = exists_at.map(unix_micros);
+    let item_timeout = ctx.timers.dead_after;
+    let from = state.last_uid;
+    let mut stream = fetch::new_since(session, from, ctx.timers.connect_timeout).await?;
+    let mut batch: Vec<MessageRecord> = Vec::new();
+    let outcome = loop {
+        match fetch::next(&mut stream, item_timeout).await {
+            Ok(Some(f)) => {
+                let Some(uid) = fetch::new_uid(&f, from) else {
+                    continue;
+                };
+                let meta = ImapMeta {
+                    uid,
+                    flags: fetch::flags_text(&f),
+                    internal_date_ms: fetch::internal_date_ms(&f),
+                    size: f.size,
+                };
+                batch.push(extract(f.body().unwrap_or_default(), &meta));
+                if batch.len() >= ctx.timers.fetch_batch {
+                    commit(ctx, state, &mut batch, exists_at_us).await?;
+                }
+            }
+            Ok(None) => break Ok(()),
+            Err(e) => break Err(e),
+        }
+    };
+    drop(stream);
+    commit(ctx, state, &mut batch, exists_at_us).await?;
+    outcome.map_err(Into::into)
+}
+
+async fn commit(
+    ctx: &MailboxCtx,
+    state: &mut SyncState,
+    batch: &mut Vec<MessageRecord>,
+    exists_at_us: Option<i64>,
+) -> Result<(), StoreError> {
+    let Some(new_last) = batch.iter().map(|m| m.uid).max() else {
+        return Ok(());
+    };
+    let target = BatchTarget {
+        account_id: &ctx.account_id,
+        mailbox: &ctx.mailbox,
+        uidvalidity: state.uidvalidity,
+    };
+    let inserted = ctx
+        .store
+        .commit_batch(target, batch, new_last, exists_at_us, |uids| {
+            SyncRecord {
+                account_id: &ctx.account_id,
+                email_address: &ctx.email,
+                count: uids.len(),
+                timestamp: timestamp_now(),
+                kind: RecordKind::NewMail,
+                mailbox: &ctx.mailbox,
+                uid_validity: state.uidvalidity,
+                uids,
+            }
+            .to_json()
+        })
+        .await?;
+    state.last_uid = state.last_uid.max(new_last);
+    ctx.reporter.set_last_uid(state.last_uid);
+    if !inserted.is_empty() {
+        ctx.outbox.notify_one();
+        let newest = batch.iter().filter_map(|m| m.received_at_ms).max();
+        ctx.reporter.metrics.stored(inserted.len() as u64, newest);
+        tracing::info!(
+            count = inserted.len(),
+            last_uid = state.last_uid,
+            "stored new messages"
+        );
+    }
+    batch.clear();
+    Ok(())
+}
+
+/// An `Instant` in the past as Unix microseconds (for the cross-task latency histogram).
+fn unix_micros(at: Instant) -> i64 {
+    let ago = i64::try_from(at.elapsed().as_micros()).unwrap_or(0);
+    chrono::Utc::now().timestamp_micros() - ago
+}
