@@ -92,8 +92,10 @@ pub async fn run(ctx: &MailboxCtx, cancel: &CancellationToken) -> Result<(), Mai
         done_timeout: ctx.timers.done_timeout,
     };
     while !cancel.is_cancelled() {
-        ctx.reporter.set_state(MailboxState::Idling);
-        let (s, event) = idle::idle(session, timers, cancel).await?;
+        let (s, event) = idle::idle(session, timers, cancel, || {
+            ctx.reporter.set_state(MailboxState::Idling)
+        })
+        .await?;
         session = s;
         match event {
             IdleEvent::NewMail { at } => {
@@ -241,9 +243,10 @@ async fn commit(
     state.last_uid = state.last_uid.max(new_last);
     ctx.reporter.set_last_uid(state.last_uid);
     if !inserted.is_empty() {
-        ctx.outbox.notify_one();
         let newest = batch.iter().filter_map(|m| m.received_at_ms).max();
         ctx.reporter.metrics.stored(inserted.len() as u64, newest);
+        // After the counters, so a record is never seen before the metrics that explain it.
+        ctx.outbox.notify_one();
         tracing::info!(
             count = inserted.len(),
             last_uid = state.last_uid,

@@ -176,13 +176,14 @@ impl Reporter {
 
     /// The single place a state changes.
     pub fn set_state(&self, state: MailboxState) {
+        // Gauges first: whoever the board wakes sees metrics that agree with it.
+        self.metrics.state(state);
         let mut previous = state;
         self.board.update(&self.key, |s| {
             previous = s.state;
             s.state = state;
         });
         if previous != state {
-            self.metrics.state(state);
             tracing::debug!(
                 from = previous.as_str(),
                 to = state.as_str(),

@@ -50,13 +50,16 @@ pub enum IdleEvent {
 ///
 /// The session moves in and out by value: on error it is dropped, so a broken connection is
 /// never reused.
+/// `entered` runs once the server has accepted IDLE.
 pub async fn idle(
     session: Session,
     timers: IdleTimers,
     cancel: &CancellationToken,
+    entered: impl FnOnce(),
 ) -> Result<(Session, IdleEvent), ImapError> {
     let mut handle = session.idle();
     deadline(timers.done_timeout, "IDLE start", handle.init()).await?;
+    entered();
     let renew_at = Instant::now() + timers.renew;
 
     let event = {
@@ -70,7 +73,10 @@ pub async fn idle(
                 biased;
                 res = &mut fut => {
                     break match res? {
-                        IdleResponse::NewData(data) => classify(data.parsed())?,
+                        IdleResponse::NewData(data) => {
+                            tracing::debug!(response = ?data.parsed(), "IDLE: server news");
+                            classify(data.parsed())?
+                        }
                         IdleResponse::Timeout => return Err(ImapError::Dead),
                         IdleResponse::ManualInterrupt => match interrupted {
                             Some(ev) => ev,

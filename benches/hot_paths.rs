@@ -1,0 +1,174 @@
+//! Criterion benches of the hot paths: parse-and-extract, record encoding, and a 100-message batch
+//! commit on SQLite and PostgreSQL.
+//!
+//! `cargo bench --bench hot_paths`. PostgreSQL uses IDLESYNC_BENCH_PG (default
+//! postgres://postgres@127.0.0.1:5432/test) and creates, then drops, its own database.
+
+use std::hint::black_box;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use idlesync::config::StorageConfig;
+use idlesync::event::{timestamp_now, RecordKind, SyncRecord};
+use idlesync::message::{extract, ImapMeta};
+use idlesync::store::{BatchTarget, Store};
+
+/// A multipart message of about `size` bytes: text, HTML and a base64 attachment.
+fn message(size: usize) -> Vec<u8> {
+    let para = "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor. ";
+    let text_len = (size / 3).max(200);
+    let text: String = para.repeat(text_len / para.len() + 1)[..text_len].to_string();
+    let html = format!("<html><body><p>{}</p></body></html>", &text[..text_len / 2]);
+    let attach_len = size.saturating_sub(text_len + html.len() + 800);
+    let b64_line = "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNkZWZnaGlqa2xtbm9wcXJzdHV2d3h5ejAx\r\n";
+    let attachment = b64_line.repeat(attach_len / b64_line.len());
+    format!(
+        "From: \"Sender Name\" <sender@example.com>\r\nTo: a@example.com, \"B\" <b@example.com>\r\n\
+         Subject: =?utf-8?q?Quarterly_report_=E2=80=93_draft?=\r\nMessage-ID: <bench@example.com>\r\n\
+         Date: Tue, 14 Nov 2023 22:13:20 +0000\r\nMIME-Version: 1.0\r\n\
+         Content-Type: multipart/mixed; boundary=\"b1\"\r\n\r\n\
+         --b1\r\nContent-Type: multipart/alternative; boundary=\"b2\"\r\n\r\n\
+         --b2\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{text}\r\n\
+         --b2\r\nContent-Type: text/html; charset=utf-8\r\n\r\n{html}\r\n--b2--\r\n\
+         --b1\r\nContent-Type: application/pdf; name=\"r.pdf\"\r\nContent-Transfer-Encoding: base64\r\n\
+         Content-Disposition: attachment; filename=\"r.pdf\"\r\n\r\n{attachment}--b1--\r\n"
+    )
+    .into_bytes()
+}
+
+fn parse(c: &mut Criterion) {
+    let mut g = c.benchmark_group("parse_extract");
+    for (name, size) in [
+        ("2KB", 2 * 1024),
+        ("50KB", 50 * 1024),
+        ("5MB", 5 * 1024 * 1024),
+    ] {
+        let raw = message(size);
+        let meta = ImapMeta {
+            uid: 1,
+            flags: "\\Seen".into(),
+            internal_date_ms: Some(0),
+            size: None,
+        };
+        g.throughput(Throughput::Bytes(raw.len() as u64));
+        g.bench_with_input(BenchmarkId::from_parameter(name), &raw, |b, raw| {
+            b.iter(|| extract(black_box(raw), &meta))
+        });
+    }
+    g.finish();
+}
+
+fn encode(c: &mut Criterion) {
+    let uids: Vec<u32> = (1000..1010).collect();
+    c.bench_function("record_encode_10_uids", |b| {
+        b.iter(|| {
+            SyncRecord {
+                account_id: "abc123",
+                email_address: "joe@example.com",
+                count: uids.len(),
+                timestamp: timestamp_now(),
+                kind: RecordKind::NewMail,
+                mailbox: "INBOX",
+                uid_validity: 1,
+                uids: black_box(&uids),
+            }
+            .to_json()
+        })
+    });
+}
+
+fn batch_insert(c: &mut Criterion) {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let raw = message(10 * 1024);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut targets = vec![(
+        "sqlite",
+        StorageConfig {
+            url: format!("sqlite://{}", dir.path().join("bench.db").display()),
+            max_connections: 2,
+        },
+        None,
+    )];
+    let admin = std::env::var("IDLESYNC_BENCH_PG")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let pg_name = format!("idlesync_bench_{}", std::process::id());
+    match rt.block_on(pg_admin(&admin, &format!("CREATE DATABASE {pg_name}"))) {
+        Ok(()) => {
+            let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
+            targets.push((
+                "postgres",
+                StorageConfig {
+                    url: format!("{base}/{pg_name}"),
+                    max_connections: 2,
+                },
+                Some(pg_name.clone()),
+            ));
+        }
+        Err(e) => eprintln!("skipping PostgreSQL batch bench: {e}"),
+    }
+    let mut g = c.benchmark_group("batch_insert_100x10KB");
+    g.throughput(Throughput::Elements(100));
+    for (name, cfg, _) in &targets {
+        let store = rt.block_on(async {
+            let s = Store::connect(cfg).await.expect("connect");
+            s.migrate().await.expect("migrate");
+            s.start_epoch("bench", "INBOX", 1, None)
+                .await
+                .expect("epoch");
+            s
+        });
+        let next_uid = AtomicU32::new(1);
+        g.bench_function(*name, |b| {
+            b.iter(|| {
+                let first = next_uid.fetch_add(100, Ordering::Relaxed);
+                let batch: Vec<_> = (first..first + 100)
+                    .map(|uid| {
+                        extract(
+                            &raw,
+                            &ImapMeta {
+                                uid,
+                                ..ImapMeta::default()
+                            },
+                        )
+                    })
+                    .collect();
+                let target = BatchTarget {
+                    account_id: "bench",
+                    mailbox: "INBOX",
+                    uidvalidity: 1,
+                };
+                rt.block_on(
+                    store
+                        .commit_batch(target, &batch, first + 99, None, |u| format!("{}", u.len())),
+                )
+                .expect("commit")
+            })
+        });
+        rt.block_on(store.pool().close());
+    }
+    g.finish();
+    for (_, _, name) in targets {
+        if let Some(name) = name {
+            let _ = rt.block_on(pg_admin(
+                &admin,
+                &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+            ));
+        }
+    }
+}
+
+async fn pg_admin(url: &str, sql: &str) -> Result<(), sqlx::Error> {
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::any::AnyPoolOptions::new()
+        .max_connections(1)
+        .connect(url)
+        .await?;
+    sqlx::query(sqlx::AssertSqlSafe(sql.to_string()))
+        .execute(&pool)
+        .await?;
+    pool.close().await;
+    Ok(())
+}
+
+criterion_group!(benches, parse, encode, batch_insert);
+criterion_main!(benches);

@@ -1,0 +1,124 @@
+//! The README's first command: idlesync end to end on local defaults.
+//!
+//! Starts a throwaway Dovecot (implicit TLS, a `demo` user), writes an idlesync config for it
+//! (SQLite in a temp dir; Redis at 127.0.0.1:6379 when it answers, stdout otherwise), runs the
+//! daemon, delivers a few messages and prints each `email:sync` record as it arrives.
+//!
+//! `cargo run --example demo [-- N]` (N messages, default 5). Needs `dovecot-imapd` (the README's
+//! `scripts/demo` installs it).
+
+#[path = "../tests/common/dovecot.rs"]
+#[allow(dead_code)]
+mod dovecot;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use deadpool_redis::redis;
+use futures::StreamExt;
+use idlesync::{Config, Daemon};
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("idlesync=info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let n: u32 = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(5);
+
+    let dc = dovecot::Dovecot::start(&[("demo", "demo-password")]).context("starting Dovecot")?;
+    let dir = tempfile::tempdir()?;
+    let redis_url = "redis://127.0.0.1:6379";
+    let channel = "email:sync";
+    let redis_up = redis::Client::open(redis_url)?
+        .get_multiplexed_async_connection()
+        .await
+        .is_ok();
+    let toml = format!(
+        "[storage]\nurl = \"sqlite://{db}\"\n\n{redis}[metrics]\nlisten = \"127.0.0.1:0\"\n\n\
+         [[accounts]]\nid = \"demo-account\"\nemail = \"demo@example.test\"\nhost = \"127.0.0.1\"\n\
+         port = {port}\ntls = \"implicit\"\nusername = \"demo\"\npassword_env = \"DEMO_IMAP_PASSWORD\"\n\
+         mailboxes = [\"INBOX\"]\nca_file = \"{ca}\"\n",
+        db = dir.path().join("idlesync.db").display(),
+        redis = if redis_up {
+            format!("[redis]\nurl = \"{redis_url}\"\nchannel = \"{channel}\"\n\n")
+        } else {
+            String::new()
+        },
+        port = dc.imaps_port(),
+        ca = dc.ca_file().display(),
+    );
+    let config_path = dir.path().join("idlesync.toml");
+    std::fs::write(&config_path, &toml)?;
+    // The config names the variable, as an operator's would; set before the daemon starts.
+    std::env::set_var("DEMO_IMAP_PASSWORD", "demo-password");
+    eprintln!("config written to {}:\n{toml}", config_path.display());
+
+    let mut records = if redis_up {
+        let mut pubsub = redis::Client::open(redis_url)?.get_async_pubsub().await?;
+        pubsub.subscribe(channel).await?;
+        eprintln!(
+            "subscribed to Redis channel {channel}; records appear below as the web app sees them"
+        );
+        Some(pubsub.into_on_message())
+    } else {
+        eprintln!("Redis is not answering on {redis_url}: the daemon prints records on stdout");
+        None
+    };
+
+    let config = Config::load(Path::new(&config_path)).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let daemon = Daemon::start(config).await?;
+    eprintln!("admin listener: http://{}/metrics", daemon.admin_addr());
+    let idling = daemon
+        .board()
+        .wait_for(Duration::from_secs(20), |s| {
+            s.iter()
+                .all(|m| m.state == idlesync::status::MailboxState::Idling)
+        })
+        .await;
+    anyhow::ensure!(
+        idling,
+        "the mailbox did not reach IDLE: {:?}",
+        daemon.board().snapshot()
+    );
+
+    for i in 1..=n {
+        let subject = format!("Demo message {i}");
+        let raw = format!(
+            "From: Demo Sender <sender@example.test>\r\nTo: demo@example.test\r\nSubject: {subject}\r\n\r\nHello #{i}\r\n"
+        );
+        let sent = Instant::now();
+        let uid = dc.append("demo", "INBOX", raw.as_bytes()).await?;
+        eprintln!("delivered \"{subject}\" as UID {uid}");
+        if let Some(stream) = records.as_mut() {
+            let msg = tokio::time::timeout(Duration::from_secs(10), stream.next())
+                .await
+                .context("no record within 10 s")?
+                .context("Redis subscription closed")?;
+            let payload: String = msg.get_payload()?;
+            println!("{payload}");
+            eprintln!(
+                "  ↳ announced {} ms after APPEND",
+                sent.elapsed().as_millis()
+            );
+        } else {
+            // The daemon prints the record itself; wait until it has stored the message.
+            daemon
+                .board()
+                .wait_for(Duration::from_secs(10), |s| {
+                    s.iter().all(|m| m.last_uid >= Some(uid))
+                })
+                .await;
+        }
+    }
+    daemon.shutdown().await;
+    eprintln!("done: {n} messages stored and announced (the temp dir is removed now)");
+    Ok(())
+}

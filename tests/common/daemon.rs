@@ -1,0 +1,87 @@
+//! Starting the daemon in-process against test servers, from a real TOML config.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use idlesync::status::MailboxState;
+use idlesync::{Config, Daemon};
+
+/// One `[[accounts]]` entry for a test config.
+pub struct AccountSpec<'a> {
+    pub id: &'a str,
+    pub user: &'a str,
+    pub password: &'a str,
+    /// `implicit`, `starttls` or `none`
+    pub tls: &'a str,
+    pub port: u16,
+    pub mailboxes: &'a [&'a str],
+}
+
+/// A config file's text. `redis` is `(url, channel)`; without it records go to stdout.
+pub fn config_toml(
+    db_url: &str,
+    redis: Option<(&str, &str)>,
+    ca_file: &Path,
+    accounts: &[AccountSpec<'_>],
+) -> String {
+    let mut s = format!(
+        "[storage]\nurl = \"{db_url}\"\nmax_connections = 4\n\n\
+         [metrics]\nlisten = \"127.0.0.1:0\"\n\n\
+         [imap]\ndead_after = \"5m\"\nconnect_timeout = \"10s\"\n\n\
+         [backoff]\ninitial = \"100ms\"\nmax = \"2s\"\n\n"
+    );
+    if let Some((url, channel)) = redis {
+        s.push_str(&format!(
+            "[redis]\nurl = \"{url}\"\nchannel = \"{channel}\"\n\n"
+        ));
+    }
+    for a in accounts {
+        let mailboxes: Vec<String> = a.mailboxes.iter().map(|m| format!("\"{m}\"")).collect();
+        s.push_str(&format!(
+            "[[accounts]]\nid = \"{id}\"\nemail = \"{user}@example.test\"\nhost = \"127.0.0.1\"\nport = {port}\n\
+             tls = \"{tls}\"\nusername = \"{user}\"\npassword = \"{pw}\"\nmailboxes = [{mbs}]\nca_file = \"{ca}\"\n\n",
+            id = a.id,
+            user = a.user,
+            port = a.port,
+            tls = a.tls,
+            pw = a.password,
+            mbs = mailboxes.join(", "),
+            ca = AsRef::<Path>::as_ref(&ca_file).display(),
+        ));
+    }
+    s
+}
+
+/// Parses `toml` exactly as `idlesync run` would, and starts the daemon.
+pub async fn start(toml: &str) -> Result<Daemon> {
+    super::init_logs();
+    let config = Config::parse(Path::new("test.toml"), toml.as_bytes())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Daemon::start(config).await.context("daemon start")
+}
+
+/// Waits until `n` mailboxes are idling.
+pub async fn wait_idling(d: &Daemon, n: usize, timeout: Duration) -> Result<()> {
+    let ok = d
+        .board()
+        .wait_for(timeout, |s| {
+            s.iter().filter(|m| m.state == MailboxState::Idling).count() >= n
+        })
+        .await;
+    anyhow::ensure!(
+        ok,
+        "not all idling within {timeout:?}: {:?}",
+        d.board().snapshot()
+    );
+    Ok(())
+}
+
+/// A small RFC 5322 message with a recognisable subject.
+pub fn mail(subject: &str) -> Vec<u8> {
+    format!(
+        "From: Sender <sender@example.test>\r\nTo: rcpt@example.test\r\nSubject: {subject}\r\n\
+         Message-ID: <{subject}@example.test>\r\nDate: Tue, 14 Nov 2023 22:13:20 +0000\r\n\r\nBody of {subject}\r\n"
+    )
+    .into_bytes()
+}
