@@ -1,0 +1,139 @@
+//! Storage: migrations, sync state, the batch transaction and the outbox.
+//!
+//! One code path serves PostgreSQL and SQLite through `sqlx::Any`: the SQL is portable, times are
+//! Unix milliseconds, and the only dialect difference (identity columns) lives in two migration
+//! folders, `migrations/postgres` and `migrations/sqlite`, picked at run time. `$N` placeholders
+//! work on both.
+//!
+//! - [`messages`]: sync state and the batch transaction.
+//! - [`outbox`]: records waiting to be published.
+
+mod messages;
+mod outbox;
+
+pub use messages::{BatchTarget, SyncState};
+pub use outbox::OutboxRow;
+
+use std::time::Duration;
+
+use sqlx::any::AnyPoolOptions;
+use sqlx::AnyPool;
+
+use crate::config::StorageConfig;
+
+/// Database failures. All are retryable from a mailbox's point of view: it pauses without
+/// advancing `last_uid` and tries again.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Connecting, querying or committing failed.
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    /// A migration failed.
+    #[error("migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+impl StoreError {
+    /// A bounded label for metrics.
+    pub fn kind(&self) -> &'static str {
+        "database"
+    }
+}
+
+/// Which database is behind the pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// PostgreSQL.
+    Postgres,
+    /// SQLite.
+    Sqlite,
+}
+
+/// The pool plus which backend it talks to.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+/// Unix milliseconds now.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+impl Store {
+    /// Connects (creating a missing SQLite file) and sets SQLite up for concurrent writers.
+    pub async fn connect(cfg: &StorageConfig) -> Result<Store, StoreError> {
+        sqlx::any::install_default_drivers();
+        let backend = if cfg.url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else {
+            Backend::Postgres
+        };
+        let mut url = cfg.url.clone();
+        if backend == Backend::Sqlite && !url.contains("mode=") && !url.contains(":memory:") {
+            url.push_str(if url.contains('?') {
+                "&mode=rwc"
+            } else {
+                "?mode=rwc"
+            });
+        }
+        let mut opts = AnyPoolOptions::new()
+            .max_connections(cfg.max_connections)
+            .acquire_timeout(Duration::from_secs(10));
+        if backend == Backend::Sqlite {
+            opts = opts.after_connect(|conn, _| {
+                Box::pin(async move {
+                    // WAL lets the publisher read while a mailbox writes; NORMAL is durable
+                    // across a process crash (kill -9), which is what we need.
+                    sqlx::query("PRAGMA journal_mode = WAL")
+                        .execute(&mut *conn)
+                        .await?;
+                    sqlx::query("PRAGMA synchronous = NORMAL")
+                        .execute(&mut *conn)
+                        .await?;
+                    sqlx::query("PRAGMA busy_timeout = 10000")
+                        .execute(&mut *conn)
+                        .await?;
+                    Ok(())
+                })
+            });
+        }
+        let pool = opts.connect(&url).await?;
+        Ok(Store { pool, backend })
+    }
+
+    /// The backend behind this store.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The pool, for tests and tools that read the tables directly.
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// Applies the embedded migrations for this backend.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        match self.backend {
+            Backend::Postgres => {
+                sqlx::migrate!("migrations/postgres")
+                    .run(&self.pool)
+                    .await?
+            }
+            Backend::Sqlite => sqlx::migrate!("migrations/sqlite").run(&self.pool).await?,
+        }
+        Ok(())
+    }
+
+    /// Checks the database answers.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+}
+
+/// UIDs and UIDVALIDITY are u32 on the wire and BIGINT in the database.
+pub(crate) fn to_u32(v: i64) -> u32 {
+    u32::try_from(v).unwrap_or(0)
+}

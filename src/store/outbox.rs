@@ -1,0 +1,83 @@
+//! The outbox: records committed with their messages, waiting for the publisher.
+
+use sqlx::Row;
+
+use super::{now_ms, Store, StoreError};
+
+/// A record waiting in the outbox.
+#[derive(Debug, Clone)]
+pub struct OutboxRow {
+    /// Publication order.
+    pub id: i64,
+    /// For metric labels.
+    pub account_id: String,
+    /// For metric labels.
+    pub mailbox: String,
+    /// The JSON record.
+    pub payload: String,
+    /// When the EXISTS behind it was read (Unix µs), for the latency histogram.
+    pub exists_at_us: Option<i64>,
+    /// When it was committed (Unix ms).
+    pub created_at: i64,
+}
+
+impl Store {
+    /// The oldest records waiting, in publication order.
+    pub async fn outbox_pending(&self, limit: i64) -> Result<Vec<OutboxRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, account_id, mailbox, payload, exists_at_us, created_at FROM outbox ORDER BY id LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| OutboxRow {
+                id: r.get(0),
+                account_id: r.get(1),
+                mailbox: r.get(2),
+                payload: r.get(3),
+                exists_at_us: r.get(4),
+                created_at: r.get(5),
+            })
+            .collect())
+    }
+
+    /// Removes published records (everything up to and including `up_to_id`).
+    pub async fn outbox_delete_through(&self, up_to_id: i64) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM outbox WHERE id <= $1")
+            .bind(up_to_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Records waiting, and the age of the oldest in ms.
+    pub async fn outbox_depth(&self) -> Result<(i64, Option<i64>), StoreError> {
+        let row = sqlx::query("SELECT COUNT(*), MIN(created_at) FROM outbox")
+            .fetch_one(&self.pool)
+            .await?;
+        let oldest: Option<i64> = row.get(1);
+        Ok((row.get(0), oldest.map(|t| now_ms() - t)))
+    }
+}
+
+pub(super) async fn insert_outbox(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    account_id: &str,
+    mailbox: &str,
+    payload: &str,
+    exists_at_us: Option<i64>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO outbox (account_id, mailbox, payload, created_at, exists_at_us) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(account_id)
+    .bind(mailbox)
+    .bind(payload)
+    .bind(now_ms())
+    .bind(exists_at_us)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
