@@ -1,5 +1,11 @@
-//! The admin HTTP listener: `/metrics` (Prometheus text), `/healthz` (liveness) and `/status`
-//! (JSON per mailbox). Keep it on loopback or a private network.
+//! The admin HTTP listener. Keep it on loopback or a private network.
+//!
+//! - `/metrics`: Prometheus text.
+//! - `/healthz`: liveness; `ok` whenever the process answers.
+//! - `/readyz`: 200 when the storage answers and every mailbox is idling or in an expected
+//!   backoff ([`MailboxStatus::is_ready`]); 503 with the reasons otherwise.
+//! - `/status`: JSON, one object per mailbox ([`crate::status::MailboxStatus`]).
+//! - `/`: the same as a small HTML page that reloads itself every 5 s.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -12,7 +18,11 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::status::StatusBoard;
+use crate::status::{MailboxState, MailboxStatus, StatusBoard};
+use crate::store::Store;
+
+/// How long `/readyz` waits for the storage to answer.
+const STORAGE_PING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// What the handlers read.
 #[derive(Clone)]
@@ -21,6 +31,8 @@ pub struct AdminState {
     pub metrics: PrometheusHandle,
     /// Mailbox states.
     pub board: Arc<StatusBoard>,
+    /// Pinged by `/readyz`.
+    pub store: Store,
 }
 
 /// Serves until `cancel`.
@@ -41,7 +53,7 @@ pub async fn serve(listener: TcpListener, state: AdminState, cancel: Cancellatio
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(route(&req, &state)) }
+                async move { Ok::<_, Infallible>(route(&req, &state).await) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc);
@@ -53,21 +65,124 @@ pub async fn serve(listener: TcpListener, state: AdminState, cancel: Cancellatio
     }
 }
 
-fn route(req: &Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> {
+async fn route(req: &Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> {
     match req.uri().path() {
         "/metrics" => reply(
             StatusCode::OK,
             "text/plain; version=0.0.4",
-            state.metrics.render(),
+            // Per-mailbox series from the board, then the daemon-wide ones.
+            format!("{}{}", state.board.render_metrics(), state.metrics.render()),
         ),
         "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n".into()),
+        "/readyz" => match readiness(state).await {
+            Ok(()) => reply(StatusCode::OK, "text/plain", "ready\n".into()),
+            Err(reasons) => reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                format!("not ready\n{}", reasons.join("\n")),
+            ),
+        },
         "/status" => reply(
             StatusCode::OK,
             "application/json",
             serde_json::to_string(&state.board.snapshot()).unwrap_or_else(|_| "[]".into()),
         ),
+        "/" => reply(
+            StatusCode::OK,
+            "text/html; charset=utf-8",
+            status_page(&state.board.snapshot()),
+        ),
         _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
     }
+}
+
+/// `Ok` when ready; otherwise one line per reason.
+async fn readiness(state: &AdminState) -> Result<(), Vec<String>> {
+    let mut reasons = Vec::new();
+    match tokio::time::timeout(STORAGE_PING_TIMEOUT, state.store.ping()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => reasons.push(format!("storage: {}", e.kind())),
+        Err(_) => reasons.push("storage: no answer within 2 s".into()),
+    }
+    for m in state.board.snapshot() {
+        if !m.is_ready() {
+            reasons.push(format!("{}/{}: {}", m.account, m.mailbox, m.state.as_str()));
+        }
+    }
+    if reasons.is_empty() {
+        Ok(())
+    } else {
+        Err(reasons)
+    }
+}
+
+/// The HTML status page: one table row per mailbox, reloaded by the browser every 5 s.
+pub fn status_page(mailboxes: &[MailboxStatus]) -> String {
+    let idling = mailboxes
+        .iter()
+        .filter(|m| m.state == MailboxState::Idling)
+        .count();
+    let mut rows = String::new();
+    for m in mailboxes {
+        let opt = |v: Option<String>| v.map_or_else(|| "–".to_string(), |v| html_escape(&v));
+        rows.push_str(&format!(
+            "<tr class=\"mailbox\" data-account=\"{account}\" data-mailbox=\"{mailbox}\" \
+             data-state=\"{state}\"><td>{account}</td><td>{mailbox}</td>\
+             <td class=\"state {state}\">{state}</td><td>{since}</td><td>{uid}</td>\
+             <td>{last_msg}</td><td>{err}</td><td>{reconnects}</td><td>{retry}</td></tr>\n",
+            account = html_escape(&m.account),
+            mailbox = html_escape(&m.mailbox),
+            state = m.state.as_str(),
+            since = html_escape(&m.state_since),
+            uid = opt(m.last_uid.map(|u| u.to_string())),
+            last_msg = opt(m.last_message_at.clone()),
+            err = opt(m.last_error.map(str::to_string)),
+            reconnects = m.reconnects,
+            retry = opt(m.next_retry_at.clone()),
+        ));
+    }
+    format!(
+        r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta http-equiv="refresh" content="5">
+<title>idlesync status</title>
+<style>
+body {{ font: 14px system-ui, sans-serif; margin: 1.5em; color: #222; }}
+table {{ border-collapse: collapse; }}
+th, td {{ padding: .3em .8em; border-bottom: 1px solid #ddd; text-align: left; }}
+th {{ background: #f4f4f4; }}
+.state {{ font-weight: 600; }}
+.idling, .fetching {{ color: #17803d; }}
+.connecting, .authenticating, .syncing {{ color: #2b5fb4; }}
+.backoff {{ color: #b36b00; }}
+.auth_failed, .stopping {{ color: #c0262d; }}
+</style></head>
+<body>
+<h1>idlesync</h1>
+<p id="summary">{idling} of {total} mailboxes idling. This page reloads every 5 s; <a href="/status">JSON</a>, <a href="/metrics">metrics</a>.</p>
+<table id="mailboxes">
+<thead><tr><th>account</th><th>mailbox</th><th>state</th><th>since</th><th>last UID</th><th>last message</th><th>last error</th><th>reconnects</th><th>next retry</th></tr></thead>
+<tbody>
+{rows}</tbody></table>
+</body></html>
+"#,
+        total = mailboxes.len(),
+    )
+}
+
+fn html_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 fn reply(code: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
@@ -78,4 +193,35 @@ fn reply(code: StatusCode, content_type: &'static str, body: String) -> Response
         hyper::header::HeaderValue::from_static(content_type),
     );
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_escapes_names_and_lists_every_mailbox() {
+        let m = |account: &str, mailbox: &str, state| MailboxStatus {
+            account: account.into(),
+            mailbox: mailbox.into(),
+            state,
+            state_since: "2026-01-01T00:00:00.000Z".into(),
+            last_uid: Some(7),
+            last_message_at: None,
+            last_error: Some("tls"),
+            reconnects: 2,
+            next_retry_at: None,
+        };
+        let page = status_page(&[
+            m("a1", "INBOX", MailboxState::Idling),
+            m("a<2>", "Sent \"x\"", MailboxState::AuthFailed),
+        ]);
+        assert!(page.contains(r#"data-account="a1" data-mailbox="INBOX" data-state="idling""#));
+        assert!(
+            page.contains("a&lt;2&gt;") && !page.contains("a<2>"),
+            "{page}"
+        );
+        assert!(page.contains("Sent &quot;x&quot;"), "{page}");
+        assert!(page.contains("1 of 2 mailboxes idling"), "{page}");
+    }
 }

@@ -14,7 +14,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 
 /// The whole configuration file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Where messages, sync state and the outbox live.
@@ -31,19 +31,47 @@ pub struct Config {
     /// Reconnect schedule shared by every mailbox.
     #[serde(default)]
     pub backoff: BackoffConfig,
+    /// Bounds on the outbox.
+    #[serde(default)]
+    pub outbox: OutboxConfig,
+    /// How edits to this file are picked up while running.
+    #[serde(default)]
+    pub reload: ReloadConfig,
     /// The accounts to watch.
     #[serde(default)]
     pub accounts: Vec<Account>,
 }
 
 /// `[storage]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageConfig {
     /// `sqlite://PATH` (created when missing) or `postgres://user@host/db`.
     pub url: String,
     /// Upper bound on pooled database connections.
     pub max_connections: u32,
+    /// Whether the original message is kept (`db`) so the web app can always re-render it.
+    pub raw: RawRetention,
+    /// Raw messages larger than this many bytes are not kept (`raw` stays NULL).
+    pub raw_max_bytes: usize,
+    /// Attachment content larger than this many bytes (per part) is not stored; its metadata is.
+    pub attachment_max_bytes: usize,
+    /// Only the first this-many bytes of a message are fetched (`BODY.PEEK[]<0.N>`); a larger
+    /// message keeps its headers and is marked `truncated`.
+    pub max_message_size: usize,
+    /// Also join threads by normalized subject when no Message-ID links a message. Off by
+    /// default: unrelated mail often shares a subject ("Hello", "Invoice").
+    pub thread_by_subject: bool,
+}
+
+/// `storage.raw`: where the original RFC 5322 bytes go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RawRetention {
+    /// In the `message_raw` table, up to `raw_max_bytes`.
+    Db,
+    /// Not kept.
+    None,
 }
 
 impl Default for StorageConfig {
@@ -51,12 +79,17 @@ impl Default for StorageConfig {
         Self {
             url: "sqlite://idlesync.db".into(),
             max_connections: 8,
+            raw: RawRetention::Db,
+            raw_max_bytes: 50 * 1024 * 1024,
+            attachment_max_bytes: 10 * 1024 * 1024,
+            max_message_size: 50 * 1024 * 1024,
+            thread_by_subject: false,
         }
     }
 }
 
 /// `[redis]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
     /// `redis://host:port[/db]`.
@@ -64,14 +97,62 @@ pub struct RedisConfig {
     /// The Pub/Sub channel the web app's Socket.IO server subscribes to.
     #[serde(default = "default_channel")]
     pub channel: String,
+    /// Optional Redis Stream: each record is also XADDed here, so a consumer that was offline can
+    /// replay with a consumer group. PUBLISH stays for the live path.
+    pub stream: Option<String>,
+    /// Approximate MAXLEN of the stream (`XADD … MAXLEN ~ n`).
+    #[serde(default = "default_stream_maxlen")]
+    pub stream_maxlen: u64,
 }
 
 fn default_channel() -> String {
     "email:sync".into()
 }
 
+fn default_stream_maxlen() -> u64 {
+    100_000
+}
+
+/// `[reload]`: live reload of the account list (SIGHUP always works too).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReloadConfig {
+    /// How often the file's metadata is checked for a change (`"0s"` turns the watch off).
+    /// Checking the path, not an open handle, follows editors that save by rename.
+    #[serde(deserialize_with = "duration")]
+    pub watch_interval: Duration,
+}
+
+impl Default for ReloadConfig {
+    fn default() -> Self {
+        Self {
+            watch_interval: Duration::from_secs(2),
+        }
+    }
+}
+
+/// `[outbox]`: records waiting to be published while Redis is unreachable.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutboxConfig {
+    /// Records older than this are dropped (and counted) rather than kept forever.
+    #[serde(deserialize_with = "duration")]
+    pub retention: Duration,
+    /// At most this many records wait; the oldest beyond it are dropped (and counted).
+    pub max_records: u64,
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        Self {
+            retention: Duration::from_secs(7 * 24 * 3600),
+            max_records: 1_000_000,
+        }
+    }
+}
+
 /// `[metrics]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
     /// Address of the admin listener. Keep it on loopback or a private network.
@@ -87,7 +168,7 @@ impl Default for MetricsConfig {
 }
 
 /// `[imap]`: timers. Durations are human strings such as `"25m"` or `"15s"`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ImapTimers {
     /// Leave and re-enter IDLE after this long, whatever the server sends (RFC 2177: < 29 min).
@@ -104,6 +185,9 @@ pub struct ImapTimers {
     pub connect_timeout: Duration,
     /// Most messages committed in one transaction (and announced in one record).
     pub fetch_batch: usize,
+    /// New connections per second to one host, across all its mailboxes, so that a start-up
+    /// or a server restart does not log in a thousand mailboxes in the same second.
+    pub connects_per_second: u32,
 }
 
 impl Default for ImapTimers {
@@ -114,12 +198,13 @@ impl Default for ImapTimers {
             done_timeout: Duration::from_secs(15),
             connect_timeout: Duration::from_secs(30),
             fetch_batch: 500,
+            connects_per_second: 20,
         }
     }
 }
 
 /// `[backoff]`: the reconnect schedule (exponential with jitter, by the backon crate).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BackoffConfig {
     /// First delay after a failure.
@@ -160,7 +245,7 @@ pub enum TlsMode {
 }
 
 /// One `[[accounts]]` entry.
-#[derive(Clone, Deserialize)]
+#[derive(Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Account {
     /// The web app's account id, sent as `accountId`.
@@ -180,8 +265,21 @@ pub struct Account {
     pub password_env: Option<String>,
     /// Path of a file holding the password (trailing newline ignored).
     pub password_file: Option<PathBuf>,
+    /// A command (run by `sh -c`) whose stdout, trimmed, is the password. Run at each login.
+    pub password_command: Option<String>,
     /// The password itself. Prefer `password_env` or `password_file`.
     pub password: Option<String>,
+    /// `password` (LOGIN), `xoauth2` or `oauthbearer` (SASL). Defaults to `xoauth2` when
+    /// `oauth2_token_command` is set, else `password`.
+    pub auth: Option<AuthMethod>,
+    /// A command (run by `sh -c`) printing an OAuth2 access token, bare or as JSON
+    /// `{"access_token": "...", "expires_in": N}`. Cached per account until shortly before
+    /// `expires_in` runs out, or until the server refuses it.
+    pub oauth2_token_command: Option<String>,
+    /// Allow `tls = "none"` to a host that is not loopback. The password then crosses the
+    /// network in clear text.
+    #[serde(default)]
+    pub allow_insecure: bool,
     /// Mailboxes to watch, one IDLE connection each.
     pub mailboxes: Vec<String>,
     /// Extra PEM trust root, for servers with a private CA.
@@ -190,6 +288,29 @@ pub struct Account {
 
 fn default_tls() -> TlsMode {
     TlsMode::Implicit
+}
+
+/// How an account logs in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMethod {
+    /// IMAP `LOGIN` with a password.
+    Password,
+    /// SASL `XOAUTH2` (Gmail, Microsoft 365) with a token from `oauth2_token_command`.
+    Xoauth2,
+    /// SASL `OAUTHBEARER` (RFC 7628) with a token from `oauth2_token_command`.
+    Oauthbearer,
+}
+
+/// Whether `host` is a loopback name or address (`localhost`, 127.0.0.0/8, `::1`), without
+/// resolving anything.
+pub fn is_loopback_host(host: &str) -> bool {
+    let h = host.trim_end_matches('.');
+    h.eq_ignore_ascii_case("localhost")
+        || h.trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.to_canonical().is_loopback())
 }
 
 impl fmt::Debug for Account {
@@ -203,7 +324,17 @@ impl fmt::Debug for Account {
             .field("username", &self.username)
             .field("password_env", &self.password_env)
             .field("password_file", &self.password_file)
+            .field(
+                "password_command",
+                &self.password_command.as_ref().map(|_| "<redacted>"),
+            )
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("auth", &self.auth)
+            .field(
+                "oauth2_token_command",
+                &self.oauth2_token_command.as_ref().map(|_| "<redacted>"),
+            )
+            .field("allow_insecure", &self.allow_insecure)
             .field("mailboxes", &self.mailboxes)
             .field("ca_file", &self.ca_file)
             .finish()
@@ -219,79 +350,31 @@ impl Account {
         })
     }
 
-    /// Where the password comes from. Validation guarantees exactly one source.
+    /// How the account logs in, with the default applied.
+    pub fn auth_method(&self) -> AuthMethod {
+        self.auth.unwrap_or(if self.oauth2_token_command.is_some() {
+            AuthMethod::Xoauth2
+        } else {
+            AuthMethod::Password
+        })
+    }
+
+    /// Where the password comes from. Validation guarantees exactly one source when the
+    /// account logs in with a password.
     pub fn secret(&self) -> SecretSource {
         if let Some(var) = &self.password_env {
             SecretSource::Env(var.clone())
         } else if let Some(path) = &self.password_file {
             SecretSource::File(path.clone())
+        } else if let Some(cmd) = &self.password_command {
+            SecretSource::Command(cmd.clone())
         } else {
-            SecretSource::Inline(Secret(self.password.clone().unwrap_or_default()))
+            SecretSource::Inline(Secret::new(self.password.clone().unwrap_or_default()))
         }
     }
 }
 
-/// A password or token. Its `Debug` and `Display` never show the value.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// The value, for the one place that sends it to the server.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(<redacted>)")
-    }
-}
-
-/// Where a secret is read from; resolved at each connect, so rotating it needs no restart.
-#[derive(Debug, Clone)]
-pub enum SecretSource {
-    /// An environment variable.
-    Env(String),
-    /// A file; its trailing newline is dropped.
-    File(PathBuf),
-    /// Written in the config file.
-    Inline(Secret),
-}
-
-/// A secret source that could not be read. Never carries the secret itself.
-#[derive(Debug, thiserror::Error)]
-pub enum SecretError {
-    /// The environment variable is not set (or not UTF-8).
-    #[error("environment variable {0} is not set")]
-    EnvMissing(String),
-    /// The file could not be read.
-    #[error("cannot read password file {path}: {source}")]
-    File {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-}
-
-impl SecretSource {
-    /// Reads the secret now.
-    pub fn resolve(&self) -> Result<Secret, SecretError> {
-        match self {
-            SecretSource::Env(var) => std::env::var(var)
-                .map(Secret)
-                .map_err(|_| SecretError::EnvMissing(var.clone())),
-            SecretSource::File(path) => std::fs::read_to_string(path)
-                .map(|s| Secret(s.trim_end_matches(['\r', '\n']).to_string()))
-                .map_err(|source| SecretError::File {
-                    path: path.clone(),
-                    source,
-                }),
-            SecretSource::Inline(secret) => Ok(secret.clone()),
-        }
-    }
-}
+pub use crate::secrets::{Secret, SecretError, SecretSource};
 
 /// A config problem, located in the file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -349,76 +432,38 @@ enum Seg<'a> {
 impl Config {
     /// Reads and validates `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
-        let bytes = std::fs::read(path).map_err(|e| {
-            ConfigErrors(vec![ConfigError {
-                file: path.to_path_buf(),
-                line: None,
-                key: String::new(),
-                message: format!("cannot read: {e}"),
-            }])
-        })?;
-        Self::parse(path, &bytes)
+        Self::parse(path, &read_file(path)?)
     }
 
-    /// Parses and validates the bytes of a config file named `path`.
+    /// Parses and validates the bytes of a config file named `path`. Never panics, whatever
+    /// the bytes (not UTF-8, a byte-order mark, deep nesting, megabytes).
     pub fn parse(path: &Path, bytes: &[u8]) -> Result<Config, ConfigErrors> {
-        let located = |line, key: String, message: String| ConfigError {
-            file: path.to_path_buf(),
-            line,
-            key,
-            message,
-        };
-        let text = std::str::from_utf8(bytes).map_err(|e| {
-            let line = bytes[..e.valid_up_to()]
-                .iter()
-                .filter(|b| **b == b'\n')
-                .count()
-                + 1;
-            ConfigErrors(vec![located(
-                Some(line),
-                String::new(),
-                "the file is not valid UTF-8".into(),
-            )])
-        })?;
-        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+        let text = decode(path, bytes)?;
         let config: Config = toml::from_str(text).map_err(|e| {
-            let line = e.span().map(|s| line_of(text, s.start));
-            ConfigErrors(vec![located(
-                line,
-                key_of_error(text, &e),
-                e.message().trim().to_string(),
-            )])
+            let at = e.span().map(|s| s.start);
+            let named = key_of_error(text, &e);
+            let key = at
+                .and_then(|offset| key_at(text, offset, &named))
+                .unwrap_or(named);
+            ConfigErrors(vec![ConfigError {
+                file: path.to_path_buf(),
+                line: at.map(|offset| line_of(text, offset)),
+                key,
+                message: e.message().trim().to_string(),
+            }])
         })?;
         let problems = config.validate();
         if problems.is_empty() {
             return Ok(config);
         }
-        let tree = toml::de::DeTable::parse(text).ok();
-        Err(ConfigErrors(
-            problems
-                .into_iter()
-                .map(|(path_segs, message)| {
-                    let line = tree.as_ref().and_then(|t| {
-                        let root = toml::de::DeValue::Table(t.get_ref().clone());
-                        span_of(&root, &path_segs).map(|start| line_of(text, start))
-                    });
-                    located(line, render_key(&path_segs), message)
-                })
-                .collect(),
-        ))
+        Err(ConfigErrors(locate(path, text, problems)))
     }
 
     /// Semantic checks after parsing. Returns (key path, message) pairs.
     fn validate(&self) -> Vec<(Vec<Seg<'static>>, String)> {
         let mut out = Vec::new();
-        if !self.storage.url.starts_with("sqlite:")
-            && !self.storage.url.starts_with("postgres://")
-            && !self.storage.url.starts_with("postgresql://")
-        {
-            out.push((
-                vec![Seg::Key("storage"), Seg::Key("url")],
-                "must start with sqlite: or postgres://".into(),
-            ));
+        if let Some(problem) = storage_url_problem(&self.storage.url) {
+            out.push((vec![Seg::Key("storage"), Seg::Key("url")], problem));
         }
         if self.storage.max_connections == 0 {
             out.push((
@@ -426,12 +471,18 @@ impl Config {
                 "must be at least 1".into(),
             ));
         }
+        // An IMAP partial fetch (`BODY.PEEK[]<0.N>`) takes a 32-bit N.
+        if self.storage.max_message_size < 1024
+            || u32::try_from(self.storage.max_message_size).is_err()
+        {
+            out.push((
+                vec![Seg::Key("storage"), Seg::Key("max_message_size")],
+                "must be between 1024 and 4294967295 bytes".into(),
+            ));
+        }
         if let Some(redis) = &self.redis {
-            if !redis.url.starts_with("redis://") && !redis.url.starts_with("rediss://") {
-                out.push((
-                    vec![Seg::Key("redis"), Seg::Key("url")],
-                    "must start with redis:// or rediss://".into(),
-                ));
+            if let Some(problem) = redis_url_problem(&redis.url) {
+                out.push((vec![Seg::Key("redis"), Seg::Key("url")], problem));
             }
             if redis.channel.is_empty() {
                 out.push((
@@ -456,6 +507,12 @@ impl Config {
                 out.push((vec![Seg::Key("imap"), Seg::Key(key)], "must be > 0".into()));
             }
         }
+        if t.connects_per_second == 0 {
+            out.push((
+                vec![Seg::Key("imap"), Seg::Key("connects_per_second")],
+                "must be at least 1".into(),
+            ));
+        }
         if t.fetch_batch == 0 {
             out.push((
                 vec![Seg::Key("imap"), Seg::Key("fetch_batch")],
@@ -477,8 +534,28 @@ impl Config {
             } else if !ids.insert(a.id.as_str()) {
                 out.push((at("id"), format!("duplicate account id {:?}", a.id)));
             }
+            if a.email.trim().is_empty() {
+                out.push((at("email"), "must not be empty".into()));
+            }
             if a.host.trim().is_empty() {
                 out.push((at("host"), "must not be empty".into()));
+            } else if a.host.trim() != a.host
+                || rustls::pki_types::ServerName::try_from(a.host.as_str()).is_err()
+            {
+                out.push((
+                    at("host"),
+                    format!("{:?} is not a valid host name or IP address", a.host),
+                ));
+            }
+            if a.tls == TlsMode::None && !a.allow_insecure && !is_loopback_host(&a.host) {
+                out.push((
+                    at("tls"),
+                    format!(
+                        "\"none\" sends the password in clear text; refused for {:?}, which is not \
+                         loopback (use implicit or starttls, or set allow_insecure = true)",
+                        a.host
+                    ),
+                ));
             }
             if a.port == Some(0) {
                 out.push((at("port"), "must be 1-65535".into()));
@@ -486,21 +563,56 @@ impl Config {
             if a.username.is_empty() {
                 out.push((at("username"), "must not be empty".into()));
             }
-            let sources = [
-                a.password_env.is_some(),
-                a.password_file.is_some(),
-                a.password.is_some(),
+            let sources: Vec<&'static str> = [
+                ("password_env", a.password_env.is_some()),
+                ("password_file", a.password_file.is_some()),
+                ("password_command", a.password_command.is_some()),
+                ("password", a.password.is_some()),
             ]
             .iter()
-            .filter(|s| **s)
-            .count();
-            if sources != 1 {
-                out.push((
-                    at("password_env"),
-                    format!(
-                        "exactly one of password_env, password_file, password is needed ({sources} given)"
-                    ),
-                ));
+            .filter(|(_, given)| *given)
+            .map(|(key, _)| *key)
+            .collect();
+            match a.auth_method() {
+                AuthMethod::Password => {
+                    if sources.len() != 1 {
+                        out.push((
+                            sources.get(1).map_or_else(
+                                || vec![Seg::Key("accounts"), Seg::Index(i)],
+                                |k| at(k),
+                            ),
+                            format!(
+                                "exactly one of password_env, password_file, password_command, \
+                                 password is needed ({} given)",
+                                sources.len()
+                            ),
+                        ));
+                    }
+                    if a.oauth2_token_command.is_some() {
+                        out.push((
+                            at("oauth2_token_command"),
+                            "needs auth = \"xoauth2\" or \"oauthbearer\"".into(),
+                        ));
+                    }
+                }
+                AuthMethod::Xoauth2 | AuthMethod::Oauthbearer => {
+                    if a.oauth2_token_command.is_none() {
+                        out.push((at("auth"), "OAuth2 needs oauth2_token_command".into()));
+                    }
+                    if let Some(k) = sources.first() {
+                        out.push((at(k), "not used with OAuth2; remove it".into()));
+                    }
+                }
+            }
+            for key in ["password_command", "oauth2_token_command"] {
+                let cmd = if key == "password_command" {
+                    &a.password_command
+                } else {
+                    &a.oauth2_token_command
+                };
+                if cmd.as_ref().is_some_and(|c| c.trim().is_empty()) {
+                    out.push((at(key), "must not be empty".into()));
+                }
             }
             if a.mailboxes.is_empty() {
                 out.push((at("mailboxes"), "must list at least one mailbox".into()));
@@ -539,19 +651,46 @@ impl Config {
         out
     }
 
-    /// Resolves every account's secret once, to report missing env vars or files up front.
+    /// Checks every account's secret source once: env vars and files are read, commands'
+    /// programs looked up (not run). Returns (key path, message) pairs.
+    fn secret_problems(&self) -> Vec<(Vec<Seg<'static>>, String)> {
+        let mut out = Vec::new();
+        for (i, a) in self.accounts.iter().enumerate() {
+            let at = |key: &'static str| vec![Seg::Key("accounts"), Seg::Index(i), Seg::Key(key)];
+            let result = match (a.auth_method(), &a.oauth2_token_command) {
+                (AuthMethod::Xoauth2 | AuthMethod::Oauthbearer, Some(cmd)) => {
+                    crate::secrets::OAuth2Token::new(cmd.clone())
+                        .check()
+                        .map_err(|e| (at("oauth2_token_command"), e))
+                }
+                _ => {
+                    let key = match a.secret() {
+                        SecretSource::Env(_) => "password_env",
+                        SecretSource::File(_) => "password_file",
+                        SecretSource::Command(_) => "password_command",
+                        SecretSource::Inline(_) => "password",
+                    };
+                    a.secret().check().map_err(|e| (at(key), e))
+                }
+            };
+            if let Err((key, e)) = result {
+                out.push((key, e.to_string()));
+            }
+        }
+        out
+    }
+
+    /// Checks every account's secret source once, to report missing env vars, files or
+    /// programs up front (without line numbers; [`Config::check_file`] has them).
     pub fn check_secrets(&self, file: &Path) -> Result<(), ConfigErrors> {
         let errs: Vec<ConfigError> = self
-            .accounts
-            .iter()
-            .enumerate()
-            .filter_map(|(i, a)| {
-                a.secret().resolve().err().map(|e| ConfigError {
-                    file: file.to_path_buf(),
-                    line: None,
-                    key: format!("accounts[{i}]"),
-                    message: e.to_string(),
-                })
+            .secret_problems()
+            .into_iter()
+            .map(|(key, message)| ConfigError {
+                file: file.to_path_buf(),
+                line: None,
+                key: render_key(&key),
+                message,
             })
             .collect();
         if errs.is_empty() {
@@ -561,14 +700,157 @@ impl Config {
         }
     }
 
-    /// Warnings that do not stop the daemon.
+    /// Warnings that do not stop the daemon: (key path, message).
+    fn warning_problems(&self) -> Vec<(Vec<Seg<'static>>, String)> {
+        let mut out = Vec::new();
+        if self.accounts.is_empty() {
+            out.push((
+                vec![Seg::Key("accounts")],
+                "no [[accounts]]: nothing to watch".to_string(),
+            ));
+        }
+        // Gmail and Microsoft 365 refuse more than about 15 simultaneous IMAP connections
+        // per user, across every client.
+        let mut per_login: std::collections::BTreeMap<(String, &str), (usize, usize)> =
+            std::collections::BTreeMap::new();
+        for (i, a) in self.accounts.iter().enumerate() {
+            if a.password.is_some() {
+                out.push((
+                    vec![Seg::Key("accounts"), Seg::Index(i), Seg::Key("password")],
+                    "the password is written inline; prefer password_env, password_file or \
+                     password_command"
+                        .to_string(),
+                ));
+            }
+            let e = per_login
+                .entry((a.host.to_ascii_lowercase(), a.username.as_str()))
+                .or_insert((i, 0));
+            e.1 += a.mailboxes.len();
+        }
+        for ((host, user), (first, n)) in per_login {
+            if n > MAX_CONNECTIONS_PER_LOGIN {
+                out.push((
+                    vec![
+                        Seg::Key("accounts"),
+                        Seg::Index(first),
+                        Seg::Key("mailboxes"),
+                    ],
+                    format!(
+                        "{n} connections to {user} on {host}; Gmail and Microsoft refuse more \
+                         than {MAX_CONNECTIONS_PER_LOGIN} per user"
+                    ),
+                ));
+            }
+        }
+        out
+    }
+
+    /// Warnings that do not stop the daemon, as `key: message` lines.
     pub fn warnings(&self) -> Vec<String> {
-        self.accounts
-            .iter()
-            .filter(|a| a.password.is_some())
-            .map(|a| format!("account {:?}: password is written inline; prefer password_env or password_file", a.id))
+        self.warning_problems()
+            .into_iter()
+            .map(|(key, message)| format!("{}: {message}", render_key(&key)))
             .collect()
     }
+
+    /// What `idlesync check` does: everything `run` would refuse before its first connection
+    /// (syntax, types, semantics, unreadable `ca_file`, missing secret sources), each located
+    /// by file, line and key. On success, the config and its located warnings.
+    pub fn check_file(path: &Path) -> Result<(Config, Vec<ConfigError>), ConfigErrors> {
+        let bytes = read_file(path)?;
+        let config = Self::parse(path, &bytes)?;
+        let text = decode(path, &bytes)?;
+        let secrets = config.secret_problems();
+        if !secrets.is_empty() {
+            return Err(ConfigErrors(locate(path, text, secrets)));
+        }
+        let warnings = locate(path, text, config.warning_problems());
+        Ok((config, warnings))
+    }
+}
+
+/// More connections than this to one user is a warning (Gmail's and Microsoft's limit).
+pub const MAX_CONNECTIONS_PER_LOGIN: usize = 15;
+
+fn read_file(path: &Path) -> Result<Vec<u8>, ConfigErrors> {
+    std::fs::read(path).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            file: path.to_path_buf(),
+            line: None,
+            key: String::new(),
+            message: format!("cannot read: {e}"),
+        }])
+    })
+}
+
+/// The file as text: UTF-8, without a byte-order mark.
+fn decode<'a>(path: &Path, bytes: &'a [u8]) -> Result<&'a str, ConfigErrors> {
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        let line = bytes
+            .iter()
+            .take(e.valid_up_to())
+            .filter(|b| **b == b'\n')
+            .count()
+            + 1;
+        ConfigErrors(vec![ConfigError {
+            file: path.to_path_buf(),
+            line: Some(line),
+            key: String::new(),
+            message: "the file is not valid UTF-8".into(),
+        }])
+    })?;
+    Ok(text.strip_prefix('\u{feff}').unwrap_or(text))
+}
+
+/// Turns (key path, message) pairs into errors with the line of each key.
+fn locate(path: &Path, text: &str, problems: Vec<(Vec<Seg<'_>>, String)>) -> Vec<ConfigError> {
+    let tree = toml::de::DeTable::parse(text).ok();
+    problems
+        .into_iter()
+        .map(|(path_segs, message)| {
+            let line = tree.as_ref().and_then(|t| {
+                let root = toml::de::DeValue::Table(t.get_ref().clone());
+                span_of(&root, &path_segs).map(|start| line_of(text, start))
+            });
+            ConfigError {
+                file: path.to_path_buf(),
+                line,
+                key: render_key(&path_segs),
+                message,
+            }
+        })
+        .collect()
+}
+
+/// Why `storage.url` would not connect, checked by sqlx's own parsers (no connection).
+fn storage_url_problem(url: &str) -> Option<String> {
+    use std::str::FromStr;
+    if url.starts_with("sqlite:") {
+        let path = url.trim_start_matches("sqlite:").trim_start_matches("//");
+        if path.split('?').next().is_none_or(str::is_empty) {
+            return Some("sqlite: URL without a file path".into());
+        }
+        sqlx::sqlite::SqliteConnectOptions::from_str(url)
+            .err()
+            .map(|e| format!("not a valid SQLite URL: {e}"))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        sqlx::postgres::PgConnectOptions::from_str(url)
+            .err()
+            .map(|e| format!("not a valid PostgreSQL URL: {e}"))
+    } else {
+        Some("must be sqlite://PATH or postgres://user@host/db".into())
+    }
+}
+
+/// Why `redis.url` would not connect, checked by the redis crate's own parser (no connection).
+fn redis_url_problem(url: &str) -> Option<String> {
+    use deadpool_redis::redis::IntoConnectionInfo;
+    if !url.starts_with("redis://") && !url.starts_with("rediss://") {
+        return Some("must start with redis:// or rediss://".into());
+    }
+    url.into_connection_info()
+        .err()
+        .map(|e| format!("not a valid Redis URL: {e}"))
 }
 
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
@@ -621,6 +903,85 @@ fn render_key(path: &[Seg<'_>]) -> String {
         }
     }
     s
+}
+
+/// The dotted path of the key at `offset`, such as `accounts[1].port`: the deepest key whose
+/// name or value spans it; else (a syntax error, where the parser dropped the key) the key
+/// named on that line, inside the table of the nearest key before it.
+fn key_at(text: &str, offset: usize, named: &str) -> Option<String> {
+    /// The deepest containing path, and the nearest (start, path, is_table) before `offset`.
+    struct Found<'a> {
+        containing: Option<Vec<Seg<'a>>>,
+        before: Option<(usize, Vec<Seg<'a>>, bool)>,
+    }
+    fn visit<'a>(
+        path: &[Seg<'a>],
+        span: std::ops::Range<usize>,
+        is_table: bool,
+        offset: usize,
+        found: &mut Found<'a>,
+    ) {
+        if span.contains(&offset)
+            && found
+                .containing
+                .as_ref()
+                .is_none_or(|b| b.len() < path.len())
+        {
+            found.containing = Some(path.to_vec());
+        }
+        if span.start <= offset && found.before.as_ref().is_none_or(|b| b.0 <= span.start) {
+            found.before = Some((span.start, path.to_vec(), is_table));
+        }
+    }
+    fn walk<'a>(
+        v: &'a toml::de::DeValue<'a>,
+        offset: usize,
+        path: &mut Vec<Seg<'a>>,
+        found: &mut Found<'a>,
+    ) {
+        match v {
+            toml::de::DeValue::Table(t) => {
+                for (k, child) in t.iter() {
+                    path.push(Seg::Key(k.get_ref().as_ref()));
+                    let is_table = matches!(child.get_ref(), toml::de::DeValue::Table(_));
+                    visit(path, k.span(), is_table, offset, found);
+                    visit(path, child.span(), is_table, offset, found);
+                    walk(child.get_ref(), offset, path, found);
+                    path.pop();
+                }
+            }
+            toml::de::DeValue::Array(a) => {
+                for (i, child) in a.iter().enumerate() {
+                    path.push(Seg::Index(i));
+                    let is_table = matches!(child.get_ref(), toml::de::DeValue::Table(_));
+                    visit(path, child.span(), is_table, offset, found);
+                    walk(child.get_ref(), offset, path, found);
+                    path.pop();
+                }
+            }
+            _ => {}
+        }
+    }
+    // Recoverable: a syntax error (a duplicate key, say) still gives the tree around it.
+    let (tree, _) = toml::de::DeTable::parse_recoverable(text);
+    let root = toml::de::DeValue::Table(tree.into_inner());
+    let mut found = Found {
+        containing: None,
+        before: None,
+    };
+    walk(&root, offset, &mut Vec::new(), &mut found);
+    if let Some(p) = found.containing {
+        return Some(render_key(&p));
+    }
+    if named.is_empty() {
+        return None;
+    }
+    let (_, mut parent, is_table) = found.before?;
+    if !is_table {
+        parent.pop();
+    }
+    parent.push(Seg::Key(named));
+    Some(render_key(&parent))
 }
 
 /// Best effort: the key named at the error's position (`key = …` on that line).
@@ -715,13 +1076,35 @@ mailboxes = ["INBOX"]
         assert!(parse(&with_bom).is_ok());
     }
 
-    #[test]
-    fn secrets_are_redacted() {
+    #[tokio::test]
+    async fn secrets_are_redacted() {
         let c = parse(OK).unwrap();
         let dbg = format!("{:?}", c);
         assert!(!dbg.contains("\"pw\""), "{dbg}");
-        let s = c.accounts[0].secret().resolve().unwrap();
+        let s = c.accounts[0].secret().resolve().await.unwrap();
         assert_eq!(format!("{s:?}"), "Secret(<redacted>)");
+    }
+
+    #[test]
+    fn loopback_hosts() {
+        for h in [
+            "localhost",
+            "LOCALHOST.",
+            "127.0.0.1",
+            "127.1.2.3",
+            "::1",
+            "[::1]",
+        ] {
+            assert!(is_loopback_host(h), "{h}");
+        }
+        for h in [
+            "imap.example.com",
+            "10.0.0.1",
+            "localhost.example.com",
+            "::ffff:10.0.0.1",
+        ] {
+            assert!(!is_loopback_host(h), "{h}");
+        }
     }
 
     #[test]

@@ -11,17 +11,22 @@
 //! - [`event`]: the `email:sync` record (the web app's contract).
 //! - [`publish`]: drains the outbox to Redis or stdout.
 //! - [`status`] and [`metrics`]: mailbox states, metric names and handles.
-//! - [`admin`]: `/metrics`, `/healthz`, `/status`.
+//! - [`secrets`]: passwords and OAuth2 tokens from env, files and commands, never shown.
+//! - [`admin`]: `/metrics`, `/healthz`, `/readyz`, `/status` and a status page.
+//! - [`limiter`]: connection attempts per host; [`fault`]: test-only fault injection.
 
 pub mod admin;
 pub mod config;
 pub mod daemon;
 pub mod event;
+pub mod fault;
 pub mod imap;
+pub mod limiter;
 pub mod mailbox;
 pub mod message;
 pub mod metrics;
 pub mod publish;
+pub mod secrets;
 pub mod status;
 pub mod store;
 pub mod supervisor;

@@ -16,9 +16,13 @@ use crate::event::{timestamp_now, RecordKind, SyncRecord};
 use crate::imap::connect::{self, Endpoint, Selected};
 use crate::imap::idle::{IdleEvent, IdleTimers};
 use crate::imap::{fetch, idle, ImapError, Session};
+use crate::limiter::ConnectLimiter;
 use crate::message::{extract, ImapMeta, MessageRecord};
 use crate::status::{MailboxState, Reporter};
 use crate::store::{BatchTarget, Store, StoreError, SyncState};
+
+/// A batch is committed early once its records hold about this many bytes.
+const MAX_BATCH_BYTES: usize = 64 * 1024 * 1024;
 
 /// Everything one mailbox task needs. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -39,6 +43,8 @@ pub struct MailboxCtx {
     pub outbox: Arc<Notify>,
     /// Status board, metrics and log, together.
     pub reporter: Reporter,
+    /// Spreads connection attempts per host.
+    pub limiter: Arc<ConnectLimiter>,
 }
 
 /// Why a connection's life ended early.
@@ -71,6 +77,10 @@ impl MailboxError {
 pub async fn run(ctx: &MailboxCtx, cancel: &CancellationToken) -> Result<(), MailboxError> {
     let t = ctx.timers.connect_timeout;
     ctx.reporter.set_state(MailboxState::Connecting);
+    tokio::select! {
+        _ = ctx.limiter.acquire(&ctx.endpoint.host) => {}
+        _ = cancel.cancelled() => return Ok(()),
+    }
     let Some(client) = until_cancelled(cancel, connect::open(&ctx.endpoint, t)).await? else {
         return Ok(());
     };
@@ -83,6 +93,7 @@ pub async fn run(ctx: &MailboxCtx, cancel: &CancellationToken) -> Result<(), Mai
     ctx.reporter.set_state(MailboxState::Syncing);
     let selected = connect::select(&mut session, &ctx.mailbox, t).await?;
     let mut state = establish_epoch(ctx, selected).await?;
+    crate::fault::panic_point(&ctx.account_id, &ctx.mailbox);
     ctx.reporter.set_last_uid(state.last_uid);
     fetch_new(ctx, &mut session, &mut state, None).await?;
 
@@ -182,8 +193,16 @@ async fn fetch_new(
     let exists_at_us = exists_at.map(unix_micros);
     let item_timeout = ctx.timers.dead_after;
     let from = state.last_uid;
-    let mut stream = fetch::new_since(session, from, ctx.timers.connect_timeout).await?;
+    let opts = *ctx.store.extract_options();
+    let mut stream = fetch::new_since(
+        session,
+        from,
+        opts.max_message_size,
+        ctx.timers.connect_timeout,
+    )
+    .await?;
     let mut batch: Vec<MessageRecord> = Vec::new();
+    let mut batch_bytes = 0;
     let outcome = loop {
         match fetch::next(&mut stream, item_timeout).await {
             Ok(Some(f)) => {
@@ -196,9 +215,13 @@ async fn fetch_new(
                     internal_date_ms: fetch::internal_date_ms(&f),
                     size: f.size,
                 };
-                batch.push(extract(f.body().unwrap_or_default(), &meta));
-                if batch.len() >= ctx.timers.fetch_batch {
+                let rec = extract(f.body().unwrap_or_default(), &meta, &opts);
+                batch_bytes += rec.approx_bytes();
+                batch.push(rec);
+                // Bodies, raw copies and attachments add up: bound a batch's memory too.
+                if batch.len() >= ctx.timers.fetch_batch || batch_bytes >= MAX_BATCH_BYTES {
                     commit(ctx, state, &mut batch, exists_at_us).await?;
+                    batch_bytes = 0;
                 }
             }
             Ok(None) => break Ok(()),
@@ -244,7 +267,7 @@ async fn commit(
     ctx.reporter.set_last_uid(state.last_uid);
     if !inserted.is_empty() {
         let newest = batch.iter().filter_map(|m| m.received_at_ms).max();
-        ctx.reporter.metrics.stored(inserted.len() as u64, newest);
+        ctx.reporter.stored(inserted.len() as u64, newest);
         // After the counters, so a record is never seen before the metrics that explain it.
         ctx.outbox.notify_one();
         tracing::info!(

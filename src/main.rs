@@ -33,7 +33,9 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Validate the config file (and that every secret can be read); exit 0 if valid, 2 if not.
+    /// Validate the config file without connecting anywhere: syntax, types, values, URLs, CA
+    /// files and secret sources (env vars and files are read; commands' programs looked up, not
+    /// run). Exit 0 if valid (warnings on stderr), 2 if not.
     Check {
         /// The config file.
         #[arg(long, short)]
@@ -79,16 +81,17 @@ fn load(path: &Path) -> Result<Config, ExitCode> {
     }
 }
 
+/// `idlesync check`: every error on stderr as `file:line: key `…`: why`, exit 2; else the
+/// warnings, a one-line summary on stdout, exit 0.
 fn check(path: &Path) -> ExitCode {
-    let config = match load(path) {
-        Ok(c) => c,
-        Err(code) => return code,
+    let (config, warnings) = match Config::check_file(path) {
+        Ok(checked) => checked,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return ExitCode::from(2);
+        }
     };
-    if let Err(errors) = config.check_secrets(path) {
-        eprintln!("{errors}");
-        return ExitCode::from(2);
-    }
-    for w in config.warnings() {
+    for w in warnings {
         eprintln!("warning: {w}");
     }
     let mailboxes: usize = config.accounts.iter().map(|a| a.mailboxes.len()).sum();
@@ -124,7 +127,7 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
         tracing::warn!("{w}");
     }
     let daemon = Daemon::start(config).await?;
-    daemon.run_until(shutdown_signal()).await;
+    daemon.run(Some(path), shutdown_signal()).await;
     Ok(())
 }
 

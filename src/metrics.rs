@@ -1,17 +1,25 @@
-//! Metric names, their descriptions, and the per-mailbox handles.
+//! Metric names and their rendering.
+//!
+//! Two sources make up `/metrics`:
+//! - **Per-mailbox series** (labels `account`, `mailbox`) live with the mailbox on the status
+//!   board, in a [`MailboxSeries`], and are rendered from there by [`render_mailboxes`]. That is
+//!   a small per-mailbox registry: when a mailbox is removed from the config, its entry leaves
+//!   the board and its series leave `/metrics` with it, so no alert fires on a mailbox that no
+//!   longer exists. (The Prometheus exporter crate has no way to unregister a series.)
+//! - **Daemon-wide series** (outbox, publish errors, config reloads) go through the `metrics`
+//!   facade to metrics-exporter-prometheus, installed once per process by [`install`].
 //!
 //! Labels are bounded by the config (`account`, `mailbox`) or by code (`state`, `error_type`);
 //! never a message id or an error text.
 
+use std::collections::BTreeMap;
+use std::fmt::Write;
 use std::sync::OnceLock;
 
-use metrics::{
-    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Counter,
-    Gauge, Histogram,
-};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics::{describe_counter, describe_gauge};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
-use crate::status::MailboxState;
+use crate::status::{MailboxState, MailboxStatus};
 
 /// 1 for the mailbox's current state, 0 for the others.
 pub const MAILBOX_STATE: &str = "idlesync_mailbox_state";
@@ -31,135 +39,263 @@ pub const ERRORS: &str = "idlesync_errors_total";
 pub const OUTBOX_DEPTH: &str = "idlesync_outbox_depth";
 /// Age of the oldest record waiting.
 pub const OUTBOX_OLDEST_AGE: &str = "idlesync_outbox_oldest_age_seconds";
+/// Records dropped unpublished by the outbox bounds.
+pub const OUTBOX_DROPPED: &str = "idlesync_outbox_dropped_total";
 /// Publish attempts that failed.
 pub const PUBLISH_ERRORS: &str = "idlesync_publish_errors_total";
+/// Config reloads refused because the new file was invalid.
+pub const CONFIG_RELOAD_ERRORS: &str = "idlesync_config_reload_errors_total";
+/// 1 while the config file holds changes that only a restart applies.
+pub const CONFIG_RESTART_REQUIRED: &str = "idlesync_config_restart_required";
 
-const LATENCY_BUCKETS: &[f64] = &[
+/// Upper bounds of the latency histogram, in seconds.
+pub const LATENCY_BUCKETS: [f64; 17] = [
     0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
     5.0, 10.0,
 ];
 
-/// Installs the process-wide recorder once and returns the handle that renders `/metrics`.
-/// Several daemons in one process (tests) share it; their labels tell them apart.
+/// Installs the process-wide recorder for daemon-wide series once and returns the handle that
+/// renders them. Several daemons in one process (tests) share it.
 pub fn install() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            let recorder = PrometheusBuilder::new()
-                .set_buckets_for_metric(Matcher::Full(EXISTS_TO_PUBLISH.into()), LATENCY_BUCKETS)
-                .map(PrometheusBuilder::build_recorder);
-            match recorder {
-                Ok(recorder) => {
-                    let handle = recorder.handle();
-                    // Fails only if another recorder is installed; ours then stays empty.
-                    let _ = metrics::set_global_recorder(recorder);
-                    describe();
-                    handle
-                }
-                Err(_) => PrometheusBuilder::new().build_recorder().handle(),
-            }
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            // Fails only if another recorder is installed; ours then stays empty.
+            let _ = metrics::set_global_recorder(recorder);
+            describe();
+            handle
         })
         .clone()
 }
 
 fn describe() {
-    describe_gauge!(
-        MAILBOX_STATE,
-        "1 for the mailbox's current state, 0 for the others"
-    );
-    describe_counter!(RECONNECTS, "Connection attempts after a failure");
-    describe_counter!(MESSAGES_STORED, "Messages inserted into the database");
-    describe_counter!(RECORDS_PUBLISHED, "email:sync records published");
-    describe_gauge!(
-        LAST_MESSAGE,
-        "Unix time of the newest stored message's INTERNALDATE"
-    );
-    describe_histogram!(
-        EXISTS_TO_PUBLISH,
-        metrics::Unit::Seconds,
-        "EXISTS read off the socket until PUBLISH is acknowledged"
-    );
-    describe_counter!(ERRORS, "Errors by kind");
     describe_gauge!(OUTBOX_DEPTH, "Records waiting to be published");
     describe_gauge!(
         OUTBOX_OLDEST_AGE,
         metrics::Unit::Seconds,
         "Age of the oldest record waiting"
     );
+    describe_counter!(
+        OUTBOX_DROPPED,
+        "Records dropped unpublished because the outbox exceeded its bounds"
+    );
     describe_counter!(PUBLISH_ERRORS, "Failed publish attempts");
+    describe_counter!(
+        CONFIG_RELOAD_ERRORS,
+        "Config reloads refused because the new file was invalid"
+    );
+    describe_gauge!(
+        CONFIG_RESTART_REQUIRED,
+        "1 while the config file holds changes that only a restart applies"
+    );
 }
 
-/// The handles of one mailbox, created once when its task starts.
-#[derive(Debug, Clone)]
-pub struct MailboxMetrics {
-    account: String,
-    mailbox: String,
-    states: Vec<(MailboxState, Gauge)>,
-    reconnects: Counter,
-    stored: Counter,
-    last_message: Gauge,
+/// A fixed-bucket histogram (Prometheus semantics: cumulative at render time).
+#[derive(Debug, Clone, Default)]
+pub struct Histogram {
+    /// Observations per bucket (not cumulative), `LATENCY_BUCKETS.len() + 1` with +Inf last.
+    counts: Vec<u64>,
+    sum: f64,
+    count: u64,
 }
 
-impl MailboxMetrics {
-    /// Registers the series of `account`/`mailbox`.
-    pub fn new(account: &str, mailbox: &str) -> Self {
-        let l = [
-            ("account", account.to_string()),
-            ("mailbox", mailbox.to_string()),
-        ];
-        let states = MailboxState::ALL
+impl Histogram {
+    /// Records one observation in seconds.
+    pub fn observe(&mut self, seconds: f64) {
+        if self.counts.is_empty() {
+            self.counts = vec![0; LATENCY_BUCKETS.len() + 1];
+        }
+        let i = LATENCY_BUCKETS
             .iter()
-            .map(|s| {
-                let mut labels = l.to_vec();
-                labels.push(("state", s.as_str().to_string()));
-                (*s, gauge!(MAILBOX_STATE, &labels))
-            })
-            .collect();
-        Self {
-            account: account.to_string(),
-            mailbox: mailbox.to_string(),
-            states,
-            reconnects: counter!(RECONNECTS, &l),
-            stored: counter!(MESSAGES_STORED, &l),
-            last_message: gauge!(LAST_MESSAGE, &l),
+            .position(|b| seconds <= *b)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        if let Some(c) = self.counts.get_mut(i) {
+            *c += 1;
         }
+        self.sum += seconds;
+        self.count += 1;
     }
 
-    /// Sets the state gauges.
-    pub fn state(&self, state: MailboxState) {
-        for (s, g) in &self.states {
-            g.set(if *s == state { 1.0 } else { 0.0 });
-        }
-    }
-
-    /// One reconnect.
-    pub fn reconnect(&self) {
-        self.reconnects.increment(1);
-    }
-
-    /// `n` messages stored, the newest having arrived at `newest_ms`.
-    pub fn stored(&self, n: u64, newest_ms: Option<i64>) {
-        self.stored.increment(n);
-        if let Some(ms) = newest_ms {
-            self.last_message.set(ms as f64 / 1000.0);
-        }
-    }
-
-    /// One error of a bounded kind.
-    pub fn error(&self, kind: &'static str) {
-        counter!(ERRORS, "account" => self.account.clone(), "mailbox" => self.mailbox.clone(), "error_type" => kind).increment(1);
+    /// Observations so far.
+    pub fn count(&self) -> u64 {
+        self.count
     }
 }
 
-/// Publisher-side series for one record.
-pub fn published(account: &str, mailbox: &str, latency_s: Option<f64>) {
-    let l = [
-        ("account", account.to_string()),
-        ("mailbox", mailbox.to_string()),
-    ];
-    counter!(RECORDS_PUBLISHED, &l).increment(1);
-    if let Some(s) = latency_s {
-        let h: Histogram = histogram!(EXISTS_TO_PUBLISH, &l);
-        h.record(s);
+/// The counters of one mailbox, kept beside its status on the board.
+#[derive(Debug, Clone, Default)]
+pub struct MailboxSeries {
+    /// Messages inserted.
+    pub stored: u64,
+    /// Records published.
+    pub published: u64,
+    /// INTERNALDATE of the newest stored message, Unix seconds.
+    pub last_message: Option<f64>,
+    /// Errors by bounded kind.
+    pub errors: BTreeMap<&'static str, u64>,
+    /// EXISTS → PUBLISH acknowledged.
+    pub latency: Histogram,
+}
+
+/// Renders the per-mailbox series of `mailboxes` in Prometheus text format.
+pub fn render_mailboxes(mailboxes: &[(&MailboxStatus, &MailboxSeries)]) -> String {
+    let mut out = String::new();
+    let labels = |s: &MailboxStatus| {
+        format!(
+            "account=\"{}\",mailbox=\"{}\"",
+            escape(&s.account),
+            escape(&s.mailbox)
+        )
+    };
+    family(
+        &mut out,
+        MAILBOX_STATE,
+        "gauge",
+        "1 for the mailbox's current state, 0 for the others",
+    );
+    for (s, _) in mailboxes {
+        for state in MailboxState::ALL {
+            let v = u8::from(s.state == state);
+            let _ = writeln!(
+                out,
+                "{MAILBOX_STATE}{{{},state=\"{}\"}} {v}",
+                labels(s),
+                state.as_str()
+            );
+        }
+    }
+    family(
+        &mut out,
+        RECONNECTS,
+        "counter",
+        "Connection attempts after a failure",
+    );
+    for (s, _) in mailboxes {
+        let _ = writeln!(out, "{RECONNECTS}{{{}}} {}", labels(s), s.reconnects);
+    }
+    family(
+        &mut out,
+        MESSAGES_STORED,
+        "counter",
+        "Messages inserted into the database",
+    );
+    for (s, m) in mailboxes {
+        let _ = writeln!(out, "{MESSAGES_STORED}{{{}}} {}", labels(s), m.stored);
+    }
+    family(
+        &mut out,
+        RECORDS_PUBLISHED,
+        "counter",
+        "email:sync records published",
+    );
+    for (s, m) in mailboxes {
+        let _ = writeln!(out, "{RECORDS_PUBLISHED}{{{}}} {}", labels(s), m.published);
+    }
+    family(
+        &mut out,
+        LAST_MESSAGE,
+        "gauge",
+        "Unix time of the newest stored message's INTERNALDATE",
+    );
+    for (s, m) in mailboxes {
+        if let Some(t) = m.last_message {
+            let _ = writeln!(out, "{LAST_MESSAGE}{{{}}} {t}", labels(s));
+        }
+    }
+    family(&mut out, ERRORS, "counter", "Errors by kind");
+    for (s, m) in mailboxes {
+        for (kind, n) in &m.errors {
+            let _ = writeln!(out, "{ERRORS}{{{},error_type=\"{kind}\"}} {n}", labels(s));
+        }
+    }
+    family(
+        &mut out,
+        EXISTS_TO_PUBLISH,
+        "histogram",
+        "EXISTS read off the socket until PUBLISH is acknowledged",
+    );
+    for (s, m) in mailboxes {
+        let l = labels(s);
+        let mut cumulative = 0;
+        for (i, le) in LATENCY_BUCKETS.iter().enumerate() {
+            cumulative += m.latency.counts.get(i).copied().unwrap_or(0);
+            let _ = writeln!(
+                out,
+                "{EXISTS_TO_PUBLISH}_bucket{{{l},le=\"{le}\"}} {cumulative}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "{EXISTS_TO_PUBLISH}_bucket{{{l},le=\"+Inf\"}} {}",
+            m.latency.count
+        );
+        let _ = writeln!(out, "{EXISTS_TO_PUBLISH}_sum{{{l}}} {}", m.latency.sum);
+        let _ = writeln!(out, "{EXISTS_TO_PUBLISH}_count{{{l}}} {}", m.latency.count);
+    }
+    out
+}
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// Label value escaping of the text format: backslash, double quote, newline.
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative_and_labels_escaped() {
+        let mut status = crate::status::MailboxStatus::new("a\"b", "INBOX");
+        status.reconnects = 2;
+        let mut series = MailboxSeries::default();
+        series.latency.observe(0.0015);
+        series.latency.observe(0.004);
+        series.latency.observe(20.0);
+        series.errors.insert("io", 3);
+        let text = render_mailboxes(&[(&status, &series)]);
+        let l = r#"account="a\"b",mailbox="INBOX""#;
+        assert!(
+            text.contains(&format!("{EXISTS_TO_PUBLISH}_bucket{{{l},le=\"0.001\"}} 0")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("{EXISTS_TO_PUBLISH}_bucket{{{l},le=\"0.002\"}} 1")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("{EXISTS_TO_PUBLISH}_bucket{{{l},le=\"0.005\"}} 2")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("{EXISTS_TO_PUBLISH}_bucket{{{l},le=\"10\"}} 2")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("{EXISTS_TO_PUBLISH}_bucket{{{l},le=\"+Inf\"}} 3")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("{EXISTS_TO_PUBLISH}_count{{{l}}} 3")),
+            "{text}"
+        );
+        assert!(text.contains(&format!("{RECONNECTS}{{{l}}} 2")), "{text}");
+        assert!(
+            text.contains(&format!("{ERRORS}{{{l},error_type=\"io\"}} 3")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("{MAILBOX_STATE}{{{l},state=\"connecting\"}} 1")),
+            "{text}"
+        );
+        assert_eq!(text.matches("# TYPE ").count(), 7);
     }
 }

@@ -12,7 +12,8 @@ use deadpool_redis::redis;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{BackoffConfig, RedisConfig};
+use crate::config::{BackoffConfig, OutboxConfig, RedisConfig};
+use crate::status::StatusBoard;
 use crate::store::{OutboxRow, Store};
 
 /// Records fetched from the outbox per round.
@@ -42,12 +43,14 @@ pub enum PublishError {
 
 /// Where records go.
 pub enum Sink {
-    /// PUBLISH on a Redis channel.
+    /// PUBLISH on a Redis channel (and XADD to a stream when configured).
     Redis {
         /// Connection pool.
         pool: deadpool_redis::Pool,
         /// Channel name.
         channel: String,
+        /// Stream name and approximate MAXLEN.
+        stream: Option<(String, u64)>,
     },
     /// One JSON line per record on stdout.
     Stdout,
@@ -56,7 +59,9 @@ pub enum Sink {
 impl std::fmt::Debug for Sink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Sink::Redis { channel, .. } => write!(f, "Sink::Redis({channel})"),
+            Sink::Redis {
+                channel, stream, ..
+            } => write!(f, "Sink::Redis({channel}, stream {stream:?})"),
             Sink::Stdout => f.write_str("Sink::Stdout"),
         }
     }
@@ -84,20 +89,35 @@ impl Sink {
         Ok(Sink::Redis {
             pool,
             channel: cfg.channel.clone(),
+            stream: cfg.stream.clone().map(|s| (s, cfg.stream_maxlen)),
         })
     }
 
     /// Sends one record; `Ok` means Redis acknowledged it.
     pub async fn publish(&self, payload: &str) -> Result<(), PublishError> {
         match self {
-            Sink::Redis { pool, channel } => {
+            Sink::Redis {
+                pool,
+                channel,
+                stream,
+            } => {
                 let send = async {
                     let mut conn = pool.get().await?;
-                    let _receivers: i64 = redis::cmd("PUBLISH")
-                        .arg(channel)
-                        .arg(payload)
-                        .query_async(&mut conn)
-                        .await?;
+                    // One round trip: PUBLISH for the live path, XADD for replay.
+                    let mut pipe = redis::pipe();
+                    pipe.cmd("PUBLISH").arg(channel).arg(payload).ignore();
+                    if let Some((name, maxlen)) = stream {
+                        pipe.cmd("XADD")
+                            .arg(name)
+                            .arg("MAXLEN")
+                            .arg("~")
+                            .arg(*maxlen)
+                            .arg("*")
+                            .arg("record")
+                            .arg(payload)
+                            .ignore();
+                    }
+                    let () = pipe.query_async(&mut conn).await?;
                     Ok(())
                 };
                 tokio::time::timeout(PUBLISH_TIMEOUT, send)
@@ -114,45 +134,118 @@ impl Sink {
     }
 }
 
-/// Drains the outbox until `cancel`, then makes one last bounded pass.
-pub async fn run(
-    store: Store,
-    sink: Sink,
-    wake: Arc<Notify>,
-    backoff: BackoffConfig,
-    cancel: CancellationToken,
-) {
-    let mut schedule = crate::supervisor::Schedule::new(&backoff);
-    loop {
-        match drain(&store, &sink, &cancel).await {
-            Ok(Drained::Empty) => {
-                schedule.reset();
-                tokio::select! {
-                    _ = wake.notified() => {}
-                    _ = cancel.cancelled() => break,
+/// The publisher task's parts.
+pub struct Publisher {
+    /// Where the outbox lives.
+    pub store: Store,
+    /// Where records go.
+    pub sink: Sink,
+    /// Poked by mailboxes after each commit that added a record.
+    pub wake: Arc<Notify>,
+    /// Per-mailbox published counters and latency histograms.
+    pub board: Arc<StatusBoard>,
+    /// Retry schedule while the sink or the database fails.
+    pub backoff: BackoffConfig,
+    /// Bounds on what waits.
+    pub bounds: OutboxConfig,
+}
+
+impl Publisher {
+    /// Drains the outbox until `cancel`, then makes one last bounded pass.
+    pub async fn run(self, cancel: CancellationToken) {
+        let mut schedule = crate::supervisor::Schedule::new(&self.backoff);
+        enforce_bounds(&self.store, &self.bounds).await;
+        loop {
+            match self.drain(&cancel).await {
+                Ok(Drained::Empty) => {
+                    schedule.reset();
+                    tokio::select! {
+                        _ = self.wake.notified() => {}
+                        _ = cancel.cancelled() => break,
+                    }
                 }
-            }
-            Ok(Drained::More) => schedule.reset(),
-            Ok(Drained::Cancelled) => break,
-            Err(e) => {
-                let delay = schedule.next_delay();
-                metrics::counter!(crate::metrics::PUBLISH_ERRORS).increment(1);
-                tracing::warn!(error = %format!("{e:#}"), retry_in = ?delay, "publishing paused; records wait in the outbox");
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = cancel.cancelled() => break,
+                Ok(Drained::More) => schedule.reset(),
+                Ok(Drained::Cancelled) => break,
+                Err(e) => {
+                    // Only a failing sink or database makes the outbox grow: bound it here.
+                    enforce_bounds(&self.store, &self.bounds).await;
+                    let delay = schedule.next_delay();
+                    metrics::counter!(crate::metrics::PUBLISH_ERRORS).increment(1);
+                    tracing::warn!(error = %format!("{e:#}"), retry_in = ?delay, "publishing paused; records wait in the outbox");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = cancel.cancelled() => break,
+                    }
                 }
             }
         }
+        // Shutdown: whatever is left waits in the outbox for the next start.
+        let last = tokio::time::timeout(
+            Duration::from_secs(2),
+            self.drain(&CancellationToken::new()),
+        )
+        .await;
+        if !matches!(last, Ok(Ok(Drained::Empty))) {
+            tracing::info!("records left in the outbox are published at the next start");
+        }
     }
-    // Shutdown: whatever is left waits in the outbox for the next start.
-    let last = tokio::time::timeout(
-        Duration::from_secs(2),
-        drain(&store, &sink, &CancellationToken::new()),
-    )
-    .await;
-    if !matches!(last, Ok(Ok(Drained::Empty))) {
-        tracing::info!("records left in the outbox are published at the next start");
+
+    /// Publishes one page of the outbox in order, then deletes what was acknowledged.
+    async fn drain(&self, cancel: &CancellationToken) -> Result<Drained, DrainError> {
+        let rows = self.store.outbox_pending(PAGE).await?;
+        if rows.is_empty() {
+            report_depth(&self.store).await;
+            return Ok(Drained::Empty);
+        }
+        let mut done: Vec<i64> = Vec::with_capacity(rows.len());
+        let mut failure = None;
+        for row in &rows {
+            if cancel.is_cancelled() {
+                break;
+            }
+            match self.sink.publish(&row.payload).await {
+                Ok(()) => {
+                    self.observe(row);
+                    done.push(row.id);
+                }
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+        self.store.outbox_delete(&done).await?;
+        report_depth(&self.store).await;
+        if let Some(e) = failure {
+            return Err(e.into());
+        }
+        if cancel.is_cancelled() {
+            return Ok(Drained::Cancelled);
+        }
+        Ok(if rows.len() as i64 == PAGE {
+            Drained::More
+        } else {
+            Drained::Empty
+        })
+    }
+
+    fn observe(&self, row: &OutboxRow) {
+        let latency = row
+            .exists_at_us
+            .map(|t| (chrono::Utc::now().timestamp_micros() - t).max(0) as f64 / 1e6);
+        // Exact per-record latency for the load harness (the histogram has bucket resolution):
+        // `RUST_LOG=idlesync::latency=debug`.
+        if let Some(exists_at_us) = row.exists_at_us {
+            tracing::debug!(
+                target: "idlesync::latency",
+                account = %row.account_id,
+                mailbox = %row.mailbox,
+                exists_at_us,
+                exists_to_publish_us = latency.map_or(0, |s| (s * 1e6) as i64),
+                "record published"
+            );
+        }
+        self.board.published(&row.account_id, &row.mailbox, latency);
     }
 }
 
@@ -170,56 +263,22 @@ enum DrainError {
     Publish(#[from] PublishError),
 }
 
-/// Publishes one page of the outbox in order, then deletes what was acknowledged.
-async fn drain(
-    store: &Store,
-    sink: &Sink,
-    cancel: &CancellationToken,
-) -> Result<Drained, DrainError> {
-    let rows = store.outbox_pending(PAGE).await?;
-    if rows.is_empty() {
-        report_depth(store).await;
-        return Ok(Drained::Empty);
-    }
-    let mut done: Option<i64> = None;
-    let mut failure = None;
-    for row in &rows {
-        if cancel.is_cancelled() {
-            break;
+/// Drops what is older than the retention or beyond the row bound, loudly. Only reached when
+/// Redis has been unreachable for a long time.
+async fn enforce_bounds(store: &Store, bounds: &OutboxConfig) {
+    let max_age_ms = i64::try_from(bounds.retention.as_millis()).unwrap_or(i64::MAX);
+    let max_rows = i64::try_from(bounds.max_records).unwrap_or(i64::MAX);
+    match store.outbox_prune(max_age_ms, max_rows).await {
+        Ok(0) => {}
+        Ok(n) => {
+            metrics::counter!(crate::metrics::OUTBOX_DROPPED).increment(n);
+            tracing::error!(
+                dropped = n,
+                "outbox over its retention bounds: oldest records dropped unpublished"
+            );
         }
-        match sink.publish(&row.payload).await {
-            Ok(()) => {
-                observe(row);
-                done = Some(row.id);
-            }
-            Err(e) => {
-                failure = Some(e);
-                break;
-            }
-        }
+        Err(e) => tracing::debug!(error = %format!("{e:#}"), "outbox prune failed"),
     }
-    if let Some(id) = done {
-        store.outbox_delete_through(id).await?;
-    }
-    report_depth(store).await;
-    if let Some(e) = failure {
-        return Err(e.into());
-    }
-    if cancel.is_cancelled() {
-        return Ok(Drained::Cancelled);
-    }
-    Ok(if rows.len() as i64 == PAGE {
-        Drained::More
-    } else {
-        Drained::Empty
-    })
-}
-
-fn observe(row: &OutboxRow) {
-    let latency = row
-        .exists_at_us
-        .map(|t| (chrono::Utc::now().timestamp_micros() - t).max(0) as f64 / 1e6);
-    crate::metrics::published(&row.account_id, &row.mailbox, latency);
 }
 
 async fn report_depth(store: &Store) {

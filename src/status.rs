@@ -6,12 +6,12 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::metrics::MailboxMetrics;
+use crate::metrics::MailboxSeries;
 
 /// Where a mailbox task is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -63,6 +63,42 @@ impl MailboxState {
     }
 }
 
+impl MailboxStatus {
+    /// A mailbox just registered: connecting, nothing known yet.
+    pub fn new(account: &str, mailbox: &str) -> Self {
+        Self {
+            account: account.to_string(),
+            mailbox: mailbox.to_string(),
+            state: MailboxState::Connecting,
+            state_since: rfc3339(SystemTime::now()),
+            last_uid: None,
+            last_message_at: None,
+            last_error: None,
+            reconnects: 0,
+            next_retry_at: None,
+        }
+    }
+
+    /// Whether `/readyz` counts this mailbox as ready: idling (or fetching what IDLE
+    /// announced), or in an expected backoff: waiting to retry after a transient error, or
+    /// connecting again after one. Not ready: the first connection and catch-up still under way,
+    /// credentials refused (`auth_failed`: the operator must act), or stopping.
+    pub fn is_ready(&self) -> bool {
+        match self.state {
+            MailboxState::Idling | MailboxState::Fetching | MailboxState::Backoff => true,
+            MailboxState::Connecting | MailboxState::Authenticating | MailboxState::Syncing => {
+                self.reconnects > 0
+            }
+            MailboxState::AuthFailed | MailboxState::Stopping => false,
+        }
+    }
+}
+
+/// RFC 3339 UTC with milliseconds, as `/status` shows times.
+fn rfc3339(t: SystemTime) -> String {
+    chrono::DateTime::<chrono::Utc>::from(t).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
 /// What the board knows of one mailbox.
 #[derive(Debug, Clone, Serialize)]
 pub struct MailboxStatus {
@@ -72,18 +108,32 @@ pub struct MailboxStatus {
     pub mailbox: String,
     /// Current state.
     pub state: MailboxState,
+    /// Since when (RFC 3339 UTC) the mailbox is in `state`.
+    pub state_since: String,
     /// Highest UID stored.
     pub last_uid: Option<u32>,
-    /// Kind of the last error, if any.
+    /// When (RFC 3339 UTC) this daemon last stored a new message of the mailbox.
+    pub last_message_at: Option<String>,
+    /// Kind of the last error, if any (the metrics' bounded `error_type`).
     pub last_error: Option<&'static str>,
     /// Reconnects since start.
     pub reconnects: u64,
+    /// When (RFC 3339 UTC) the next connection attempt is due, while in `backoff` or
+    /// `auth_failed`.
+    pub next_retry_at: Option<String>,
+}
+
+/// One mailbox on the board: what `/status` shows and what `/metrics` counts.
+#[derive(Debug, Clone)]
+struct Entry {
+    status: MailboxStatus,
+    series: MailboxSeries,
 }
 
 /// Shared by all mailbox tasks of a daemon.
 #[derive(Debug)]
 pub struct StatusBoard {
-    mailboxes: Mutex<BTreeMap<(String, String), MailboxStatus>>,
+    mailboxes: Mutex<BTreeMap<(String, String), Entry>>,
     changed: watch::Sender<u64>,
 }
 
@@ -99,7 +149,26 @@ impl Default for StatusBoard {
 impl StatusBoard {
     /// A copy of every mailbox's status, ordered by account and mailbox.
     pub fn snapshot(&self) -> Vec<MailboxStatus> {
-        self.lock().values().cloned().collect()
+        self.lock().values().map(|e| e.status.clone()).collect()
+    }
+
+    /// The per-mailbox series in Prometheus text format.
+    pub fn render_metrics(&self) -> String {
+        let map = self.lock();
+        let entries: Vec<_> = map.values().map(|e| (&e.status, &e.series)).collect();
+        crate::metrics::render_mailboxes(&entries)
+    }
+
+    /// A record of this mailbox was published; `latency_s` is EXISTS → PUBLISH acknowledged.
+    /// Records of a mailbox no longer on the board (removed by a reload) are not counted.
+    pub fn published(&self, account: &str, mailbox: &str, latency_s: Option<f64>) {
+        let mut map = self.lock();
+        if let Some(e) = map.get_mut(&(account.to_string(), mailbox.to_string())) {
+            e.series.published += 1;
+            if let Some(l) = latency_s {
+                e.series.latency.observe(l);
+            }
+        }
     }
 
     /// Waits until `pred` holds for the snapshot, or `timeout` passes. Returns whether it held.
@@ -122,29 +191,30 @@ impl StatusBoard {
         tokio::time::timeout(timeout, check).await.is_ok() && pred(&self.snapshot())
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<(String, String), MailboxStatus>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<(String, String), Entry>> {
         // A panic while holding this lock cannot leave the map inconsistent (plain field
         // writes), so a poisoned lock is still usable.
         self.mailboxes.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn update(&self, key: &(String, String), f: impl FnOnce(&mut MailboxStatus)) {
+        self.update_entry(key, |e| f(&mut e.status));
+    }
+
+    fn update_entry(&self, key: &(String, String), f: impl FnOnce(&mut Entry)) {
         {
             let mut map = self.lock();
-            let entry = map.entry(key.clone()).or_insert_with(|| MailboxStatus {
-                account: key.0.clone(),
-                mailbox: key.1.clone(),
-                state: MailboxState::Connecting,
-                last_uid: None,
-                last_error: None,
-                reconnects: 0,
+            let entry = map.entry(key.clone()).or_insert_with(|| Entry {
+                status: MailboxStatus::new(&key.0, &key.1),
+                series: MailboxSeries::default(),
             });
             f(entry);
         }
         self.changed.send_modify(|v| *v += 1);
     }
 
-    /// Forgets a mailbox (when it is removed from the config).
+    /// Forgets a mailbox (when it is removed from the config): it leaves `/status` and its
+    /// series leave `/metrics`.
     pub fn remove(&self, account: &str, mailbox: &str) {
         self.lock()
             .remove(&(account.to_string(), mailbox.to_string()));
@@ -152,13 +222,11 @@ impl StatusBoard {
     }
 }
 
-/// One mailbox's way to report: board, metrics and log, together.
+/// One mailbox's way to report: board (status and metrics) and log, together.
 #[derive(Debug, Clone)]
 pub struct Reporter {
     board: Arc<StatusBoard>,
     key: (String, String),
-    /// The mailbox's metric handles.
-    pub metrics: MailboxMetrics,
 }
 
 impl Reporter {
@@ -167,21 +235,23 @@ impl Reporter {
         let r = Self {
             board,
             key: (account.to_string(), mailbox.to_string()),
-            metrics: MailboxMetrics::new(account, mailbox),
         };
         r.board.update(&r.key, |_| {});
-        r.metrics.state(MailboxState::Connecting);
         r
     }
 
     /// The single place a state changes.
     pub fn set_state(&self, state: MailboxState) {
-        // Gauges first: whoever the board wakes sees metrics that agree with it.
-        self.metrics.state(state);
         let mut previous = state;
         self.board.update(&self.key, |s| {
             previous = s.state;
+            if s.state != state {
+                s.state_since = rfc3339(SystemTime::now());
+            }
             s.state = state;
+            if !matches!(state, MailboxState::Backoff | MailboxState::AuthFailed) {
+                s.next_retry_at = None;
+            }
         });
         if previous != state {
             tracing::debug!(
@@ -197,23 +267,90 @@ impl Reporter {
         self.board
             .lock()
             .get(&self.key)
-            .map_or(MailboxState::Connecting, |s| s.state)
+            .map_or(MailboxState::Connecting, |e| e.status.state)
     }
 
-    /// Records the highest stored UID.
+    /// Records the highest stored UID. When it grows past a known one, a new message was
+    /// stored now: that is `last_message_at`.
     pub fn set_last_uid(&self, uid: u32) {
-        self.board.update(&self.key, |s| s.last_uid = Some(uid));
+        self.board.update(&self.key, |s| {
+            if s.last_uid.is_some_and(|old| uid > old) {
+                s.last_message_at = Some(rfc3339(SystemTime::now()));
+            }
+            s.last_uid = Some(uid);
+        });
+    }
+
+    /// Records when the next connection attempt is due (`None`: none scheduled). The
+    /// supervisor calls it with `Some(now + delay)` before it sleeps in `backoff` or
+    /// `auth_failed`; any later state other than those two clears it.
+    pub fn set_next_retry(&self, at: Option<SystemTime>) {
+        self.board
+            .update(&self.key, |s| s.next_retry_at = at.map(rfc3339));
     }
 
     /// Records an error of a bounded kind (board and metric).
     pub fn error(&self, kind: &'static str) {
-        self.metrics.error(kind);
-        self.board.update(&self.key, |s| s.last_error = Some(kind));
+        self.board.update_entry(&self.key, |e| {
+            e.status.last_error = Some(kind);
+            *e.series.errors.entry(kind).or_insert(0) += 1;
+        });
     }
 
     /// Records a reconnect.
     pub fn reconnect(&self) {
-        self.metrics.reconnect();
         self.board.update(&self.key, |s| s.reconnects += 1);
+    }
+
+    /// `n` messages stored, the newest having arrived (INTERNALDATE) at `newest_ms`.
+    pub fn stored(&self, n: u64, newest_ms: Option<i64>) {
+        self.board.update_entry(&self.key, |e| {
+            e.series.stored += n;
+            if let Some(ms) = newest_ms {
+                e.series.last_message = Some(ms as f64 / 1000.0);
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_retry_and_last_message_time() {
+        let board = Arc::new(StatusBoard::default());
+        let r = Reporter::new(board.clone(), "status-unit-1", "INBOX");
+        let snap = || board.snapshot().remove(0);
+        r.set_last_uid(5);
+        assert_eq!(
+            snap().last_message_at,
+            None,
+            "the known last UID is no new message"
+        );
+        r.set_last_uid(6);
+        assert!(snap().last_message_at.is_some());
+
+        r.set_state(MailboxState::Backoff);
+        r.set_next_retry(Some(SystemTime::UNIX_EPOCH + Duration::from_secs(60)));
+        assert_eq!(
+            snap().next_retry_at.as_deref(),
+            Some("1970-01-01T00:01:00.000Z")
+        );
+        assert!(snap().is_ready(), "an expected backoff is ready");
+        r.set_state(MailboxState::Connecting);
+        assert_eq!(snap().next_retry_at, None, "cleared when the retry starts");
+
+        r.set_state(MailboxState::AuthFailed);
+        assert!(!snap().is_ready());
+    }
+
+    #[test]
+    fn first_connect_is_not_ready_a_reconnect_is() {
+        let board = Arc::new(StatusBoard::default());
+        let r = Reporter::new(board.clone(), "status-unit-2", "INBOX");
+        assert!(!board.snapshot()[0].is_ready());
+        r.reconnect();
+        assert!(board.snapshot()[0].is_ready());
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use futures::FutureExt;
-use tokio::task::JoinSet;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -53,15 +53,14 @@ impl Schedule {
     }
 }
 
-/// Spawns the supervised task of one mailbox into `set`.
+/// Spawns the supervised task of one mailbox; it ends once `cancel` fires and it has logged out.
 pub fn spawn_mailbox(
-    set: &mut JoinSet<()>,
     ctx: MailboxCtx,
     backoff: BackoffConfig,
     cancel: CancellationToken,
-) {
+) -> JoinHandle<()> {
     let span = tracing::info_span!("mailbox", account = %ctx.account_id, mailbox = %ctx.mailbox);
-    set.spawn(supervise(ctx, backoff, cancel).instrument(span));
+    tokio::spawn(supervise(ctx, backoff, cancel).instrument(span))
 }
 
 async fn supervise(ctx: MailboxCtx, cfg: BackoffConfig, cancel: CancellationToken) {
@@ -83,30 +82,27 @@ async fn supervise(ctx: MailboxCtx, cfg: BackoffConfig, cancel: CancellationToke
             schedule.reset();
         }
         let previous = ctx.reporter.state();
-        let (delay, state) = match result {
+        let (delay, state, kind) = match result {
             Ok(Err(e)) if e.is_auth() => {
-                ctx.reporter.error(e.kind());
                 if previous != MailboxState::AuthFailed {
                     tracing::warn!(error = %format!("{e:#}"), retry_in = ?cfg.auth_failed, "authentication failed");
                 } else {
                     tracing::debug!(error = %format!("{e:#}"), "authentication failed again");
                 }
-                (cfg.auth_failed, MailboxState::AuthFailed)
+                (cfg.auth_failed, MailboxState::AuthFailed, e.kind())
             }
             Ok(Err(e)) => {
-                ctx.reporter.error(e.kind());
                 let delay = schedule.next_delay();
                 tracing::warn!(error = %format!("{e:#}"), kind = e.kind(), retry_in = ?delay, "mailbox connection failed");
-                (delay, MailboxState::Backoff)
+                (delay, MailboxState::Backoff, e.kind())
             }
             Ok(Ok(())) => {
                 // run() returns Ok only on shutdown; anything else is a logic error. Retry.
                 let delay = schedule.next_delay();
                 tracing::warn!(retry_in = ?delay, "mailbox loop ended without shutdown");
-                (delay, MailboxState::Backoff)
+                (delay, MailboxState::Backoff, "protocol")
             }
             Err(panic) => {
-                ctx.reporter.error("panic");
                 let delay = schedule.next_delay();
                 let what = panic
                     .downcast_ref::<&str>()
@@ -114,10 +110,14 @@ async fn supervise(ctx: MailboxCtx, cfg: BackoffConfig, cancel: CancellationToke
                     .or_else(|| panic.downcast_ref::<String>().cloned())
                     .unwrap_or_default();
                 tracing::error!(panic = %what, retry_in = ?delay, "mailbox task panicked (a bug); restarting it");
-                (delay, MailboxState::Backoff)
+                (delay, MailboxState::Backoff, "panic")
             }
         };
+        // State first, then the error: a watcher woken by the error sees the new state.
         ctx.reporter.set_state(state);
+        ctx.reporter.error(kind);
+        ctx.reporter
+            .set_next_retry(Some(std::time::SystemTime::now() + delay));
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = cancel.cancelled() => break,

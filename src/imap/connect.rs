@@ -6,8 +6,9 @@ use std::time::Duration;
 use async_imap::imap_proto::{Response, Status};
 use tokio::net::TcpStream;
 
+use super::auth::Credentials;
 use super::{deadline, ImapError, Io, Session};
-use crate::config::{Account, SecretSource, TlsMode};
+use crate::config::{Account, TlsMode};
 
 /// Everything needed to reach and log in to one account's server. Shared by its mailboxes.
 #[derive(Debug)]
@@ -20,10 +21,13 @@ pub struct Endpoint {
     pub tls: TlsMode,
     /// Built once per account: roots plus the account's `ca_file`.
     pub tls_config: Arc<rustls::ClientConfig>,
+    /// Whether `tls = "none"` may go to a peer that is not loopback.
+    pub allow_insecure: bool,
     /// Login name.
     pub username: String,
-    /// Resolved at every login, so a rotated password needs no restart.
-    pub secret: SecretSource,
+    /// Password source or OAuth2 token command; read at every login, so a rotated secret needs
+    /// no restart.
+    pub credentials: Credentials,
 }
 
 impl Endpoint {
@@ -34,8 +38,9 @@ impl Endpoint {
             port: a.port(),
             tls: a.tls,
             tls_config: super::tls::client_config(a.ca_file.as_deref())?,
+            allow_insecure: a.allow_insecure,
             username: a.username.clone(),
-            secret: a.secret(),
+            credentials: Credentials::from_account(a),
         })
     }
 }
@@ -72,6 +77,25 @@ pub async fn open(
 
     match ep.tls {
         TlsMode::None => {
+            // Checked on the connected address, so a `localhost` that resolves elsewhere is
+            // refused too. Config validation refuses the obvious cases earlier.
+            if !ep.allow_insecure {
+                match tcp.peer_addr() {
+                    Ok(peer) if peer.ip().to_canonical().is_loopback() => {}
+                    Ok(peer) => {
+                        return Err(ImapError::InsecureRefused {
+                            host: ep.host.clone(),
+                            peer: Some(peer),
+                        })
+                    }
+                    Err(_) => {
+                        return Err(ImapError::InsecureRefused {
+                            host: ep.host.clone(),
+                            peer: None,
+                        })
+                    }
+                }
+            }
             let mut client = async_imap::Client::new(Box::new(tcp) as Box<dyn Io>);
             read_greeting(&mut client, t).await?;
             Ok(client)
@@ -149,25 +173,14 @@ async fn read_greeting<T: Io>(
     }
 }
 
-/// LOGIN with the account's password. A tagged NO is [`ImapError::Auth`]; a connection closed
-/// right after LOGIN (Dovecot at its process limit) is a retryable [`ImapError::Closed`].
+/// Logs in with the account's password (LOGIN) or OAuth2 token (XOAUTH2, OAUTHBEARER); see
+/// [`super::auth::login`].
 pub async fn login(
     client: async_imap::Client<Box<dyn Io>>,
     ep: &Endpoint,
     t: Duration,
 ) -> Result<Session, ImapError> {
-    let secret = ep.secret.resolve()?;
-    match tokio::time::timeout(t, client.login(&ep.username, secret.expose())).await {
-        Ok(Ok(session)) => Ok(session),
-        Ok(Err((async_imap::error::Error::No(m), _))) => Err(ImapError::Auth(m)),
-        Ok(Err((async_imap::error::Error::ConnectionLost, _))) => {
-            Err(ImapError::Closed("connection closed after LOGIN".into()))
-        }
-        // A BAD is a protocol problem, not a wrong password; the message never echoes the
-        // command, so the password cannot leak through it.
-        Ok(Err((e, _))) => Err(e.into()),
-        Err(_) => Err(ImapError::Timeout("login")),
-    }
+    super::auth::login(client, &ep.credentials, &ep.username, &ep.host, ep.port, t).await
 }
 
 /// SELECT the mailbox (read-write, so a later flag sync could work; we only ever PEEK).

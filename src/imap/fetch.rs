@@ -7,18 +7,26 @@ use futures::{Stream, TryStreamExt};
 
 use super::{ImapError, Session};
 
-/// What we ask for: the whole message without setting `\Seen`, plus its metadata.
-pub const FETCH_ITEMS: &str = "(UID FLAGS INTERNALDATE RFC822.SIZE BODY.PEEK[])";
+/// What we ask for: the message without setting `\Seen`, plus its metadata. The body is a
+/// partial fetch of at most `max_bytes` (`BODY.PEEK[]<0.N>`): a message within the limit comes
+/// whole in the same single round trip, a larger one comes cut at the limit, and RFC822.SIZE
+/// (in the same response) tells the two apart. No second FETCH, and never more than
+/// `max_bytes` of one message on the wire or in memory.
+pub fn fetch_items(max_bytes: usize) -> String {
+    format!("(UID FLAGS INTERNALDATE RFC822.SIZE BODY.PEEK[]<0.{max_bytes}>)")
+}
 
-/// Starts `UID FETCH <last_uid+1>:*`. The stream borrows the session; drop it before the next
-/// command.
+/// Starts `UID FETCH <last_uid+1>:*`, bodies cut at `max_bytes`. The stream borrows the
+/// session; drop it before the next command.
 pub async fn new_since(
     session: &mut Session,
     last_uid: u32,
+    max_bytes: usize,
     t: Duration,
 ) -> Result<impl Stream<Item = Result<Fetch, async_imap::error::Error>> + '_, ImapError> {
     let range = format!("{}:*", last_uid.saturating_add(1));
-    match tokio::time::timeout(t, session.uid_fetch(range, FETCH_ITEMS)).await {
+    let items = fetch_items(max_bytes);
+    match tokio::time::timeout(t, session.uid_fetch(range, items)).await {
         Ok(Ok(s)) => Ok(s),
         Ok(Err(e)) => Err(e.into()),
         Err(_) => Err(ImapError::Timeout("UID FETCH")),

@@ -1,9 +1,10 @@
-//! The IMAP side: TCP and TLS ([`tls`]), greeting, STARTTLS and login ([`connect`]), IDLE with
-//! its timers ([`idle`]) and `UID FETCH` ([`fetch`]).
+//! The IMAP side: TCP and TLS ([`tls`]), greeting, STARTTLS and login ([`connect`], with SASL
+//! OAuth2 in [`auth`]), IDLE with its timers ([`idle`]) and `UID FETCH` ([`fetch`]).
 //!
 //! Nothing here knows about storage or metrics. Errors are classified by [`ImapError::kind`] and
 //! [`ImapError::is_auth`], never by their text.
 
+pub mod auth;
 pub mod connect;
 pub mod fetch;
 pub mod idle;
@@ -13,7 +14,7 @@ use std::fmt;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::config::SecretError;
+use crate::secrets::SecretError;
 
 /// Any byte stream a session can run over: TLS or, for loopback test servers, plain TCP.
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + fmt::Debug {}
@@ -44,6 +45,18 @@ pub enum ImapError {
     /// The server refused `STARTTLS`; we never continue in plaintext.
     #[error("server refused STARTTLS ({0}); refusing to continue without TLS")]
     StarttlsRefused(String),
+    /// `tls = "none"` to a peer that is not loopback, without `allow_insecure = true`.
+    #[error(
+        "refusing to send credentials in clear text to {host}{}: not loopback \
+         (use TLS, or set allow_insecure = true)",
+        peer.map(|p| format!(" ({p})")).unwrap_or_default()
+    )]
+    InsecureRefused {
+        /// The configured host.
+        host: String,
+        /// The address connected to, when known.
+        peer: Option<std::net::SocketAddr>,
+    },
     /// The extra trust root could not be loaded.
     #[error("{0}")]
     CaFile(#[from] tls::CaFileError),
@@ -78,7 +91,10 @@ impl ImapError {
     pub fn kind(&self) -> &'static str {
         match self {
             ImapError::Connect { .. } => "connect",
-            ImapError::Tls { .. } | ImapError::StarttlsRefused(_) | ImapError::CaFile(_) => "tls",
+            ImapError::Tls { .. }
+            | ImapError::StarttlsRefused(_)
+            | ImapError::InsecureRefused { .. }
+            | ImapError::CaFile(_) => "tls",
             ImapError::Timeout(_) => "timeout",
             ImapError::Dead => "dead_connection",
             ImapError::Auth(_) | ImapError::Secret(_) => "auth",

@@ -1,10 +1,15 @@
-//! Sync state and the batch transaction: messages, `last_uid` and the outbox record commit
-//! together.
+//! Sync state and the batch transaction: messages (with attachments, raw bytes and threads),
+//! `last_uid` and the outbox record commit together.
+
+use std::collections::HashMap;
 
 use sqlx::any::AnyRow;
 use sqlx::{AssertSqlSafe, Row};
 
+use super::attachments::{insert_attachments, insert_raw};
+use super::chunk::{insert_sql, runs};
 use super::outbox::insert_outbox;
+use super::threads::assign_threads;
 use super::{now_ms, to_u32, Store, StoreError};
 use crate::message::MessageRecord;
 
@@ -36,19 +41,39 @@ const MESSAGE_COLUMNS: &[&str] = &[
     "message_id",
     "subject",
     "from_addr",
+    "sender_addr",
+    "reply_to_addrs",
     "to_addrs",
+    "cc_addrs",
+    "bcc_addrs",
+    "in_reply_to",
+    "references_ids",
     "sent_at",
     "received_at",
     "text_body",
     "html_body",
+    "snippet",
     "size",
     "flags",
+    "has_attachments",
+    "truncated",
     "parse_error",
     "stored_at",
 ];
 
+/// A message row this batch inserted: its `messages.id` and its record.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct NewRow<'a> {
+    /// `messages.id`.
+    pub id: i64,
+    /// What was inserted.
+    pub rec: &'a MessageRecord,
+}
+
 /// Rows per INSERT statement; keeps placeholders far below SQLite's 32,766.
 const ROWS_PER_STATEMENT: usize = 500;
+/// Body bytes per INSERT statement.
+const BYTES_PER_STATEMENT: usize = 32 * 1024 * 1024;
 
 impl Store {
     /// The sync state of a mailbox, if it was ever selected.
@@ -97,9 +122,10 @@ impl Store {
         Ok(())
     }
 
-    /// Stores a batch and advances `last_uid` to `new_last_uid` in one transaction. When any row
-    /// is new, `record(uids)` builds the announcement, which joins the outbox in the same
-    /// transaction. Returns the UIDs actually inserted (a re-fetch inserts nothing).
+    /// Stores a batch and advances `last_uid` to `new_last_uid` in one transaction: the messages,
+    /// their attachments and raw bytes, their threads, the sync state and, when any row is new,
+    /// the announcement `record(uids)` in the outbox. Returns the UIDs actually inserted (a
+    /// re-fetch inserts nothing).
     pub async fn commit_batch(
         &self,
         target: BatchTarget<'_>,
@@ -109,10 +135,18 @@ impl Store {
         record: impl FnOnce(&[u32]) -> String,
     ) -> Result<Vec<u32>, StoreError> {
         let now = now_ms();
+        let by_uid: HashMap<u32, &MessageRecord> = messages.iter().map(|m| (m.uid, m)).collect();
         let mut tx = self.pool.begin().await?;
-        let mut inserted = Vec::with_capacity(messages.len());
-        for chunk in messages.chunks(ROWS_PER_STATEMENT) {
-            let sql = insert_sql(chunk.len());
+        let mut new_rows = Vec::with_capacity(messages.len());
+        for chunk in runs(messages, ROWS_PER_STATEMENT, BYTES_PER_STATEMENT, |m| {
+            m.approx_bytes()
+        }) {
+            let sql = insert_sql(
+                "messages",
+                MESSAGE_COLUMNS,
+                chunk.len(),
+                "ON CONFLICT (account_id, mailbox, uidvalidity, uid) DO NOTHING RETURNING id, uid",
+            );
             let mut q = sqlx::query(AssertSqlSafe(sql));
             for m in chunk {
                 q = q
@@ -123,18 +157,46 @@ impl Store {
                     .bind(m.message_id.as_deref())
                     .bind(m.subject.as_deref())
                     .bind(m.from.as_str())
+                    .bind(m.sender.as_str())
+                    .bind(m.reply_to.as_str())
                     .bind(m.to.as_str())
+                    .bind(m.cc.as_str())
+                    .bind(m.bcc.as_str())
+                    .bind(m.in_reply_to.as_deref())
+                    .bind(serde_json::to_string(&m.references).unwrap_or_else(|_| "[]".into()))
                     .bind(m.sent_at_ms)
                     .bind(m.received_at_ms)
                     .bind(m.text_body.as_deref())
                     .bind(m.html_body.as_deref())
+                    .bind(m.snippet.as_str())
                     .bind(m.size)
                     .bind(m.flags.as_str())
+                    .bind(m.has_attachments)
+                    .bind(m.truncated)
                     .bind(m.parse_error)
                     .bind(now);
             }
             let rows: Vec<AnyRow> = q.fetch_all(&mut *tx).await?;
-            inserted.extend(rows.iter().map(|r| to_u32(r.get::<i64, _>(0))));
+            for r in &rows {
+                let uid = to_u32(r.get::<i64, _>(1));
+                if let Some(rec) = by_uid.get(&uid) {
+                    new_rows.push(NewRow { id: r.get(0), rec });
+                }
+            }
+        }
+        if !new_rows.is_empty() {
+            // Row ids ascend with insertion order: threads are founded by their first message.
+            new_rows.sort_by_key(|r| r.id);
+            insert_attachments(&mut tx, target.account_id, &new_rows).await?;
+            insert_raw(&mut tx, &new_rows).await?;
+            assign_threads(
+                &mut tx,
+                target.account_id,
+                &new_rows,
+                self.thread_by_subject,
+                now,
+            )
+            .await?;
         }
         sqlx::query(
             "UPDATE mailbox_state SET last_uid = $1, updated_at = $2 \
@@ -147,6 +209,7 @@ impl Store {
         .bind(i64::from(target.uidvalidity))
         .execute(&mut *tx)
         .await?;
+        let mut inserted: Vec<u32> = new_rows.iter().map(|r| r.rec.uid).collect();
         if !inserted.is_empty() {
             inserted.sort_unstable();
             let payload = record(&inserted);
@@ -164,43 +227,15 @@ impl Store {
     }
 }
 
-/// `INSERT … VALUES ($1, …), (…) ON CONFLICT DO NOTHING RETURNING uid` for `rows` rows.
-fn insert_sql(rows: usize) -> String {
-    let cols = MESSAGE_COLUMNS.len();
-    let mut sql = format!(
-        "INSERT INTO messages ({}) VALUES ",
-        MESSAGE_COLUMNS.join(", ")
-    );
-    for r in 0..rows {
-        if r > 0 {
-            sql.push_str(", ");
-        }
-        sql.push('(');
-        for c in 0..cols {
-            if c > 0 {
-                sql.push_str(", ");
-            }
-            sql.push('$');
-            sql.push_str(&(r * cols + c + 1).to_string());
-        }
-        sql.push(')');
-    }
-    sql.push_str(" ON CONFLICT (account_id, mailbox, uidvalidity, uid) DO NOTHING RETURNING uid");
-    sql
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn insert_sql_numbers_placeholders() {
-        let sql = insert_sql(2);
+        let sql = insert_sql("messages", MESSAGE_COLUMNS, 2, "");
         let n = MESSAGE_COLUMNS.len();
         assert!(sql.contains(&format!("${n}), (${}", n + 1)), "{sql}");
-        assert!(sql.ends_with(&format!(
-            "${}) ON CONFLICT (account_id, mailbox, uidvalidity, uid) DO NOTHING RETURNING uid",
-            2 * n
-        )));
+        assert!(sql.ends_with(&format!("${})", 2 * n)), "{sql}");
     }
 }

@@ -6,10 +6,18 @@
 //! work on both.
 //!
 //! - [`messages`]: sync state and the batch transaction.
+//! - [`attachments`]: attachment and raw-message rows of a batch.
+//! - [`threads`]: conversation assignment inside the batch transaction ([`thread_model`]: the
+//!   in-memory aggregates and grouping; [`thread_writes`]: its multi-row writes).
 //! - [`outbox`]: records waiting to be published.
 
+mod attachments;
+mod chunk;
 mod messages;
 mod outbox;
+mod thread_model;
+mod thread_writes;
+mod threads;
 
 pub use messages::{BatchTarget, SyncState};
 pub use outbox::OutboxRow;
@@ -20,6 +28,7 @@ use sqlx::any::AnyPoolOptions;
 use sqlx::AnyPool;
 
 use crate::config::StorageConfig;
+use crate::message::ExtractOptions;
 
 /// Database failures. All are retryable from a mailbox's point of view: it pauses without
 /// advancing `last_uid` and tries again.
@@ -54,6 +63,10 @@ pub enum Backend {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// Limits for parsing what this store will hold (raw, attachments, message size).
+    extract: ExtractOptions,
+    /// `storage.thread_by_subject`: subject may link messages that no Message-ID links.
+    thread_by_subject: bool,
 }
 
 /// Unix milliseconds now.
@@ -100,7 +113,17 @@ impl Store {
             });
         }
         let pool = opts.connect(&url).await?;
-        Ok(Store { pool, backend })
+        Ok(Store {
+            pool,
+            backend,
+            extract: ExtractOptions::from(cfg),
+            thread_by_subject: cfg.thread_by_subject,
+        })
+    }
+
+    /// The parsing limits messages for this store are extracted with.
+    pub fn extract_options(&self) -> &ExtractOptions {
+        &self.extract
     }
 
     /// The backend behind this store.

@@ -1,6 +1,6 @@
 //! The outbox: records committed with their messages, waiting for the publisher.
 
-use sqlx::Row;
+use sqlx::{AssertSqlSafe, Row};
 
 use super::{now_ms, Store, StoreError};
 
@@ -43,13 +43,42 @@ impl Store {
             .collect())
     }
 
-    /// Removes published records (everything up to and including `up_to_id`).
-    pub async fn outbox_delete_through(&self, up_to_id: i64) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM outbox WHERE id <= $1")
-            .bind(up_to_id)
-            .execute(&self.pool)
-            .await?;
+    /// Removes published records.
+    ///
+    /// By exact ids, never by range: with several mailboxes committing at once, a lower id can
+    /// become visible after a higher one was already read, and a range would delete it unsent.
+    pub async fn outbox_delete(&self, ids: &[i64]) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let placeholders: Vec<String> = (1..=ids.len()).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "DELETE FROM outbox WHERE id IN ({})",
+            placeholders.join(", ")
+        );
+        let mut q = sqlx::query(AssertSqlSafe(sql));
+        for id in ids {
+            q = q.bind(*id);
+        }
+        q.execute(&self.pool).await?;
         Ok(())
+    }
+
+    /// Deletes records older than `max_age_ms` and the oldest beyond `max_rows`. Returns how
+    /// many were deleted.
+    pub async fn outbox_prune(&self, max_age_ms: i64, max_rows: i64) -> Result<u64, StoreError> {
+        let old = sqlx::query("DELETE FROM outbox WHERE created_at < $1")
+            .bind(now_ms().saturating_sub(max_age_ms))
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        // Keeps the newest `max_rows`: ids are increasing, so the cut is an id.
+        let over = sqlx::query("DELETE FROM outbox WHERE id <= (SELECT MAX(id) FROM outbox) - $1")
+            .bind(max_rows)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(old + over)
     }
 
     /// Records waiting, and the age of the oldest in ms.

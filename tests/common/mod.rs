@@ -4,8 +4,10 @@
 pub mod daemon;
 pub mod db;
 pub mod dovecot;
+pub mod oauth;
 pub mod proxy;
 pub mod redis;
+pub mod servers;
 
 /// GET `path` from the admin listener; the body of a 200 answer.
 pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<String> {
@@ -33,4 +35,24 @@ pub fn init_logs() {
         .with_env_filter(filter)
         .with_test_writer()
         .try_init();
+}
+
+/// Polls `check` every 50 ms until it says true, for state that lives in another process and
+/// announces nothing (a Redis Stream, a metrics page). Fails after `timeout`.
+pub async fn wait_until<F, Fut>(timeout: std::time::Duration, mut check: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<bool>>,
+{
+    let end = tokio::time::Instant::now() + timeout;
+    loop {
+        if check().await? {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < end,
+            "condition not met within {timeout:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }

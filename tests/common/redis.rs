@@ -101,3 +101,23 @@ impl Subscriber {
         }
     }
 }
+
+/// Every record in a Redis Stream the daemon XADDs to (field `record`), oldest first.
+pub async fn stream_records(url: &str, stream: &str) -> Result<Vec<serde_json::Value>> {
+    let client = redis::Client::open(url)?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg(stream)
+        .arg("-")
+        .arg("+")
+        .query_async(&mut conn)
+        .await?;
+    let mut out = Vec::new();
+    for (_, fields) in entries {
+        for (k, v) in fields {
+            anyhow::ensure!(k == "record", "unexpected stream field {k}");
+            out.push(serde_json::from_str(&v)?);
+        }
+    }
+    Ok(out)
+}

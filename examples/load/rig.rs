@@ -1,0 +1,642 @@
+//! Plumbing of the load harness: a Dovecot with N users, a PostgreSQL database and a Redis
+//! channel of its own, the idlesync binary as a child process, and what it reads about that
+//! process from `/proc`.
+//!
+//! Used by `examples/load/main.rs` and by `tests/load_smoke.rs` (both include it with
+//! `#[path]`, next to `tests/common/dovecot.rs` and `tests/common/db.rs`).
+
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::os::unix::fs::{chown, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, ensure, Context, Result};
+use deadpool_redis::redis;
+use futures::StreamExt;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufStream};
+use tokio::sync::mpsc;
+
+use crate::db::TestDb;
+use crate::dovecot::{Dovecot, DovecotOptions};
+
+/// Every load user's password.
+pub const PASSWORD: &str = "load-pw";
+/// The environment variable the generated config names for it.
+const PASSWORD_ENV: &str = "IDLESYNC_LOAD_PASSWORD";
+
+/// Unix time in microseconds.
+pub fn unix_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
+}
+
+/// `u00000`, `u00001`, …
+pub fn user(i: usize) -> String {
+    format!("u{i:05}")
+}
+
+/// Starts Dovecot with `n` load users plus `extra` named users, sized for `n` sessions:
+/// `client_limit` per imap (and imap-login) process, `service_count = 0`.
+pub fn start_dovecot(n: usize, extra: &[&str], client_limit: u32) -> Result<Dovecot> {
+    let mut users: Vec<(String, String)> = (0..n).map(|i| (user(i), PASSWORD.into())).collect();
+    users.extend(extra.iter().map(|u| (u.to_string(), PASSWORD.to_string())));
+    // Room for everyone at once (idlesync, or the bare client, plus helpers), and headroom.
+    let procs = (users.len() as u32).div_ceil(client_limit) + 20;
+    Dovecot::start_with(DovecotOptions {
+        users,
+        client_limit,
+        process_limit: procs.max(100),
+        extra_config: String::new(),
+    })
+    .context("starting Dovecot (is dovecot-imapd installed? scripts/prepare installs it)")
+}
+
+/// A PostgreSQL database of our own (dropped afterwards) and a Redis channel of our own.
+pub struct Sinks {
+    /// Dropped (with FORCE) when the run ends.
+    pub db: TestDb,
+    /// Redis URL.
+    pub redis_url: String,
+    /// A channel nobody else uses.
+    pub channel: String,
+}
+
+impl Sinks {
+    /// Creates the database; Redis must answer.
+    pub async fn new() -> Result<Sinks> {
+        let db = TestDb::postgres()
+            .await
+            .context("PostgreSQL on 127.0.0.1:5432 (IDLESYNC_TEST_PG)")?;
+        let redis_url = std::env::var("IDLESYNC_TEST_REDIS")
+            .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+        let channel = format!("idlesync-load:{}:{}", std::process::id(), unix_us());
+        Ok(Sinks {
+            db,
+            redis_url,
+            channel,
+        })
+    }
+
+    /// Messages stored, all accounts.
+    pub async fn stored(&self, pool: &sqlx::AnyPool) -> Result<i64> {
+        let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM messages")
+            .fetch_one(pool)
+            .await?;
+        Ok(n)
+    }
+}
+
+/// One Redis record as the subscriber got it.
+pub struct Received {
+    /// Unix µs at receipt.
+    pub at_us: i64,
+    /// The JSON record.
+    pub record: serde_json::Value,
+}
+
+/// A Redis subscription that stamps each record on receipt.
+pub struct Subscriber {
+    rx: mpsc::UnboundedReceiver<Received>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Subscriber {
+    /// Subscribed before it returns.
+    pub async fn new(sinks: &Sinks) -> Result<Subscriber> {
+        let client = redis::Client::open(sinks.redis_url.as_str())?;
+        let mut pubsub = client
+            .get_async_pubsub()
+            .await
+            .with_context(|| format!("Redis at {}", sinks.redis_url))?;
+        pubsub.subscribe(&sinks.channel).await?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(async move {
+            let mut stream = pubsub.into_on_message();
+            while let Some(msg) = stream.next().await {
+                let at_us = unix_us();
+                let Ok(payload) = msg.get_payload::<String>() else {
+                    continue;
+                };
+                let Ok(record) = serde_json::from_str(&payload) else {
+                    continue;
+                };
+                if tx.send(Received { at_us, record }).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Subscriber { rx, task })
+    }
+
+    /// The next record, or `None` after `timeout`.
+    pub async fn next(&mut self, timeout: Duration) -> Option<Received> {
+        tokio::time::timeout(timeout, self.rx.recv())
+            .await
+            .ok()
+            .flatten()
+    }
+}
+
+/// One `idlesync::latency` debug line: a record published.
+#[derive(Debug, Clone, Copy)]
+pub struct Published {
+    /// When the EXISTS behind it was read (Unix µs).
+    pub exists_at_us: i64,
+    /// EXISTS read → PUBLISH acknowledged (µs).
+    pub exists_to_publish_us: i64,
+}
+
+/// `idlesync run` as a child process, with its admin port and its latency log lines.
+pub struct DaemonProc {
+    child: Child,
+    /// The child's pid, for `/proc`.
+    pub pid: u32,
+    /// `/metrics`, `/status`.
+    pub admin: SocketAddr,
+    /// Parsed `idlesync::latency` lines, in order.
+    pub published: mpsc::UnboundedReceiver<Published>,
+    /// The last lines it logged, for error messages.
+    tail: Arc<Mutex<VecDeque<String>>>,
+    /// When it was spawned.
+    pub started: Instant,
+    /// Holds the config file.
+    _dir: tempfile::TempDir,
+}
+
+/// Which mailboxes a daemon watches: `(user, mailbox)`.
+pub fn config_toml(
+    dc: &Dovecot,
+    sinks: &Sinks,
+    admin: SocketAddr,
+    watch: &[String],
+    connects_per_second: u32,
+) -> String {
+    let mut s = format!(
+        "[storage]\nurl = \"{db}\"\n\n[redis]\nurl = \"{redis}\"\nchannel = \"{channel}\"\n\n\
+         [metrics]\nlisten = \"{admin}\"\n\n[imap]\nconnects_per_second = {connects_per_second}\n\n",
+        db = sinks.db.url,
+        redis = sinks.redis_url,
+        channel = sinks.channel,
+    );
+    for u in watch {
+        s.push_str(&format!(
+            "[[accounts]]\nid = \"{u}\"\nemail = \"{u}@example.test\"\nhost = \"127.0.0.1\"\n\
+             port = {port}\ntls = \"implicit\"\nusername = \"{u}\"\npassword_env = \"{PASSWORD_ENV}\"\n\
+             mailboxes = [\"INBOX\"]\nca_file = \"{ca}\"\n\n",
+            port = dc.imaps_port(),
+            ca = dc.ca_file().display(),
+        ));
+    }
+    s
+}
+
+impl DaemonProc {
+    /// Writes the config and spawns `bin run --config … --log-format json`.
+    pub fn spawn(bin: &Path, toml_for: impl FnOnce(SocketAddr) -> String) -> Result<DaemonProc> {
+        ensure!(
+            bin.exists(),
+            "{} not found: build it first (`cargo build --release`)",
+            bin.display()
+        );
+        let admin = free_addr()?;
+        let dir = tempfile::tempdir()?;
+        let config = dir.path().join("idlesync.toml");
+        std::fs::write(&config, toml_for(admin))?;
+        let started = Instant::now();
+        let mut child = Command::new(bin)
+            .arg("run")
+            .arg("--config")
+            .arg(&config)
+            .arg("--log-format")
+            .arg("json")
+            .env(PASSWORD_ENV, PASSWORD)
+            .env("RUST_LOG", "warn,idlesync::latency=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("spawning {}", bin.display()))?;
+        let pid = child.id();
+        let stderr = child.stderr.take().context("stderr")?;
+        let (tx, published) = mpsc::unbounded_channel();
+        let tail = Arc::new(Mutex::new(VecDeque::new()));
+        let tail2 = tail.clone();
+        // Drains stderr always, so the daemon never blocks on a full pipe.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(p) = parse_published(&line) {
+                    let _ = tx.send(p);
+                    continue;
+                }
+                let mut t = tail2.lock().unwrap_or_else(|p| p.into_inner());
+                if t.len() >= 20 {
+                    t.pop_front();
+                }
+                t.push_back(line);
+            }
+        });
+        Ok(DaemonProc {
+            child,
+            pid,
+            admin,
+            published,
+            tail,
+            started,
+            _dir: dir,
+        })
+    }
+
+    /// What it logged last (warnings and errors).
+    pub fn tail(&self) -> String {
+        let t = self.tail.lock().unwrap_or_else(|p| p.into_inner());
+        t.iter().cloned().collect::<Vec<_>>().join("\n")
+    }
+
+    /// RSS, CPU time and open descriptors, from `/proc`.
+    pub fn stats(&self) -> Result<ProcStats> {
+        ProcStats::of(self.pid)
+    }
+
+    /// Polls `/status` every `every` until `n` mailboxes are idling; returns the time since
+    /// spawn. Fails after `timeout`, or if the process exited.
+    pub async fn wait_idling(
+        &mut self,
+        n: usize,
+        every: Duration,
+        timeout: Duration,
+    ) -> Result<Duration> {
+        let end = Instant::now() + timeout;
+        let mut last = 0;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                bail!("idlesync exited with {status}:\n{}", self.tail());
+            }
+            if let Ok(body) = http_get(self.admin, "/status").await {
+                last = body.matches("\"state\":\"idling\"").count();
+                if last >= n {
+                    return Ok(self.started.elapsed());
+                }
+            }
+            if Instant::now() > end {
+                bail!(
+                    "{last} of {n} mailboxes idling after {timeout:?}; idlesync logged:\n{}",
+                    self.tail()
+                );
+            }
+            tokio::time::sleep(every).await;
+        }
+    }
+
+    /// SIGTERM, then SIGKILL after 20 s.
+    pub fn stop(mut self) -> Result<()> {
+        signal(self.pid, SIGTERM);
+        let end = Instant::now() + Duration::from_secs(20);
+        loop {
+            if self.child.try_wait()?.is_some() {
+                return Ok(());
+            }
+            if Instant::now() > end {
+                self.child.kill()?;
+                self.child.wait()?;
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for DaemonProc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn parse_published(line: &str) -> Option<Published> {
+    if !line.contains("exists_to_publish_us") {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_str(line).ok()?;
+    let f = v.get("fields")?;
+    Some(Published {
+        exists_at_us: f.get("exists_at_us")?.as_i64()?,
+        exists_to_publish_us: f.get("exists_to_publish_us")?.as_i64()?,
+    })
+}
+
+/// What `/proc` says about a process.
+#[derive(Debug, Clone, Copy)]
+pub struct ProcStats {
+    /// Resident set (KiB).
+    pub rss_kib: u64,
+    /// utime + stime (seconds).
+    pub cpu_s: f64,
+    /// Open file descriptors.
+    pub fds: usize,
+    /// Threads.
+    pub threads: u64,
+}
+
+impl ProcStats {
+    /// Reads `/proc/<pid>/{status,stat,fd}`.
+    pub fn of(pid: u32) -> Result<ProcStats> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let field = |name: &str| -> Option<u64> {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))?
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()
+        };
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+        // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+        let rest = stat.rsplit_once(')').context("odd /proc/pid/stat")?.1;
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        ensure!(f.len() > 13, "odd /proc/pid/stat");
+        let ticks: u64 = f[11].parse::<u64>()? + f[12].parse::<u64>()?;
+        let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))?.count();
+        Ok(ProcStats {
+            rss_kib: field("VmRSS:").unwrap_or(0),
+            cpu_s: ticks as f64 / clock_ticks() as f64,
+            fds,
+            threads: field("Threads:").unwrap_or(0),
+        })
+    }
+}
+
+fn clock_ticks() -> i64 {
+    unsafe extern "C" {
+        fn sysconf(name: i32) -> i64;
+    }
+    const SC_CLK_TCK: i32 = 2;
+    // SAFETY: sysconf(3) has no memory-safety preconditions.
+    let t = unsafe { sysconf(SC_CLK_TCK) };
+    if t > 0 {
+        t
+    } else {
+        100
+    }
+}
+
+const SIGTERM: i32 = 15;
+
+fn signal(pid: u32, sig: i32) {
+    unsafe extern "C" {
+        fn kill(pid: i32, sig: i32) -> i32;
+    }
+    if let Ok(pid) = i32::try_from(pid) {
+        if pid > 1 {
+            // SAFETY: kill(2) has no memory-safety preconditions; pid is our own child.
+            unsafe {
+                kill(pid, sig);
+            }
+        }
+    }
+}
+
+/// A free loopback address for the admin listener.
+fn free_addr() -> Result<SocketAddr> {
+    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+    Ok(l.local_addr()?)
+}
+
+/// GET `path`; the body of a 200 answer.
+pub async fn http_get(addr: SocketAddr, path: &str) -> Result<String> {
+    let work = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await?;
+        anyhow::Ok(String::from_utf8_lossy(&buf).into_owned())
+    };
+    let buf = tokio::time::timeout(Duration::from_secs(30), work)
+        .await
+        .context("admin listener timed out")??;
+    let (head, body) = buf.split_once("\r\n\r\n").unwrap_or((&buf, ""));
+    ensure!(head.starts_with("HTTP/1.1 200"), "GET {path}: {head}");
+    Ok(body.to_string())
+}
+
+/// A ~`size`-byte text message, unique by `n`.
+pub fn message(n: usize, to: &str, size: usize) -> Vec<u8> {
+    let mut m = format!(
+        "From: Load Sender <sender{s}@example.test>\r\nTo: {to}@example.test\r\n\
+         Subject: Load message {n}\r\nMessage-ID: <load-{n}-{p}@example.test>\r\n\
+         Date: Tue, 14 Nov 2023 22:13:20 +0000\r\nMIME-Version: 1.0\r\n\
+         Content-Type: text/plain; charset=utf-8\r\n\r\n",
+        s = n % 97,
+        p = std::process::id(),
+    );
+    let line = "The quick brown fox jumps over the lazy dog, message body for load tests.\r\n";
+    m.push_str(line);
+    while m.len() + line.len() <= size {
+        m.push_str(line);
+    }
+    m.into_bytes()
+}
+
+/// Writes messages straight into a user's Maildir, as an MDA would (tmp/ then rename into
+/// new/, owned by the mail user), so delivery is not limited by IMAP APPEND.
+pub struct MaildirWriter {
+    uid: u32,
+    gid: u32,
+    seq: usize,
+}
+
+impl MaildirWriter {
+    /// Takes the owner from the Dovecot home directories.
+    pub fn new(dc: &Dovecot, any_user: &str) -> Result<MaildirWriter> {
+        let home = dc.maildir(any_user).parent().context("home")?.to_path_buf();
+        let meta = std::fs::metadata(&home)?;
+        Ok(MaildirWriter {
+            uid: meta.uid(),
+            gid: meta.gid(),
+            seq: 0,
+        })
+    }
+
+    /// Creates `Maildir/{cur,new,tmp}` for `user` if missing.
+    pub fn prepare(&self, dc: &Dovecot, user: &str) -> Result<PathBuf> {
+        let md = dc.maildir(user);
+        for d in [md.clone(), md.join("cur"), md.join("new"), md.join("tmp")] {
+            if !d.exists() {
+                std::fs::create_dir(&d)?;
+                chown(&d, Some(self.uid), Some(self.gid))?;
+            }
+        }
+        Ok(md)
+    }
+
+    /// Delivers one message into `maildir`.
+    pub fn deliver(&mut self, maildir: &Path, raw: &[u8]) -> Result<()> {
+        self.seq += 1;
+        let name = format!(
+            "{}.M{}P{}.idlesync-load,S={}",
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            self.seq,
+            std::process::id(),
+            raw.len()
+        );
+        let tmp = maildir.join("tmp").join(&name);
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(raw)?;
+        drop(f);
+        chown(&tmp, Some(self.uid), Some(self.gid))?;
+        std::fs::rename(&tmp, maildir.join("new").join(&name))?;
+        Ok(())
+    }
+}
+
+/// One IMAPS session kept open: LOGIN, then APPENDs, or SELECT and IDLE (a latency probe).
+pub struct Wire {
+    io: BufStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
+    tag: u32,
+}
+
+impl Wire {
+    /// Connects and logs in as `user`.
+    pub async fn login(dc: &Dovecot, user: &str) -> Result<Wire> {
+        let mut w = Wire {
+            io: BufStream::new(dc.connect_tls().await?),
+            tag: 0,
+        };
+        let greeting = w.line().await?;
+        ensure!(greeting.starts_with("* OK"), "greeting {greeting:?}");
+        let r = w
+            .command(&format!("LOGIN {user} \"{PASSWORD}\""), None)
+            .await?;
+        ensure!(r.starts_with("OK"), "LOGIN {user}: {r}");
+        Ok(w)
+    }
+
+    /// APPEND to INBOX; returns when the tagged OK has been read.
+    pub async fn append(&mut self, raw: &[u8]) -> Result<()> {
+        let r = self.command("APPEND INBOX", Some(raw)).await?;
+        ensure!(r.starts_with("OK"), "APPEND: {r}");
+        Ok(())
+    }
+
+    /// SELECT INBOX and enter IDLE.
+    pub async fn idle(&mut self) -> Result<()> {
+        let r = self.command("SELECT INBOX", None).await?;
+        ensure!(r.starts_with("OK"), "SELECT: {r}");
+        self.io.write_all(b"i IDLE\r\n").await?;
+        self.io.flush().await?;
+        loop {
+            if self.line().await?.starts_with('+') {
+                return Ok(());
+            }
+        }
+    }
+
+    /// In IDLE: waits for the next `* N EXISTS`; returns when it was read.
+    pub async fn next_exists(&mut self, timeout: Duration) -> Result<Instant> {
+        let work = async {
+            loop {
+                let l = self.line().await?;
+                if l.starts_with("* ") && l.ends_with(" EXISTS") {
+                    return anyhow::Ok(Instant::now());
+                }
+            }
+        };
+        tokio::time::timeout(timeout, work)
+            .await
+            .context("no EXISTS in time")?
+    }
+
+    async fn command(&mut self, cmd: &str, literal: Option<&[u8]>) -> Result<String> {
+        self.tag += 1;
+        let tag = format!("w{}", self.tag);
+        match literal {
+            None => {
+                self.io
+                    .write_all(format!("{tag} {cmd}\r\n").as_bytes())
+                    .await?
+            }
+            Some(data) => {
+                self.io
+                    .write_all(format!("{tag} {cmd} {{{}+}}\r\n", data.len()).as_bytes())
+                    .await?;
+                self.io.write_all(data).await?;
+                self.io.write_all(b"\r\n").await?;
+            }
+        }
+        self.io.flush().await?;
+        let work = async {
+            loop {
+                let l = self.line().await?;
+                if let Some(rest) = l.strip_prefix(&tag).and_then(|r| r.strip_prefix(' ')) {
+                    return anyhow::Ok(rest.to_string());
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(30), work)
+            .await
+            .context("IMAP command timed out")?
+    }
+
+    async fn line(&mut self) -> Result<String> {
+        let mut l = String::new();
+        let n = self.io.read_line(&mut l).await?;
+        ensure!(n > 0, "server closed the connection");
+        Ok(l.trim_end().to_string())
+    }
+}
+
+/// Result of `scripts/bare_idle.py`.
+#[derive(Debug, Clone, Copy)]
+pub struct Bare {
+    /// Start to all idling (s).
+    pub all_idling_s: f64,
+    /// Sessions that failed.
+    pub failed: u64,
+}
+
+/// Runs the bare asyncio client: `n` users log in, SELECT and IDLE, at most `rate` new
+/// connections per second.
+pub fn bare_client(dc: &Dovecot, n: usize, rate: u32) -> Result<Bare> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/bare_idle.py");
+    let out = Command::new("python3")
+        .arg(&script)
+        .args(["--port", &dc.imaps_port().to_string()])
+        .args(["--ca", &dc.ca_file().display().to_string()])
+        .args(["--count", &n.to_string()])
+        .args(["--password", PASSWORD])
+        .args(["--rate", &rate.to_string()])
+        .stdin(Stdio::null())
+        .output()
+        .context("running python3 scripts/bare_idle.py")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.success(),
+        "bare_idle.py: {}: {text}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_str(text.trim()).context("bare_idle.py output")?;
+    Ok(Bare {
+        all_idling_s: v["all_idling_s"].as_f64().unwrap_or(f64::NAN),
+        failed: v["failed"].as_u64().unwrap_or(0),
+    })
+}

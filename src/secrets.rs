@@ -1,0 +1,473 @@
+//! Where passwords and OAuth2 access tokens come from, and the [`Secret`] type that carries them.
+//!
+//! Sources are read at each login, never at start-up only, so rotating a password needs no
+//! restart:
+//! - `password_env`: an environment variable;
+//! - `password_file`: a file, its trailing newline dropped;
+//! - `password_command`: a command's stdout, trimmed;
+//! - `password`: written in the config (a warning);
+//! - `oauth2_token_command`: a command printing an access token, either bare or as JSON
+//!   `{"access_token": "...", "expires_in": 3599}`. The token is cached per account and fetched
+//!   again shortly before `expires_in` runs out, and after any authentication failure.
+//!
+//! Commands run as `sh -c COMMAND`, as operators expect from a config line: pipes and quoting
+//! work, and the string is never interpolated with anything idlesync knows. stdin is empty,
+//! stderr goes to idlesync's stderr, and a command that takes longer than [`COMMAND_TIMEOUT`]
+//! is killed. No error here ever carries a secret, a command line or a command's output: they
+//! name the config key instead.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// A command that runs longer than this is killed, and its login attempt fails.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A command's stdout longer than this is refused (it is not a password or a token).
+const MAX_OUTPUT: usize = 64 * 1024;
+
+/// A cached token is fetched again this long before it expires (or at half its lifetime, if
+/// that is shorter), so that a login never races the expiry.
+const REFRESH_MARGIN: Duration = Duration::from_secs(60);
+
+/// A password or token. Its `Debug` never shows the value, and it has no `Display`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a value.
+    pub fn new(value: String) -> Self {
+        Secret(value)
+    }
+
+    /// The value, for the one place that sends it to the server.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// Which config key a command came from; errors name it instead of the command line, which may
+/// itself hold a secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommandKey {
+    /// `password_command`.
+    Password,
+    /// `oauth2_token_command`.
+    OAuth2Token,
+}
+
+impl fmt::Display for CommandKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            CommandKey::Password => "password_command",
+            CommandKey::OAuth2Token => "oauth2_token_command",
+        })
+    }
+}
+
+/// Where a password is read from; resolved at each login.
+#[derive(Clone)]
+pub enum SecretSource {
+    /// An environment variable.
+    Env(String),
+    /// A file; its trailing newline is dropped.
+    File(PathBuf),
+    /// A command run by `sh -c`; its stdout, trimmed.
+    Command(String),
+    /// Written in the config file.
+    Inline(Secret),
+}
+
+impl fmt::Debug for SecretSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SecretSource::Env(var) => f.debug_tuple("Env").field(var).finish(),
+            SecretSource::File(path) => f.debug_tuple("File").field(path).finish(),
+            // A command line can hold a secret (`echo hunter2`): never shown.
+            SecretSource::Command(_) => f.write_str("Command(<redacted>)"),
+            SecretSource::Inline(s) => f.debug_tuple("Inline").field(s).finish(),
+        }
+    }
+}
+
+/// A secret that could not be read. Never carries the secret, the command or its output.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    /// The environment variable is not set (or not UTF-8).
+    #[error("environment variable {0} is not set")]
+    EnvMissing(String),
+    /// The file could not be read.
+    #[error("cannot read password file {path}: {source}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// `sh` could not be started.
+    #[error("cannot run {key}: {source}")]
+    Spawn {
+        /// Which command.
+        key: CommandKey,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The command's program is not installed (found by `idlesync check`).
+    #[error("{key}: program {program:?} not found")]
+    NotFound {
+        /// Which command.
+        key: CommandKey,
+        /// The first word of the command line.
+        program: String,
+    },
+    /// The command exited unsuccessfully.
+    #[error("{key} failed: {status}")]
+    Failed {
+        /// Which command.
+        key: CommandKey,
+        /// Its exit status.
+        status: ExitStatus,
+    },
+    /// The command took longer than [`COMMAND_TIMEOUT`] and was killed.
+    #[error("{key} did not finish within {0:?}; killed", COMMAND_TIMEOUT)]
+    Timeout {
+        /// Which command.
+        key: CommandKey,
+    },
+    /// The command printed something unusable.
+    #[error("{key} printed {problem}")]
+    Output {
+        /// Which command.
+        key: CommandKey,
+        /// What is wrong, in words that never quote the output.
+        problem: &'static str,
+    },
+}
+
+impl SecretSource {
+    /// Reads the secret now.
+    pub async fn resolve(&self) -> Result<Secret, SecretError> {
+        match self {
+            SecretSource::Command(cmd) => {
+                let out = run_command(CommandKey::Password, cmd).await?;
+                let value = out.trim();
+                if value.is_empty() {
+                    return Err(SecretError::Output {
+                        key: CommandKey::Password,
+                        problem: "nothing",
+                    });
+                }
+                Ok(Secret(value.to_string()))
+            }
+            other => other.resolve_local(),
+        }
+    }
+
+    /// Reads an environment or file secret now; for a command, only checks that its program
+    /// exists (running it could have side effects). Used by `idlesync check`.
+    pub fn check(&self) -> Result<(), SecretError> {
+        match self {
+            SecretSource::Command(cmd) => check_program(CommandKey::Password, cmd),
+            other => other.resolve_local().map(drop),
+        }
+    }
+
+    fn resolve_local(&self) -> Result<Secret, SecretError> {
+        match self {
+            SecretSource::Env(var) => std::env::var(var)
+                .map(Secret)
+                .map_err(|_| SecretError::EnvMissing(var.clone())),
+            SecretSource::File(path) => std::fs::read_to_string(path)
+                .map(|s| Secret(s.trim_end_matches(['\r', '\n']).to_string()))
+                .map_err(|source| SecretError::File {
+                    path: path.clone(),
+                    source,
+                }),
+            SecretSource::Inline(secret) => Ok(secret.clone()),
+            SecretSource::Command(_) => Err(SecretError::Output {
+                key: CommandKey::Password,
+                problem: "nothing (not run)",
+            }),
+        }
+    }
+}
+
+/// Whether a token came from the cache or was just fetched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Freshness {
+    /// Just printed by the command.
+    Fresh,
+    /// Fetched earlier and not yet due.
+    Cached,
+}
+
+/// An access token as the command printed it, and when to fetch the next one.
+#[derive(Debug, Clone)]
+struct CachedToken {
+    /// The token.
+    token: Secret,
+    /// Fetch again from this moment on; `None`: until an authentication failure.
+    refresh_at: Option<Instant>,
+}
+
+/// `oauth2_token_command` with its cache. One per account, shared by its mailboxes, so the
+/// command runs once for all of them.
+pub struct OAuth2Token {
+    /// The command line (never shown).
+    command: String,
+    /// The current token. A tokio mutex: the command runs while it is held, so concurrent
+    /// logins of one account wait for one run instead of starting their own.
+    cache: tokio::sync::Mutex<Option<CachedToken>>,
+}
+
+impl fmt::Debug for OAuth2Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("OAuth2Token(<redacted>)")
+    }
+}
+
+impl OAuth2Token {
+    /// A token source running `command`.
+    pub fn new(command: String) -> Self {
+        OAuth2Token {
+            command,
+            cache: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// The current token: the cached one unless it is due, else a fresh one.
+    pub async fn get(&self) -> Result<(Secret, Freshness), SecretError> {
+        let mut cache = self.cache.lock().await;
+        if let Some(c) = cache.as_ref() {
+            if !c.is_due(Instant::now()) {
+                return Ok((c.token.clone(), Freshness::Cached));
+            }
+        }
+        let out = run_command(CommandKey::OAuth2Token, &self.command).await?;
+        let fresh = parse_token_output(&out, Instant::now())?;
+        let token = fresh.token.clone();
+        *cache = Some(fresh);
+        Ok((token, Freshness::Fresh))
+    }
+
+    /// The server refused `token`: forget it, so the next [`get`](Self::get) runs the command.
+    /// A newer token fetched meanwhile by another mailbox is kept.
+    pub async fn invalidate(&self, token: &Secret) {
+        let mut cache = self.cache.lock().await;
+        if cache.as_ref().is_some_and(|c| &c.token == token) {
+            *cache = None;
+        }
+    }
+
+    /// Checks that the command's program exists, without running it (`idlesync check`).
+    pub fn check(&self) -> Result<(), SecretError> {
+        check_program(CommandKey::OAuth2Token, &self.command)
+    }
+}
+
+impl CachedToken {
+    fn is_due(&self, now: Instant) -> bool {
+        self.refresh_at.is_some_and(|at| now >= at)
+    }
+}
+
+/// `{"access_token": "...", "expires_in": N}` or a bare token.
+#[derive(serde::Deserialize)]
+struct TokenJson {
+    access_token: String,
+    expires_in: Option<u64>,
+}
+
+/// What the token command printed → the token and its refresh moment.
+fn parse_token_output(out: &str, now: Instant) -> Result<CachedToken, SecretError> {
+    let bad = |problem| SecretError::Output {
+        key: CommandKey::OAuth2Token,
+        problem,
+    };
+    let out = out.trim();
+    let (token, expires_in) = if out.starts_with('{') {
+        // serde_json's error could quote the input: only its absence is reported.
+        let json: TokenJson = serde_json::from_str(out).map_err(|_| {
+            bad("JSON without a string \"access_token\" (and numeric \"expires_in\")")
+        })?;
+        (json.access_token, json.expires_in)
+    } else {
+        (out.to_string(), None)
+    };
+    if token.is_empty() {
+        return Err(bad("an empty token"));
+    }
+    if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(bad("a token with spaces or line breaks"));
+    }
+    let refresh_at = expires_in.map(|secs| {
+        let life = Duration::from_secs(secs);
+        now + life.saturating_sub(REFRESH_MARGIN.min(life / 2))
+    });
+    Ok(CachedToken {
+        token: Secret(token),
+        refresh_at,
+    })
+}
+
+/// Runs `sh -c cmd` with a deadline and returns its stdout.
+async fn run_command(key: CommandKey, cmd: &str) -> Result<String, SecretError> {
+    let child = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|source| SecretError::Spawn { key, source })?;
+    // On timeout the future, and with it the child, is dropped: kill_on_drop kills it.
+    let out = match tokio::time::timeout(COMMAND_TIMEOUT, child.wait_with_output()).await {
+        Ok(Ok(out)) => out,
+        Ok(Err(source)) => return Err(SecretError::Spawn { key, source }),
+        Err(_) => return Err(SecretError::Timeout { key }),
+    };
+    if !out.status.success() {
+        return Err(SecretError::Failed {
+            key,
+            status: out.status,
+        });
+    }
+    if out.stdout.len() > MAX_OUTPUT {
+        return Err(SecretError::Output {
+            key,
+            problem: "more than 64 KiB",
+        });
+    }
+    String::from_utf8(out.stdout).map_err(|_| SecretError::Output {
+        key,
+        problem: "bytes that are not UTF-8",
+    })
+}
+
+/// Best effort: when the command starts with a plain program name or path, that it exists.
+/// Anything shell-like (`VAR=x cmd`, `$(...)`, builtins) is left to run time.
+fn check_program(key: CommandKey, cmd: &str) -> Result<(), SecretError> {
+    let Some(program) = cmd.split_whitespace().next() else {
+        return Err(SecretError::Output {
+            key,
+            problem: "nothing (the command is empty)",
+        });
+    };
+    let plain = program
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "._-+/".contains(c));
+    const BUILTINS: [&str; 8] = [
+        "exec", "echo", "printf", "cat", "test", "true", "false", ".",
+    ];
+    if !plain || BUILTINS.contains(&program) {
+        return Ok(());
+    }
+    let found = if program.contains('/') {
+        is_executable(Path::new(program))
+    } else {
+        std::env::var_os("PATH").is_some_and(|paths| {
+            std::env::split_paths(&paths).any(|dir| is_executable(&dir.join(program)))
+        })
+    };
+    if found {
+        Ok(())
+    } else {
+        Err(SecretError::NotFound {
+            key,
+            program: program.to_string(),
+        })
+    }
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bare_and_json_tokens() {
+        let now = Instant::now();
+        let t = parse_token_output("  ya29.abc\n", now).unwrap();
+        assert_eq!(t.token.expose(), "ya29.abc");
+        assert!(t.refresh_at.is_none());
+        let t = parse_token_output(r#"{"access_token":"tok","expires_in":3600}"#, now).unwrap();
+        assert_eq!(t.token.expose(), "tok");
+        assert_eq!(t.refresh_at, Some(now + Duration::from_secs(3540)));
+        assert!(!t.is_due(now + Duration::from_secs(3539)));
+        assert!(t.is_due(now + Duration::from_secs(3540)));
+        // A short life refreshes at half of it.
+        let t = parse_token_output(r#"{"access_token":"tok","expires_in":10}"#, now).unwrap();
+        assert_eq!(t.refresh_at, Some(now + Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn bad_token_output_never_quotes_it() {
+        for out in ["", "two words", r#"{"token":"s3cr3t"}"#, "{s3cr3t"] {
+            let e = parse_token_output(out, Instant::now()).unwrap_err();
+            assert!(!e.to_string().contains("s3cr3t"), "{e}");
+            assert!(matches!(e, SecretError::Output { .. }), "{e:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn commands_run_trim_fail_and_time_out() {
+        let s = SecretSource::Command("printf '  pw with space \\n'".into());
+        assert_eq!(s.resolve().await.unwrap().expose(), "pw with space");
+        let s = SecretSource::Command("echo hunter2; exit 3".into());
+        let e = s.resolve().await.unwrap_err();
+        assert!(matches!(e, SecretError::Failed { .. }), "{e:?}");
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+        assert!(!format!("{s:?}").contains("hunter2"));
+        let s = SecretSource::Command("true".into());
+        assert!(matches!(s.resolve().await, Err(SecretError::Output { .. })));
+    }
+
+    #[tokio::test]
+    async fn token_is_cached_until_invalidated() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = dir.path().join("n");
+        let cmd = format!(
+            "n=$(cat {0} 2>/dev/null || echo 0); n=$((n+1)); echo $n > {0}; echo tok-$n",
+            n.display()
+        );
+        let src = OAuth2Token::new(cmd);
+        let (a, fa) = src.get().await.unwrap();
+        let (b, fb) = src.get().await.unwrap();
+        assert_eq!((a.expose(), fa), ("tok-1", Freshness::Fresh));
+        assert_eq!((b.expose(), fb), ("tok-1", Freshness::Cached));
+        src.invalidate(&Secret("other".into())).await;
+        assert_eq!(src.get().await.unwrap().1, Freshness::Cached);
+        src.invalidate(&a).await;
+        assert_eq!(src.get().await.unwrap().0.expose(), "tok-2");
+    }
+
+    #[test]
+    fn check_finds_missing_programs() {
+        assert!(SecretSource::Command("sh -c 'echo x'".into())
+            .check()
+            .is_ok());
+        assert!(SecretSource::Command("$(whatever)".into()).check().is_ok());
+        assert!(matches!(
+            SecretSource::Command("/nonexistent/bin/pw".into()).check(),
+            Err(SecretError::NotFound { .. })
+        ));
+        assert!(matches!(
+            SecretSource::Command("no-such-program-idlesync arg".into()).check(),
+            Err(SecretError::NotFound { .. })
+        ));
+    }
+}

@@ -1,0 +1,32 @@
+//! The load harness (`examples/load`, issue #5) in its smoke size, so it cannot rot: every
+//! scenario runs small (50 mailboxes, 20 messages) against the debug binary, and prints its
+//! table. The figures of a debug build mean nothing; the run completing does.
+
+#[path = "common/db.rs"]
+#[allow(dead_code)]
+mod db;
+#[path = "common/dovecot.rs"]
+#[allow(dead_code)]
+mod dovecot;
+#[path = "../examples/load/rig.rs"]
+#[allow(dead_code)]
+mod rig;
+#[path = "../examples/load/scenarios.rs"]
+mod scenarios;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_harness_smoke() -> anyhow::Result<()> {
+    let s = scenarios::Settings {
+        bin: env!("CARGO_BIN_EXE_idlesync").into(),
+        rate: 1000,
+    };
+    let tables = scenarios::smoke(&s).await?;
+    assert_eq!(tables.len(), 4);
+    for t in &tables {
+        let text = t.render();
+        println!("{text}");
+        assert!(t.rows.len() >= 3, "{text}");
+        assert!(!text.contains("NaN"), "{text}");
+    }
+    Ok(())
+}
