@@ -18,12 +18,8 @@ const WAIT: Duration = Duration::from_secs(10);
 
 fn account<'a>(id: &'a str, user: &'a str, tls: &'a str, port: u16) -> AccountSpec<'a> {
     AccountSpec {
-        id,
-        user,
-        password: "secret-pw-1",
         tls,
-        port,
-        mailboxes: &["INBOX"],
+        ..AccountSpec::implicit(id, user, "secret-pw-1", port, &["INBOX"])
     }
 }
 

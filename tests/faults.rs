@@ -20,14 +20,7 @@ const WAIT: Duration = Duration::from_secs(15);
 const PW: &str = "secret-pw-1";
 
 fn account<'a>(id: &'a str, user: &'a str, port: u16, mailboxes: &'a [&'a str]) -> AccountSpec<'a> {
-    AccountSpec {
-        id,
-        user,
-        password: PW,
-        tls: "implicit",
-        port,
-        mailboxes,
-    }
+    AccountSpec::implicit(id, user, PW, port, mailboxes)
 }
 
 /// Writes `n` messages straight into the user's Maildir, as an MDA would (faster than APPEND,

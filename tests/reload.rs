@@ -20,14 +20,7 @@ const WAIT: Duration = Duration::from_secs(15);
 const PW: &str = "reload-pw-1";
 
 fn acc<'a>(id: &'a str, user: &'a str, port: u16, mailboxes: &'a [&'a str]) -> AccountSpec<'a> {
-    AccountSpec {
-        id,
-        user,
-        password: PW,
-        tls: "implicit",
-        port,
-        mailboxes,
-    }
+    AccountSpec::implicit(id, user, PW, port, mailboxes)
 }
 
 /// Writes the file as editors do: a temp file renamed over the old one.

@@ -165,3 +165,13 @@ fn broken_multipart_text_is_the_body() {
     assert_eq!(r.attachments.len(), 1);
     assert!(!r.has_attachments);
 }
+
+#[test]
+fn legacy_multibyte_charsets_are_decoded() {
+    // "日本語" in ISO-2022-JP (encoded word) and "テスト" in Shift_JIS (body).
+    let mut raw = b"Subject: =?ISO-2022-JP?B?GyRCRnxLXDhsGyhC?=\r\nContent-Type: text/plain; charset=Shift_JIS\r\n\r\n".to_vec();
+    raw.extend_from_slice(b"\x83\x65\x83\x58\x83\x67\r\n");
+    let r = ex(&raw);
+    assert_eq!(r.subject.as_deref(), Some("日本語"));
+    assert_eq!(r.text_body.as_deref().map(str::trim_end), Some("テスト"));
+}

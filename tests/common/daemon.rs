@@ -18,6 +18,26 @@ pub struct AccountSpec<'a> {
     pub mailboxes: &'a [&'a str],
 }
 
+impl<'a> AccountSpec<'a> {
+    /// An account over implicit TLS.
+    pub fn implicit(
+        id: &'a str,
+        user: &'a str,
+        password: &'a str,
+        port: u16,
+        mailboxes: &'a [&'a str],
+    ) -> Self {
+        AccountSpec {
+            id,
+            user,
+            password,
+            tls: "implicit",
+            port,
+            mailboxes,
+        }
+    }
+}
+
 /// A config file's text. `redis` is `(url, channel)`; without it records go to stdout.
 pub fn config_toml(
     db_url: &str,
