@@ -51,10 +51,9 @@ impl Store {
         if ids.is_empty() {
             return Ok(());
         }
-        let placeholders: Vec<String> = (1..=ids.len()).map(|i| format!("${i}")).collect();
         let sql = format!(
             "DELETE FROM outbox WHERE id IN ({})",
-            placeholders.join(", ")
+            super::chunk::placeholders(1, ids.len())
         );
         let mut q = sqlx::query(AssertSqlSafe(sql));
         for id in ids {
