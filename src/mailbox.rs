@@ -17,7 +17,7 @@ use crate::imap::connect::{self, Endpoint, Selected};
 use crate::imap::idle::{IdleEvent, IdleTimers};
 use crate::imap::{fetch, idle, ImapError, Session};
 use crate::limiter::ConnectLimiter;
-use crate::message::{extract, ImapMeta, MessageRecord};
+use crate::message::{extract, ExtractOptions, ImapMeta, MessageRecord};
 use crate::status::{MailboxState, Reporter};
 use crate::store::{BatchTarget, Store, StoreError, SyncState};
 
@@ -215,7 +215,7 @@ async fn fetch_new(
                     internal_date_ms: fetch::internal_date_ms(&f),
                     size: f.size,
                 };
-                let rec = extract(f.body().unwrap_or_default(), &meta, &opts);
+                let rec = parse(f, meta, opts).await;
                 batch_bytes += rec.approx_bytes();
                 batch.push(rec);
                 // Bodies, raw copies and attachments add up: bound a batch's memory too.
@@ -231,6 +231,28 @@ async fn fetch_new(
     drop(stream);
     commit(ctx, state, &mut batch, exists_at_us).await?;
     outcome.map_err(Into::into)
+}
+
+/// Bodies above this are parsed on the blocking pool, so a 50 MB message does not hold up
+/// the other mailboxes sharing this worker thread (about 80 ms of parsing at that size).
+const PARSE_INLINE_MAX: usize = 256 * 1024;
+
+async fn parse(f: async_imap::types::Fetch, meta: ImapMeta, opts: ExtractOptions) -> MessageRecord {
+    let len = f.body().map_or(0, <[u8]>::len);
+    if len <= PARSE_INLINE_MAX {
+        return extract(f.body().unwrap_or_default(), &meta, &opts);
+    }
+    let uid = meta.uid;
+    let parsed =
+        tokio::task::spawn_blocking(move || extract(f.body().unwrap_or_default(), &meta, &opts))
+            .await;
+    // extract() never panics (it catches the parser's panics itself); a failed join is
+    // stored as unparseable rather than dropped.
+    parsed.unwrap_or_else(|_| MessageRecord {
+        uid,
+        parse_error: true,
+        ..MessageRecord::default()
+    })
 }
 
 async fn commit(
