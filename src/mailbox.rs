@@ -182,8 +182,9 @@ async fn establish_epoch(ctx: &MailboxCtx, sel: Selected) -> Result<SyncState, S
     }
 }
 
-/// Fetches everything above `state.last_uid` and commits it in batches. What was stored before
-/// an error stays stored and counted; the rest is fetched again on the next connection.
+/// Fetches everything above `state.last_uid` and commits it in batches, again while the
+/// server announces more mail during the fetch (bounded). What was stored before an error
+/// stays stored and counted; the rest is fetched again on the next connection.
 async fn fetch_new(
     ctx: &MailboxCtx,
     session: &mut Session,
@@ -191,12 +192,37 @@ async fn fetch_new(
     exists_at: Option<Instant>,
 ) -> Result<(), MailboxError> {
     let exists_at_us = exists_at.map(unix_micros);
+    for _ in 0..MAX_FETCH_ROUNDS {
+        if !fetch_round(ctx, session, state, exists_at_us).await? {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Most `UID FETCH` rounds in a row while EXISTS keeps arriving; then IDLE picks up the rest.
+const MAX_FETCH_ROUNDS: usize = 100;
+
+/// A body parsed while still in the read buffer, or copied out for the blocking pool.
+// Lives for one loop iteration on the stack; boxing would cost an allocation per message.
+#[allow(clippy::large_enum_variant)]
+enum Parsed {
+    Done(MessageRecord),
+    Later(Vec<u8>, ImapMeta),
+}
+
+/// One `UID FETCH last_uid+1:*`. Returns whether EXISTS arrived meanwhile.
+async fn fetch_round(
+    ctx: &MailboxCtx,
+    session: &mut Session,
+    state: &mut SyncState,
+    exists_at_us: Option<i64>,
+) -> Result<bool, MailboxError> {
     let item_timeout = ctx.timers.dead_after;
-    let from = state.last_uid;
     let opts = *ctx.store.extract_options();
-    let mut stream = fetch::new_since(
+    let mut run = fetch::start(
         session,
-        from,
+        state.last_uid,
         opts.max_message_size,
         ctx.timers.connect_timeout,
     )
@@ -204,48 +230,43 @@ async fn fetch_new(
     let mut batch: Vec<MessageRecord> = Vec::new();
     let mut batch_bytes = 0;
     let outcome = loop {
-        match fetch::next(&mut stream, item_timeout).await {
-            Ok(Some(f)) => {
-                let Some(uid) = fetch::new_uid(&f, from) else {
-                    continue;
-                };
-                let meta = ImapMeta {
-                    uid,
-                    flags: fetch::flags_text(&f),
-                    internal_date_ms: fetch::internal_date_ms(&f),
-                    size: f.size,
-                };
-                let rec = parse(f, meta, opts).await;
-                batch_bytes += rec.approx_bytes();
-                batch.push(rec);
-                // Bodies, raw copies and attachments add up: bound a batch's memory too.
-                if batch.len() >= ctx.timers.fetch_batch || batch_bytes >= MAX_BATCH_BYTES {
-                    commit(ctx, state, &mut batch, exists_at_us).await?;
-                    batch_bytes = 0;
+        let next = run
+            .next(item_timeout, |body, meta| {
+                if body.len() <= PARSE_INLINE_MAX {
+                    Parsed::Done(extract(body, &meta, &opts))
+                } else {
+                    Parsed::Later(body.to_vec(), meta)
                 }
-            }
+            })
+            .await;
+        let rec = match next {
+            Ok(Some(Parsed::Done(rec))) => rec,
+            Ok(Some(Parsed::Later(body, meta))) => parse_blocking(body, meta, opts).await,
             Ok(None) => break Ok(()),
             Err(e) => break Err(e),
+        };
+        batch_bytes += rec.approx_bytes();
+        batch.push(rec);
+        // Bodies, raw copies and attachments add up: bound a batch's memory too.
+        if batch.len() >= ctx.timers.fetch_batch || batch_bytes >= MAX_BATCH_BYTES {
+            commit(ctx, state, &mut batch, exists_at_us).await?;
+            batch_bytes = 0;
         }
     };
-    drop(stream);
+    let more = run.saw_exists;
+    drop(run);
     commit(ctx, state, &mut batch, exists_at_us).await?;
-    outcome.map_err(Into::into)
+    outcome?;
+    Ok(more)
 }
 
 /// Bodies above this are parsed on the blocking pool, so a 50 MB message does not hold up
 /// the other mailboxes sharing this worker thread (about 80 ms of parsing at that size).
 const PARSE_INLINE_MAX: usize = 256 * 1024;
 
-async fn parse(f: async_imap::types::Fetch, meta: ImapMeta, opts: ExtractOptions) -> MessageRecord {
-    let len = f.body().map_or(0, <[u8]>::len);
-    if len <= PARSE_INLINE_MAX {
-        return extract(f.body().unwrap_or_default(), &meta, &opts);
-    }
+async fn parse_blocking(body: Vec<u8>, meta: ImapMeta, opts: ExtractOptions) -> MessageRecord {
     let uid = meta.uid;
-    let parsed =
-        tokio::task::spawn_blocking(move || extract(f.body().unwrap_or_default(), &meta, &opts))
-            .await;
+    let parsed = tokio::task::spawn_blocking(move || extract(&body, &meta, &opts)).await;
     // extract() never panics (it catches the parser's panics itself); a failed join is
     // stored as unparseable rather than dropped.
     parsed.unwrap_or_else(|_| MessageRecord {

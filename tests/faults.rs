@@ -522,3 +522,53 @@ async fn outbox_is_bounded() -> Result<()> {
     }
     Ok(())
 }
+
+/// A tagged NO to `UID FETCH` (from a scripted server: Dovecot cannot be made to send one):
+/// what arrived before it is stored, the mailbox reconnects as after any retryable error, and
+/// the rest is fetched from the last stored UID. Each message is stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tagged_no_on_fetch_is_retried_from_what_was_stored() -> Result<()> {
+    let server =
+        common::scripted::start((1..=3).map(|i| mail(&format!("scripted-{i}"))).collect()).await?;
+    let db = TestDb::sqlite()?;
+    let dc_ca = Dovecot::start(&[])?; // only for a CA file path the config can name
+    let toml = config_toml(
+        &db.url,
+        None,
+        dc_ca.ca_file(),
+        &[AccountSpec {
+            tls: "none",
+            ..account("acc-fetch-no", "user", server.port, &["INBOX"])
+        }],
+    );
+    let d = start(&toml).await?;
+    let done = d
+        .board()
+        .wait_for(WAIT, |s| {
+            s[0].state == MailboxState::Idling && s[0].last_uid == Some(3) && s[0].reconnects >= 1
+        })
+        .await;
+    assert!(done, "{:?}", d.board().snapshot());
+    assert!(server.connections.load(std::sync::atomic::Ordering::SeqCst) >= 2);
+    let metrics = common::http_get(d.admin_addr(), "/metrics").await?;
+    assert!(
+        metrics.contains(r#"idlesync_errors_total{account="acc-fetch-no",mailbox="INBOX",error_type="fetch_refused"} 1"#),
+        "{metrics}"
+    );
+    let subjects: Vec<_> = db
+        .messages("acc-fetch-no")
+        .await?
+        .into_iter()
+        .map(|(uid, s)| (uid, s.unwrap_or_default()))
+        .collect();
+    assert_eq!(
+        subjects,
+        vec![
+            (1, "scripted-1".to_string()),
+            (2, "scripted-2".to_string()),
+            (3, "scripted-3".to_string())
+        ]
+    );
+    d.shutdown().await;
+    Ok(())
+}

@@ -1,11 +1,18 @@
-//! `UID FETCH` of new messages, and the facts we keep from each FETCH response.
+//! `UID FETCH` of new messages, read response by response.
+//!
+//! async-imap's `uid_fetch` stream ends at the tagged reply whatever its status, so a tagged NO
+//! looks like success with fewer messages. This reader sees the tagged status: a NO or BAD is an
+//! error ([`ImapError::FetchRefused`]), so the mailbox reconnects and fetches again from the last
+//! UID it stored. It also notices `* N EXISTS` arriving during the fetch, so mail delivered
+//! meanwhile is fetched at once rather than at the next event.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
-use async_imap::types::{Fetch, Flag};
-use futures::{Stream, TryStreamExt};
+use async_imap::imap_proto::{AttributeValue, MailboxDatum, RequestId, Response, Status};
 
 use super::{ImapError, Session};
+use crate::message::ImapMeta;
 
 /// What we ask for: the message without setting `\Seen`, plus its metadata. The body is a
 /// partial fetch of at most `max_bytes` (`BODY.PEEK[]<0.N>`): a message within the limit comes
@@ -16,63 +23,155 @@ pub fn fetch_items(max_bytes: usize) -> String {
     format!("(UID FLAGS INTERNALDATE RFC822.SIZE BODY.PEEK[]<0.{max_bytes}>)")
 }
 
-/// Starts `UID FETCH <last_uid+1>:*`, bodies cut at `max_bytes`. The stream borrows the
-/// session; drop it before the next command.
-pub async fn new_since(
+/// INTERNALDATE's format (RFC 3501 `date-time`).
+const INTERNALDATE: &str = "%d-%b-%Y %H:%M:%S %z";
+
+/// One `UID FETCH <last_uid+1>:*` in progress. It borrows the session until it is dropped.
+pub struct FetchRun<'a> {
+    session: &'a mut Session,
+    tag: RequestId,
+    last_uid: u32,
+    /// `* N EXISTS` arrived during the fetch: more mail may be waiting.
+    pub saw_exists: bool,
+}
+
+/// Sends `UID FETCH <last_uid+1>:*`, bodies cut at `max_bytes`.
+pub async fn start(
     session: &mut Session,
     last_uid: u32,
     max_bytes: usize,
     t: Duration,
-) -> Result<impl Stream<Item = Result<Fetch, async_imap::error::Error>> + '_, ImapError> {
-    let range = format!("{}:*", last_uid.saturating_add(1));
-    let items = fetch_items(max_bytes);
-    match tokio::time::timeout(t, session.uid_fetch(range, items)).await {
-        Ok(Ok(s)) => Ok(s),
-        Ok(Err(e)) => Err(e.into()),
-        Err(_) => Err(ImapError::Timeout("UID FETCH")),
+) -> Result<FetchRun<'_>, ImapError> {
+    let command = format!(
+        "UID FETCH {}:* {}",
+        last_uid.saturating_add(1),
+        fetch_items(max_bytes)
+    );
+    let tag = match tokio::time::timeout(t, session.run_command(command)).await {
+        Ok(r) => r?,
+        Err(_) => return Err(ImapError::Timeout("UID FETCH")),
+    };
+    Ok(FetchRun {
+        session,
+        tag,
+        last_uid,
+        saw_exists: false,
+    })
+}
+
+impl FetchRun<'_> {
+    /// The next new message, handed to `take` with its IMAP facts while its bytes are still in
+    /// the read buffer (no copy). `Ok(None)` is the tagged OK. Each response must come within
+    /// `t`, or the connection is dead.
+    pub async fn next<T>(
+        &mut self,
+        t: Duration,
+        take: impl FnOnce(&[u8], ImapMeta) -> T,
+    ) -> Result<Option<T>, ImapError> {
+        loop {
+            let resp = match tokio::time::timeout(t, self.session.read_response()).await {
+                Err(_) => return Err(ImapError::Dead),
+                Ok(Err(e)) => return Err(ImapError::Protocol(e.into())),
+                Ok(Ok(None)) => return Err(ImapError::Closed("EOF during UID FETCH".into())),
+                Ok(Ok(Some(resp))) => resp,
+            };
+            match resp.parsed() {
+                Response::Fetch(_, attrs) => {
+                    if let Some((meta, body)) = new_message(attrs, self.last_uid) {
+                        return Ok(Some(take(body, meta)));
+                    }
+                }
+                Response::Done {
+                    tag,
+                    status,
+                    outcome,
+                } if *tag == self.tag => {
+                    return match status {
+                        Status::Ok => Ok(None),
+                        _ => Err(ImapError::FetchRefused(
+                            outcome.information.as_deref().unwrap_or("").to_string(),
+                        )),
+                    };
+                }
+                Response::MailboxData(MailboxDatum::Exists(_)) => self.saw_exists = true,
+                Response::Data {
+                    status: Status::Bye,
+                    outcome,
+                } => {
+                    return Err(ImapError::Closed(
+                        outcome.information.as_deref().unwrap_or("BYE").to_string(),
+                    ));
+                }
+                // Flag updates, EXPUNGE, RECENT: nothing to store.
+                _ => {}
+            }
+        }
     }
 }
 
-/// The next FETCH response, with an inactivity deadline. `Ok(None)` is the tagged OK (or the
-/// tagged NO: async-imap ends the stream either way, so callers only trust what they stored).
-pub async fn next<S>(stream: &mut S, t: Duration) -> Result<Option<Fetch>, ImapError>
-where
-    S: Stream<Item = Result<Fetch, async_imap::error::Error>> + Unpin,
-{
-    match tokio::time::timeout(t, stream.try_next()).await {
-        Ok(r) => r.map_err(Into::into),
-        Err(_) => Err(ImapError::Dead),
+/// The facts and body of a FETCH response that is really new. The server answers `N:*` with
+/// the last message even when its UID is below N, and may interleave flag updates without a
+/// body: both are skipped.
+pub fn new_message<'r>(
+    attrs: &'r [AttributeValue<'_>],
+    last_uid: u32,
+) -> Option<(ImapMeta, &'r [u8])> {
+    let mut meta = ImapMeta::default();
+    let mut uid = None;
+    let mut body: Option<&[u8]> = None;
+    for a in attrs {
+        match a {
+            AttributeValue::Uid(u) => uid = Some(*u),
+            AttributeValue::Flags(flags) => meta.flags = flags_text(flags),
+            AttributeValue::InternalDate(d) => {
+                meta.internal_date_ms = chrono::DateTime::parse_from_str(d, INTERNALDATE)
+                    .ok()
+                    .map(|d| d.timestamp_millis());
+            }
+            AttributeValue::Rfc822Size(s) => meta.size = Some(*s),
+            AttributeValue::BodySection {
+                section: None,
+                data: Some(b),
+                ..
+            }
+            | AttributeValue::Rfc822(Some(b)) => body = Some(b.as_ref()),
+            _ => {}
+        }
     }
-}
-
-/// The UID of a FETCH response that is really new: the server answers `N:*` with the last
-/// message even when its UID is below N, and may interleave flag updates without a body.
-pub fn new_uid(f: &Fetch, last_uid: u32) -> Option<u32> {
-    f.uid.filter(|uid| *uid > last_uid && f.body().is_some())
+    meta.uid = uid.filter(|u| *u > last_uid)?;
+    Some((meta, body?))
 }
 
 /// Flags as IMAP writes them, space-separated (`\Seen \Flagged $Label`).
-pub fn flags_text(f: &Fetch) -> String {
-    let mut out = String::new();
-    for flag in f.flags() {
-        if !out.is_empty() {
-            out.push(' ');
-        }
-        out.push_str(match &flag {
-            Flag::Seen => "\\Seen",
-            Flag::Answered => "\\Answered",
-            Flag::Flagged => "\\Flagged",
-            Flag::Deleted => "\\Deleted",
-            Flag::Draft => "\\Draft",
-            Flag::Recent => "\\Recent",
-            Flag::MayCreate => "\\*",
-            Flag::Custom(c) => c,
-        });
-    }
-    out
+fn flags_text(flags: &[Cow<'_, str>]) -> String {
+    flags.join(" ")
 }
 
-/// INTERNALDATE as Unix milliseconds.
-pub fn internal_date_ms(f: &Fetch) -> Option<i64> {
-    f.internal_date().map(|d| d.timestamp_millis())
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(line: &[u8]) -> Response<'_> {
+        Response::parse(line).expect("parses").1
+    }
+
+    #[test]
+    fn new_messages_only_with_their_facts() {
+        let r = parse(b"* 3 FETCH (UID 42 FLAGS (\\Seen $Work) INTERNALDATE \"14-Nov-2023 22:13:20 +0000\" RFC822.SIZE 5 BODY[]<0> {5}\r\nhello)\r\n");
+        let Response::Fetch(_, attrs) = &r else {
+            panic!("{r:?}")
+        };
+        let (meta, body) = new_message(attrs, 41).expect("new");
+        assert_eq!((meta.uid, meta.size, body), (42, Some(5), &b"hello"[..]));
+        assert_eq!(meta.flags, "\\Seen $Work");
+        assert_eq!(meta.internal_date_ms, Some(1_700_000_000_000));
+        // The last message answered for an empty `43:*` range is not new.
+        assert!(new_message(attrs, 42).is_none());
+        // A flag update carries no body.
+        let r = parse(b"* 3 FETCH (UID 50 FLAGS (\\Seen))\r\n");
+        let Response::Fetch(_, attrs) = &r else {
+            panic!("{r:?}")
+        };
+        assert!(new_message(attrs, 41).is_none());
+    }
 }

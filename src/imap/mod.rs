@@ -75,6 +75,10 @@ pub enum ImapError {
     /// The server said `* BYE` or closed the connection.
     #[error("server closed the connection: {0}")]
     Closed(String),
+    /// The server answered `UID FETCH` with a tagged NO or BAD. What arrived before it is
+    /// stored; the rest is fetched again after a reconnect.
+    #[error("server refused UID FETCH: {0}")]
+    FetchRefused(String),
     /// SELECT answered without UIDVALIDITY, so UIDs cannot be trusted.
     #[error("server sent no UIDVALIDITY for the mailbox")]
     NoUidValidity,
@@ -99,6 +103,7 @@ impl ImapError {
             ImapError::Dead => "dead_connection",
             ImapError::Auth(_) | ImapError::Secret(_) => "auth",
             ImapError::Closed(_) => "closed",
+            ImapError::FetchRefused(_) => "fetch_refused",
             ImapError::NoUidValidity | ImapError::Select(_) => "select",
             ImapError::Protocol(async_imap::error::Error::Io(_))
             | ImapError::Protocol(async_imap::error::Error::ConnectionLost) => "io",

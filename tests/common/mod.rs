@@ -7,6 +7,7 @@ pub mod dovecot;
 pub mod oauth;
 pub mod proxy;
 pub mod redis;
+pub mod scripted;
 pub mod servers;
 
 /// GET `path` from the admin listener; the body of a 200 answer.
