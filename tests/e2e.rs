@@ -275,3 +275,32 @@ async fn shutdown_logs_out() -> Result<()> {
     assert_eq!(log.matches("Logged out").count(), before + 2, "{log}");
     Ok(())
 }
+
+/// The absolute re-IDLE timer fires although Dovecot's keepalives reset async-imap's own
+/// timer: with `idle_renew = 1s`, IDLE is re-issued every second on the same connection, and
+/// nothing else is sent (no NOOP, no polling). Plain IMAP on loopback so the proxy can read
+/// the commands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_is_renewed_on_the_absolute_timer() -> Result<()> {
+    let dc = Dovecot::start(&[("rn", "secret-pw-1")])?;
+    let proxy = Proxy::start(dc.imap_addr()).await?;
+    let db = TestDb::sqlite()?;
+    let toml = config_toml(
+        &db.url,
+        None,
+        dc.ca_file(),
+        &[account("acc-renew", "rn", "none", proxy.addr().port())],
+    )
+    .replace("[imap]\n", "[imap]\nidle_renew = \"1s\"\n");
+    let d = start(&toml).await?;
+    wait_idling(&d, 1, WAIT).await?;
+    proxy
+        .wait_until(WAIT, |p| p.count_commands("IDLE") >= 4)
+        .await?;
+    assert!(proxy.count_commands("DONE") >= 3);
+    assert_eq!(proxy.count_commands("NOOP"), 0);
+    assert_eq!(proxy.count_commands("STATUS"), 0);
+    assert_eq!(proxy.connections(), 1, "renewing IDLE needs no reconnect");
+    d.shutdown().await;
+    Ok(())
+}
