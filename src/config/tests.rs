@@ -1,0 +1,108 @@
+use super::*;
+
+fn parse(s: &str) -> Result<Config, ConfigErrors> {
+    Config::parse(Path::new("t.toml"), s.as_bytes())
+}
+
+const OK: &str = r#"
+[storage]
+url = "sqlite://x.db"
+
+[[accounts]]
+id = "a1"
+email = "a@example.com"
+host = "127.0.0.1"
+port = 1993
+username = "a"
+password = "pw"
+mailboxes = ["INBOX"]
+"#;
+
+#[test]
+fn example_file_parses() {
+    let c = Config::load(Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config.example.toml"
+    )))
+    .expect("config.example.toml must stay valid");
+    assert!(!c.accounts.is_empty());
+}
+
+#[test]
+fn minimal_parses_with_defaults() {
+    let c = parse(OK).unwrap();
+    assert_eq!(c.imap.idle_renew, Duration::from_secs(1500));
+    assert_eq!(c.accounts[0].tls, TlsMode::Implicit);
+    assert_eq!(c.accounts[0].port(), 1993);
+    assert!(c.redis.is_none());
+}
+
+#[test]
+fn unknown_key_names_key_and_line() {
+    let e = parse(&OK.replace("port = 1993", "prot = 1993")).unwrap_err();
+    let e = &e.0[0];
+    assert_eq!(e.line, Some(9), "{e}");
+    assert!(e.to_string().contains("prot"), "{e}");
+}
+
+#[test]
+fn wrong_type_and_bad_tls_are_located() {
+    let e = parse(&OK.replace("port = 1993", "port = \"x\"")).unwrap_err();
+    assert_eq!(e.0[0].line, Some(9), "{e}");
+    let e = parse(&OK.replace("port = 1993", "tls = \"maybe\"")).unwrap_err();
+    assert_eq!(e.0[0].line, Some(9), "{e}");
+}
+
+#[test]
+fn semantic_errors_are_located() {
+    let dup = format!("{OK}\n[[accounts]]\nid = \"a1\"\nemail = \"b@x\"\nhost = \"h\"\nusername = \"b\"\npassword_env = \"X\"\nmailboxes = []\n");
+    let e = parse(&dup).unwrap_err();
+    let keys: Vec<_> = e.0.iter().map(|e| (e.key.as_str(), e.line)).collect();
+    assert!(keys.contains(&("accounts[1].id", Some(15))), "{e}");
+    assert!(keys.contains(&("accounts[1].mailboxes", Some(20))), "{e}");
+}
+
+#[test]
+fn not_utf8_and_bom() {
+    assert!(Config::parse(Path::new("t"), b"\xff\xfe[storage]").is_err());
+    let with_bom = format!("\u{feff}{OK}");
+    assert!(parse(&with_bom).is_ok());
+}
+
+#[tokio::test]
+async fn secrets_are_redacted() {
+    let c = parse(OK).unwrap();
+    let dbg = format!("{:?}", c);
+    assert!(!dbg.contains("\"pw\""), "{dbg}");
+    let s = c.accounts[0].secret().resolve().await.unwrap();
+    assert_eq!(format!("{s:?}"), "Secret(<redacted>)");
+}
+
+#[test]
+fn loopback_hosts() {
+    for h in [
+        "localhost",
+        "LOCALHOST.",
+        "127.0.0.1",
+        "127.1.2.3",
+        "::1",
+        "[::1]",
+    ] {
+        assert!(is_loopback_host(h), "{h}");
+    }
+    for h in [
+        "imap.example.com",
+        "10.0.0.1",
+        "localhost.example.com",
+        "::ffff:10.0.0.1",
+    ] {
+        assert!(!is_loopback_host(h), "{h}");
+    }
+}
+
+#[test]
+fn bad_duration() {
+    let e = parse(&format!("[imap]\nidle_renew = \"soon\"\n{OK}")).unwrap_err();
+    assert_eq!(e.0[0].line, Some(2), "{e}");
+    assert!(e.to_string().contains("invalid duration"), "{e}");
+}
