@@ -170,6 +170,8 @@ pub struct DaemonProc {
     tail: Arc<Mutex<VecDeque<String>>>,
     /// When it was spawned.
     pub started: Instant,
+    /// `perf record -p <pid>` when IDLESYNC_LOAD_PERF names an output file.
+    profiler: Option<Child>,
     /// Holds the config file.
     _dir: tempfile::TempDir,
 }
@@ -185,7 +187,11 @@ pub fn config_toml(
     let mut s = format!(
         "[storage]\nurl = \"{db}\"\n\n[redis]\nurl = \"{redis}\"\nchannel = \"{channel}\"\n\n\
          [metrics]\nlisten = \"{admin}\"\n\n[imap]\nconnects_per_second = {connects_per_second}\n\n",
-        db = sinks.db.url,
+        // IDLESYNC_LOAD_PG_QUERY (say `sslmode=disable`) is appended to the database URL.
+        db = match std::env::var("IDLESYNC_LOAD_PG_QUERY") {
+            Ok(q) if !q.is_empty() => format!("{}?{q}", sinks.db.url),
+            _ => sinks.db.url.clone(),
+        },
         redis = sinks.redis_url,
         channel = sinks.channel,
     );
@@ -214,14 +220,33 @@ impl DaemonProc {
         let config = dir.path().join("idlesync.toml");
         std::fs::write(&config, toml_for(admin))?;
         let started = Instant::now();
-        let mut child = Command::new(bin)
+        // For profiles: IDLESYNC_LOAD_WRAP="valgrind --tool=callgrind" runs the daemon under it.
+        let wrap = std::env::var("IDLESYNC_LOAD_WRAP").unwrap_or_default();
+        let mut words = wrap.split_whitespace();
+        let mut cmd = match words.next() {
+            Some(w) => {
+                let mut c = Command::new(w);
+                c.args(words).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        let mut child = cmd
             .arg("run")
             .arg("--config")
             .arg(&config)
             .arg("--log-format")
             .arg("json")
             .env(PASSWORD_ENV, PASSWORD)
-            .env("RUST_LOG", "warn,idlesync::latency=debug")
+            // IDLESYNC_LOAD_RUST_LOG adds directives (say `idlesync=debug` to time the phases
+            // from the log's timestamps); IDLESYNC_LOAD_LOG=FILE keeps every line.
+            .env(
+                "RUST_LOG",
+                format!(
+                    "warn,idlesync::latency=debug,{}",
+                    std::env::var("IDLESYNC_LOAD_RUST_LOG").unwrap_or_default()
+                ),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -232,10 +257,23 @@ impl DaemonProc {
         let (tx, published) = mpsc::unbounded_channel();
         let tail = Arc::new(Mutex::new(VecDeque::new()));
         let tail2 = tail.clone();
+        let mut keep = match std::env::var("IDLESYNC_LOAD_LOG") {
+            Ok(path) if !path.is_empty() => Some(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)
+                    .with_context(|| format!("IDLESYNC_LOAD_LOG={path}"))?,
+            ),
+            _ => None,
+        };
         // Drains stderr always, so the daemon never blocks on a full pipe.
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
+                if let Some(f) = keep.as_mut() {
+                    let _ = writeln!(f, "{line}");
+                }
                 if let Some(p) = parse_published(&line) {
                     let _ = tx.send(p);
                     continue;
@@ -247,6 +285,20 @@ impl DaemonProc {
                 t.push_back(line);
             }
         });
+        // For profiles of the daemon alone: perf's software clock (no hardware counters needed).
+        let profiler = match std::env::var("IDLESYNC_LOAD_PERF") {
+            Ok(out) if !out.is_empty() => Some(
+                Command::new("perf")
+                    .args(["record", "-q", "-e", "cpu-clock", "-F", "999", "-g"])
+                    .args(["--call-graph", "dwarf,16384", "-o", &out, "-p"])
+                    .arg(pid.to_string())
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .spawn()
+                    .context("starting perf record")?,
+            ),
+            _ => None,
+        };
         Ok(DaemonProc {
             child,
             pid,
@@ -254,6 +306,7 @@ impl DaemonProc {
             published,
             tail,
             started,
+            profiler,
             _dir: dir,
         })
     }
@@ -301,6 +354,15 @@ impl DaemonProc {
 
     /// SIGTERM, then SIGKILL after 20 s.
     pub fn stop(mut self) -> Result<()> {
+        if let Some(mut perf) = self.profiler.take() {
+            signal(perf.id(), SIGINT);
+            let end = Instant::now() + Duration::from_secs(60);
+            while perf.try_wait()?.is_none() && Instant::now() < end {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = perf.kill();
+            let _ = perf.wait();
+        }
         signal(self.pid, SIGTERM);
         let end = Instant::now() + Duration::from_secs(20);
         loop {
@@ -394,6 +456,7 @@ fn clock_ticks() -> i64 {
     }
 }
 
+const SIGINT: i32 = 2;
 const SIGTERM: i32 = 15;
 
 fn signal(pid: u32, sig: i32) {
@@ -488,6 +551,14 @@ impl MaildirWriter {
 
     /// Delivers one message into `maildir`.
     pub fn deliver(&mut self, maildir: &Path, raw: &[u8]) -> Result<()> {
+        let (tmp, new) = self.stage(maildir, raw)?;
+        std::fs::rename(tmp, new)?;
+        Ok(())
+    }
+
+    /// Writes one message into `maildir/tmp`; returns it and where `rename` makes it delivered.
+    /// Staging first lets a burst deliver at the speed of `rename(2)`.
+    pub fn stage(&mut self, maildir: &Path, raw: &[u8]) -> Result<(PathBuf, PathBuf)> {
         self.seq += 1;
         let name = format!(
             "{}.M{}P{}.idlesync-load,S={}",
@@ -503,8 +574,7 @@ impl MaildirWriter {
         f.write_all(raw)?;
         drop(f);
         chown(&tmp, Some(self.uid), Some(self.gid))?;
-        std::fs::rename(&tmp, maildir.join("new").join(&name))?;
-        Ok(())
+        Ok((tmp, maildir.join("new").join(&name)))
     }
 }
 
