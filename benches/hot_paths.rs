@@ -164,7 +164,7 @@ fn batch_insert(c: &mut Criterion) {
                         uidvalidity: 1,
                     };
                     rt.block_on(
-                        store.commit_batch(target, &batch, first + 99, None, |u| {
+                        store.commit_batch(None, target, &batch, first + 99, None, |u| {
                             format!("{}", u.len())
                         }),
                     )

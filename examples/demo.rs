@@ -15,7 +15,6 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use deadpool_redis::redis;
 use futures::StreamExt;
 use idlesync::{Config, Daemon};
 

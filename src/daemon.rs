@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -21,7 +20,7 @@ use crate::imap::connect::Endpoint;
 use crate::imap::ImapError;
 use crate::limiter::ConnectLimiter;
 use crate::mailbox::MailboxCtx;
-use crate::publish::{PublishError, Publisher, Sink};
+use crate::publish::{Handoff, PublishError, Publisher, Sink};
 use crate::status::{Reporter, StatusBoard};
 use crate::store::{Store, StoreError};
 use crate::supervisor;
@@ -80,7 +79,7 @@ pub struct Daemon {
     mailboxes: BTreeMap<(String, String), Running>,
     endpoints: HashMap<String, Arc<Endpoint>>,
     store: Store,
-    wake: Arc<Notify>,
+    handoff: Handoff,
     board: Arc<StatusBoard>,
     limiter: Arc<ConnectLimiter>,
     publisher: JoinHandle<()>,
@@ -118,13 +117,13 @@ impl Daemon {
             admin_cancel.clone(),
         ));
 
-        let wake = Arc::new(Notify::new());
+        let (handoff, inbox) = crate::publish::handoff();
         let publisher_cancel = CancellationToken::new();
         let publisher = tokio::spawn(
             Publisher {
                 store: store.clone(),
                 sink: Sink::from_config(config.redis.as_ref())?,
-                wake: wake.clone(),
+                inbox,
                 board: board.clone(),
                 backoff: config.backoff.clone(),
                 bounds: config.outbox.clone(),
@@ -138,7 +137,7 @@ impl Daemon {
             mailboxes: BTreeMap::new(),
             endpoints: HashMap::new(),
             store,
-            wake,
+            handoff,
             board,
             publisher,
             publisher_cancel,
@@ -188,7 +187,7 @@ impl Daemon {
             endpoint,
             timers: self.config.imap.clone(),
             store: self.store.clone(),
-            outbox: self.wake.clone(),
+            handoff: self.handoff.clone(),
             reporter: Reporter::new(self.board.clone(), &account.id, mailbox),
             limiter: self.limiter.clone(),
         };

@@ -7,7 +7,6 @@
 
 use std::sync::Arc;
 
-use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -18,8 +17,9 @@ use crate::imap::idle::{IdleEvent, IdleTimers};
 use crate::imap::{fetch, idle, ImapError, Session};
 use crate::limiter::ConnectLimiter;
 use crate::message::{extract, ExtractOptions, ImapMeta, MessageRecord};
+use crate::publish::Handoff;
 use crate::status::{MailboxState, Reporter};
-use crate::store::{BatchTarget, Store, StoreError, SyncState};
+use crate::store::{BatchTarget, BatchTx, Store, StoreError, SyncState};
 
 /// A batch is committed early once its records hold about this many bytes.
 const MAX_BATCH_BYTES: usize = 64 * 1024 * 1024;
@@ -39,8 +39,8 @@ pub struct MailboxCtx {
     pub timers: ImapTimers,
     /// Where batches go.
     pub store: Store,
-    /// Poked after each commit that added an outbox record.
-    pub outbox: Arc<Notify>,
+    /// Takes each record committed to the outbox, for the publisher.
+    pub handoff: Handoff,
     /// Status board, metrics and log, together.
     pub reporter: Reporter,
     /// Spreads connection attempts per host.
@@ -133,8 +133,8 @@ async fn until_cancelled<T>(
     }
 }
 
-/// Loads the sync state, starting a new epoch when the mailbox is new or its UIDVALIDITY
-/// changed (then a `mailboxReset` record is announced).
+/// Loads the sync state, starting a new epoch when the mailbox's UIDVALIDITY changed (then a
+/// `mailboxReset` record is announced).
 async fn establish_epoch(ctx: &MailboxCtx, sel: Selected) -> Result<SyncState, StoreError> {
     let known = ctx.store.sync_state(&ctx.account_id, &ctx.mailbox).await?;
     match known {
@@ -156,7 +156,8 @@ async fn establish_epoch(ctx: &MailboxCtx, sel: Selected) -> Result<SyncState, S
                 uids: &[],
             }
             .to_json();
-            ctx.store
+            let committed = ctx
+                .store
                 .start_epoch(
                     &ctx.account_id,
                     &ctx.mailbox,
@@ -164,21 +165,20 @@ async fn establish_epoch(ctx: &MailboxCtx, sel: Selected) -> Result<SyncState, S
                     Some(&record),
                 )
                 .await?;
-            ctx.outbox.notify_one();
+            if let Some(row) = committed {
+                ctx.handoff.committed(row);
+            }
             Ok(SyncState {
                 uidvalidity: sel.uid_validity,
                 last_uid: 0,
             })
         }
-        None => {
-            ctx.store
-                .start_epoch(&ctx.account_id, &ctx.mailbox, sel.uid_validity, None)
-                .await?;
-            Ok(SyncState {
-                uidvalidity: sel.uid_validity,
-                last_uid: 0,
-            })
-        }
+        // A new mailbox: its first batch writes its state row (an upsert), so coming online
+        // costs no write, and an empty mailbox never needs one.
+        None => Ok(SyncState {
+            uidvalidity: sel.uid_validity,
+            last_uid: 0,
+        }),
     }
 }
 
@@ -229,16 +229,25 @@ async fn fetch_round(
     .await?;
     let mut batch: Vec<MessageRecord> = Vec::new();
     let mut batch_bytes = 0;
+    // The first batch's transaction opens while the server answers the FETCH: on PostgreSQL
+    // BEGIN is a round trip of its own, hidden this way.
+    let mut early = None;
+    let mut first = true;
     let outcome = loop {
-        let next = run
-            .next(item_timeout, |body, meta| {
-                if body.len() <= PARSE_INLINE_MAX {
-                    Parsed::Done(extract(body, &meta, &opts))
-                } else {
-                    Parsed::Later(body.to_vec(), meta)
-                }
-            })
-            .await;
+        let read = run.next(item_timeout, |body, meta| {
+            if body.len() <= PARSE_INLINE_MAX {
+                Parsed::Done(extract(body, &meta, &opts))
+            } else {
+                Parsed::Later(body.to_vec(), meta)
+            }
+        });
+        let next = if std::mem::take(&mut first) {
+            let (next, tx) = tokio::join!(read, ctx.store.begin_early());
+            early = tx;
+            next
+        } else {
+            read.await
+        };
         let rec = match next {
             Ok(Some(Parsed::Done(rec))) => rec,
             Ok(Some(Parsed::Later(body, meta))) => parse_blocking(body, meta, opts).await,
@@ -249,13 +258,13 @@ async fn fetch_round(
         batch.push(rec);
         // Bodies, raw copies and attachments add up: bound a batch's memory too.
         if batch.len() >= ctx.timers.fetch_batch || batch_bytes >= MAX_BATCH_BYTES {
-            commit(ctx, state, &mut batch, exists_at_us).await?;
+            commit(ctx, state, &mut batch, exists_at_us, early.take()).await?;
             batch_bytes = 0;
         }
     };
     let more = run.saw_exists;
     drop(run);
-    commit(ctx, state, &mut batch, exists_at_us).await?;
+    commit(ctx, state, &mut batch, exists_at_us, early.take()).await?;
     outcome?;
     Ok(more)
 }
@@ -281,6 +290,7 @@ async fn commit(
     state: &mut SyncState,
     batch: &mut Vec<MessageRecord>,
     exists_at_us: Option<i64>,
+    tx: Option<BatchTx>,
 ) -> Result<(), StoreError> {
     let Some(new_last) = batch.iter().map(|m| m.uid).max() else {
         return Ok(());
@@ -290,9 +300,9 @@ async fn commit(
         mailbox: &ctx.mailbox,
         uidvalidity: state.uidvalidity,
     };
-    let inserted = ctx
+    let committed = ctx
         .store
-        .commit_batch(target, batch, new_last, exists_at_us, |uids| {
+        .commit_batch(tx, target, batch, new_last, exists_at_us, |uids| {
             SyncRecord {
                 account_id: &ctx.account_id,
                 email_address: &ctx.email,
@@ -308,16 +318,13 @@ async fn commit(
         .await?;
     state.last_uid = state.last_uid.max(new_last);
     ctx.reporter.set_last_uid(state.last_uid);
-    if !inserted.is_empty() {
+    if let Some(row) = committed.outbox {
+        let count = committed.inserted.len();
         let newest = batch.iter().filter_map(|m| m.received_at_ms).max();
-        ctx.reporter.stored(inserted.len() as u64, newest);
+        ctx.reporter.stored(count as u64, newest);
         // After the counters, so a record is never seen before the metrics that explain it.
-        ctx.outbox.notify_one();
-        tracing::info!(
-            count = inserted.len(),
-            last_uid = state.last_uid,
-            "stored new messages"
-        );
+        ctx.handoff.committed(row);
+        tracing::info!(count, last_uid = state.last_uid, "stored new messages");
     }
     batch.clear();
     Ok(())

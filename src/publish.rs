@@ -1,15 +1,23 @@
 //! The publisher: drains the outbox to Redis (or stdout), in order, at least once.
 //!
 //! Mailbox tasks never talk to Redis. They commit records to the outbox with their messages and
-//! poke the publisher; Redis being down only makes the outbox grow, and IDLE latency does not
-//! depend on Redis health.
+//! hand the committed record to the publisher ([`Handoff`]); Redis being down only makes the
+//! outbox grow, and IDLE latency does not depend on Redis health.
+//!
+//! Two modes. **Live:** records come through the hand-off queue and are published straight
+//! away, without reading them back from the database, then deleted by id. **Catching up:**
+//! when the table may hold records the queue does not (at start, after a failed publish, when
+//! the queue overflowed), the queue is emptied and the table is drained in id order, as the
+//! only source, until it is empty; then live again. A record that came through the queue and
+//! was also drained is recognised by its id and not published twice.
 
+use std::collections::{HashSet, VecDeque};
 use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use deadpool_redis::redis;
-use tokio::sync::Notify;
+use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{BackoffConfig, OutboxConfig, RedisConfig};
@@ -27,10 +35,7 @@ pub enum PublishError {
     /// The Redis URL is unusable.
     #[error("redis config: {0}")]
     Config(String),
-    /// No connection from the pool.
-    #[error("redis unavailable: {0}")]
-    Pool(#[from] deadpool_redis::PoolError),
-    /// The command failed.
+    /// Connecting or the command failed.
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
     /// The command did not answer in time.
@@ -42,28 +47,32 @@ pub enum PublishError {
 }
 
 /// Where records go.
+#[derive(Debug)]
 pub enum Sink {
     /// PUBLISH on a Redis channel (and XADD to a stream when configured).
-    Redis {
-        /// Connection pool.
-        pool: deadpool_redis::Pool,
-        /// Channel name.
-        channel: String,
-        /// Stream name and approximate MAXLEN.
-        stream: Option<(String, u64)>,
-    },
+    Redis(Box<RedisSink>),
     /// One JSON line per record on stdout.
     Stdout,
 }
 
-impl std::fmt::Debug for Sink {
+/// A Redis channel, and optionally a stream.
+pub struct RedisSink {
+    /// Opens connections.
+    client: redis::Client,
+    /// The publisher's one connection, opened on first use and again after any failure. (A
+    /// pool would check its connection with a PING before every record: a second round trip
+    /// on the latency path.)
+    conn: Option<redis::aio::MultiplexedConnection>,
+    /// Channel name.
+    channel: String,
+    /// Stream name and approximate MAXLEN.
+    stream: Option<(String, u64)>,
+}
+
+impl std::fmt::Debug for RedisSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Sink::Redis {
-                channel, stream, ..
-            } => write!(f, "Sink::Redis({channel}, stream {stream:?})"),
-            Sink::Stdout => f.write_str("Sink::Stdout"),
-        }
+        // The client holds the URL, password included: never printed.
+        write!(f, "RedisSink({}, stream {:?})", self.channel, self.stream)
     }
 }
 
@@ -73,42 +82,37 @@ impl Sink {
         let Some(cfg) = cfg else {
             return Ok(Sink::Stdout);
         };
-        let mut pool_cfg = deadpool_redis::Config::from_url(cfg.url.clone());
-        pool_cfg.pool = Some(deadpool_redis::PoolConfig {
-            max_size: 2,
-            timeouts: deadpool_redis::Timeouts {
-                wait: Some(PUBLISH_TIMEOUT),
-                create: Some(PUBLISH_TIMEOUT),
-                recycle: Some(PUBLISH_TIMEOUT),
-            },
-            ..Default::default()
-        });
-        let pool = pool_cfg
-            .create_pool(Some(deadpool_redis::Runtime::Tokio1))
+        let client = redis::Client::open(cfg.url.as_str())
             .map_err(|e| PublishError::Config(e.to_string()))?;
-        Ok(Sink::Redis {
-            pool,
+        Ok(Sink::Redis(Box::new(RedisSink {
+            client,
+            conn: None,
             channel: cfg.channel.clone(),
             stream: cfg.stream.clone().map(|s| (s, cfg.stream_maxlen)),
-        })
+        })))
     }
 
     /// Sends one record; `Ok` means Redis acknowledged it.
-    pub async fn publish(&self, payload: &str) -> Result<(), PublishError> {
+    pub async fn publish(&mut self, payload: &str) -> Result<(), PublishError> {
         match self {
-            Sink::Redis {
-                pool,
-                channel,
-                stream,
-            } => {
+            Sink::Redis(sink) => {
+                let RedisSink {
+                    client,
+                    conn,
+                    channel,
+                    stream,
+                } = &mut **sink;
                 let send = async {
-                    let mut conn = pool.get().await?;
+                    let mut c = match conn.take() {
+                        Some(c) => c,
+                        None => client.get_multiplexed_async_connection().await?,
+                    };
                     // One round trip: PUBLISH for the live path, XADD for replay.
                     let mut pipe = redis::pipe();
-                    pipe.cmd("PUBLISH").arg(channel).arg(payload).ignore();
+                    pipe.cmd("PUBLISH").arg(&*channel).arg(payload).ignore();
                     if let Some((name, maxlen)) = stream {
                         pipe.cmd("XADD")
-                            .arg(name)
+                            .arg(&*name)
                             .arg("MAXLEN")
                             .arg("~")
                             .arg(*maxlen)
@@ -117,12 +121,16 @@ impl Sink {
                             .arg(payload)
                             .ignore();
                     }
-                    let () = pipe.query_async(&mut conn).await?;
-                    Ok(())
+                    let () = pipe.query_async(&mut c).await?;
+                    Ok::<_, PublishError>(c)
                 };
-                tokio::time::timeout(PUBLISH_TIMEOUT, send)
-                    .await
-                    .unwrap_or(Err(PublishError::Timeout(PUBLISH_TIMEOUT)))
+                // On any failure the connection is dropped and the next record opens a new one.
+                *conn = Some(
+                    tokio::time::timeout(PUBLISH_TIMEOUT, send)
+                        .await
+                        .unwrap_or(Err(PublishError::Timeout(PUBLISH_TIMEOUT)))?,
+                );
+                Ok(())
             }
             Sink::Stdout => {
                 let mut out = std::io::stdout().lock();
@@ -134,14 +142,72 @@ impl Sink {
     }
 }
 
+/// Records queued between commit and publish; past this the publisher reads the table.
+const QUEUE: usize = 4096;
+/// Ids published while catching up, remembered to skip their queued copies.
+const REMEMBER: usize = 4096;
+
+/// The mailboxes' side of the hand-off: committed records go to the publisher at once.
+#[derive(Debug, Clone)]
+pub struct Handoff {
+    queue: mpsc::Sender<OutboxRow>,
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    /// The table may hold records that the queue does not.
+    behind: AtomicBool,
+    wake: Notify,
+}
+
+/// The publisher's side of the hand-off.
+#[derive(Debug)]
+pub struct Inbox {
+    queue: mpsc::Receiver<OutboxRow>,
+    shared: Arc<Shared>,
+}
+
+/// A connected hand-off. The publisher starts by catching up on the table.
+pub fn handoff() -> (Handoff, Inbox) {
+    let (tx, rx) = mpsc::channel(QUEUE);
+    let shared = Arc::new(Shared {
+        behind: AtomicBool::new(true),
+        wake: Notify::new(),
+    });
+    (
+        Handoff {
+            queue: tx,
+            shared: shared.clone(),
+        },
+        Inbox { queue: rx, shared },
+    )
+}
+
+impl Handoff {
+    /// A record just committed to the outbox. Never waits: when the queue is full the
+    /// publisher reads the record from the table instead.
+    pub fn committed(&self, row: OutboxRow) {
+        if self.queue.try_send(row).is_err() {
+            self.poke();
+        }
+    }
+
+    /// The table holds records the queue does not: have the publisher read it.
+    pub fn poke(&self) {
+        self.shared.behind.store(true, Ordering::SeqCst);
+        self.shared.wake.notify_one();
+    }
+}
+
 /// The publisher task's parts.
 pub struct Publisher {
     /// Where the outbox lives.
     pub store: Store,
     /// Where records go.
     pub sink: Sink,
-    /// Poked by mailboxes after each commit that added a record.
-    pub wake: Arc<Notify>,
+    /// Records committed by the mailboxes.
+    pub inbox: Inbox,
     /// Per-mailbox published counters and latency histograms.
     pub board: Arc<StatusBoard>,
     /// Retry schedule while the sink or the database fails.
@@ -151,22 +217,28 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    /// Drains the outbox until `cancel`, then makes one last bounded pass.
-    pub async fn run(self, cancel: CancellationToken) {
+    /// Publishes until `cancel`, then makes one last bounded pass over the table.
+    pub async fn run(mut self, cancel: CancellationToken) {
         let mut schedule = crate::supervisor::Schedule::new(&self.backoff);
+        let mut drained = Remembered::default();
         enforce_bounds(&self.store, &self.bounds).await;
-        loop {
-            match self.drain(&cancel).await {
-                Ok(Drained::Empty) => {
-                    schedule.reset();
-                    tokio::select! {
-                        _ = self.wake.notified() => {}
-                        _ = cancel.cancelled() => break,
-                    }
-                }
-                Ok(Drained::More) => schedule.reset(),
-                Ok(Drained::Cancelled) => break,
+        while !cancel.is_cancelled() {
+            let result = if self.inbox.shared.behind.swap(false, Ordering::SeqCst) {
+                self.catch_up(&cancel, &mut drained).await
+            } else {
+                let row = tokio::select! {
+                    row = self.inbox.queue.recv() => row,
+                    _ = self.inbox.shared.wake.notified() => continue,
+                    _ = cancel.cancelled() => break,
+                };
+                let Some(row) = row else { break };
+                self.live(row, &drained).await
+            };
+            match result {
+                Ok(()) => schedule.reset(),
                 Err(e) => {
+                    // The failed record and everything after it wait in the table.
+                    self.inbox.shared.behind.store(true, Ordering::SeqCst);
                     // Only a failing sink or database makes the outbox grow: bound it here.
                     enforce_bounds(&self.store, &self.bounds).await;
                     let delay = schedule.next_delay();
@@ -182,51 +254,79 @@ impl Publisher {
         // Shutdown: whatever is left waits in the outbox for the next start.
         let last = tokio::time::timeout(
             Duration::from_secs(2),
-            self.drain(&CancellationToken::new()),
+            self.catch_up(&CancellationToken::new(), &mut drained),
         )
         .await;
-        if !matches!(last, Ok(Ok(Drained::Empty))) {
+        if !matches!(last, Ok(Ok(()))) {
             tracing::info!("records left in the outbox are published at the next start");
         }
     }
 
-    /// Publishes one page of the outbox in order, then deletes what was acknowledged.
-    async fn drain(&self, cancel: &CancellationToken) -> Result<Drained, DrainError> {
-        let rows = self.store.outbox_pending(PAGE).await?;
-        if rows.is_empty() {
-            report_depth(&self.store).await;
-            return Ok(Drained::Empty);
-        }
-        let mut done: Vec<i64> = Vec::with_capacity(rows.len());
+    /// Live mode: publishes `first` and whatever else is queued, then deletes them.
+    async fn live(&mut self, first: OutboxRow, drained: &Remembered) -> Result<(), DrainError> {
+        let mut done = Vec::new();
+        let mut next = Some(first);
         let mut failure = None;
-        for row in &rows {
-            if cancel.is_cancelled() {
-                break;
-            }
-            match self.sink.publish(&row.payload).await {
-                Ok(()) => {
-                    self.observe(row);
-                    done.push(row.id);
-                }
-                Err(e) => {
+        while let Some(row) = next.take() {
+            if !drained.contains(row.id) {
+                if let Err(e) = self.sink.publish(&row.payload).await {
                     failure = Some(e);
                     break;
                 }
+                self.observe(&row);
+                done.push(row.id);
+            }
+            if done.len() < PAGE as usize {
+                next = self.inbox.queue.try_recv().ok();
             }
         }
         self.store.outbox_delete(&done).await?;
-        report_depth(&self.store).await;
-        if let Some(e) = failure {
-            return Err(e.into());
+        match failure {
+            Some(e) => Err(e.into()),
+            None => Ok(()),
         }
-        if cancel.is_cancelled() {
-            return Ok(Drained::Cancelled);
+    }
+
+    /// Catching up: empties the queue (the table has all of it) and drains the table in order
+    /// until it is empty.
+    async fn catch_up(
+        &mut self,
+        cancel: &CancellationToken,
+        drained: &mut Remembered,
+    ) -> Result<(), DrainError> {
+        while self.inbox.queue.try_recv().is_ok() {}
+        loop {
+            let rows = self.store.outbox_pending(PAGE).await?;
+            let mut done: Vec<i64> = Vec::with_capacity(rows.len());
+            let mut failure = None;
+            for row in &rows {
+                if cancel.is_cancelled() {
+                    break;
+                }
+                match self.sink.publish(&row.payload).await {
+                    Ok(()) => {
+                        self.observe(row);
+                        done.push(row.id);
+                    }
+                    Err(e) => {
+                        failure = Some(e);
+                        break;
+                    }
+                }
+            }
+            self.store.outbox_delete(&done).await?;
+            drained.extend(&done);
+            let last_page = (rows.len() as i64) < PAGE;
+            if failure.is_some() || last_page {
+                report_depth(&self.store).await;
+            }
+            if let Some(e) = failure {
+                return Err(e.into());
+            }
+            if cancel.is_cancelled() || last_page {
+                return Ok(());
+            }
         }
-        Ok(if rows.len() as i64 == PAGE {
-            Drained::More
-        } else {
-            Drained::Empty
-        })
     }
 
     fn observe(&self, row: &OutboxRow) {
@@ -249,10 +349,30 @@ impl Publisher {
     }
 }
 
-enum Drained {
-    Empty,
-    More,
-    Cancelled,
+/// The last [`REMEMBER`] ids published while catching up.
+#[derive(Debug, Default)]
+struct Remembered {
+    order: VecDeque<i64>,
+    set: HashSet<i64>,
+}
+
+impl Remembered {
+    fn contains(&self, id: i64) -> bool {
+        self.set.contains(&id)
+    }
+
+    fn extend(&mut self, ids: &[i64]) {
+        for &id in ids {
+            if self.set.insert(id) {
+                self.order.push_back(id);
+            }
+        }
+        while self.order.len() > REMEMBER {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -286,5 +406,52 @@ async fn report_depth(store: &Store) {
         metrics::gauge!(crate::metrics::OUTBOX_DEPTH).set(depth as f64);
         metrics::gauge!(crate::metrics::OUTBOX_OLDEST_AGE)
             .set(oldest_ms.unwrap_or(0) as f64 / 1000.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(id: i64) -> OutboxRow {
+        OutboxRow {
+            id,
+            account_id: "a".into(),
+            mailbox: "INBOX".into(),
+            payload: "{}".into(),
+            exists_at_us: None,
+            created_at: 0,
+        }
+    }
+
+    #[test]
+    fn remembered_ids_are_bounded_oldest_first() {
+        let mut r = Remembered::default();
+        let ids: Vec<i64> = (0..(REMEMBER as i64 + 10)).collect();
+        r.extend(&ids);
+        assert!(!r.contains(0) && !r.contains(9));
+        assert!(r.contains(10) && r.contains(REMEMBER as i64 + 9));
+        assert_eq!(r.set.len(), REMEMBER);
+        r.extend(&[10]);
+        assert_eq!(r.order.len(), REMEMBER);
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_sends_the_publisher_to_the_table() {
+        let (h, mut inbox) = handoff();
+        assert!(
+            inbox.shared.behind.swap(false, Ordering::SeqCst),
+            "starts behind"
+        );
+        for id in 0..QUEUE as i64 {
+            h.committed(row(id));
+        }
+        assert!(!inbox.shared.behind.load(Ordering::SeqCst));
+        h.committed(row(-1));
+        assert!(
+            inbox.shared.behind.load(Ordering::SeqCst),
+            "overflow marks the table"
+        );
+        assert_eq!(inbox.queue.recv().await.map(|r| r.id), Some(0));
     }
 }

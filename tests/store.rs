@@ -103,10 +103,12 @@ async fn nul_bytes_are_stripped(kind: Kind) -> Result<()> {
         mailbox: "INBOX",
         uidvalidity: 1,
     };
-    let uids = store
-        .commit_batch(target, &[rec], 1, None, |_| "{}".into())
+    let committed = store
+        .commit_batch(None, target, &[rec], 1, None, |_| "{}".into())
         .await?;
-    ensure!(uids == [1]);
+    ensure!(committed.inserted == [1]);
+    let outbox = committed.outbox.context("a new row announces a record")?;
+    ensure!(outbox.id > 0 && outbox.payload == "{}" && outbox.mailbox == "INBOX");
     let row: (Option<String>, Option<String>, String, Option<String>) = sqlx::query_as(
         "SELECT subject, message_id, from_addr, text_body FROM messages WHERE account_id = 'nul'",
     )
@@ -169,7 +171,7 @@ async fn concurrent_mailboxes_keep_threads_whole(kind: Kind) -> Result<()> {
                     .collect();
                 let target = BatchTarget { account_id: "conc", mailbox, uidvalidity: 1 };
                 store
-                    .commit_batch(target, &recs, (b + 1) * PER_BATCH, None, |_| "{}".into())
+                    .commit_batch(None, target, &recs, (b + 1) * PER_BATCH, None, |_| "{}".into())
                     .await?;
             }
             anyhow::Ok(())

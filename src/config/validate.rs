@@ -298,7 +298,7 @@ pub(super) fn storage_url_problem(url: &str) -> Option<String> {
 
 /// Why `redis.url` would not connect, checked by the redis crate's own parser (no connection).
 pub(super) fn redis_url_problem(url: &str) -> Option<String> {
-    use deadpool_redis::redis::IntoConnectionInfo;
+    use redis::IntoConnectionInfo;
     if !url.starts_with("redis://") && !url.starts_with("rediss://") {
         return Some("must start with redis:// or rediss://".into());
     }

@@ -1,10 +1,9 @@
 //! The rows that hang off a message: its attachments and its raw bytes. Both are multi-row
-//! inserts, split by row count and by bytes.
-
-use sqlx::{AssertSqlSafe, Transaction};
+//! inserts, split by row count and by bytes, built here and run with the batch's other writes.
 
 use super::chunk::{insert_sql, runs};
 use super::messages::NewRow;
+use super::stmt::Stmt;
 use crate::message::Attachment;
 
 /// Bytes of content per statement (a few parts, or one big one).
@@ -26,11 +25,8 @@ const ATTACHMENT_COLUMNS: &[&str] = &[
 const ATTACHMENT_ROWS: usize = 2000;
 
 /// Inserts the attachments of the new messages.
-pub(super) async fn insert_attachments(
-    tx: &mut Transaction<'_, sqlx::Any>,
-    account_id: &str,
-    rows: &[NewRow<'_>],
-) -> Result<(), sqlx::Error> {
+pub(super) fn insert_attachments<'a>(account_id: &'a str, rows: &[NewRow<'a>]) -> Vec<Stmt<'a>> {
+    let mut out = Vec::new();
     let parts: Vec<(i64, i32, &Attachment)> = rows
         .iter()
         .flat_map(|r| {
@@ -44,42 +40,43 @@ pub(super) async fn insert_attachments(
     for run in runs(&parts, ATTACHMENT_ROWS, BYTES_PER_STATEMENT, |(_, _, a)| {
         a.content.as_ref().map_or(0, Vec::len)
     }) {
-        let sql = insert_sql("attachments", ATTACHMENT_COLUMNS, run.len(), "");
-        let mut q = sqlx::query(AssertSqlSafe(sql));
+        let mut q = Stmt::new(insert_sql("attachments", ATTACHMENT_COLUMNS, run.len(), ""));
         for (row_id, index, a) in run {
-            q = q
-                .bind(*row_id)
-                .bind(account_id)
-                .bind(*index)
-                .bind(a.filename.as_deref())
-                .bind(a.content_type.as_str())
-                .bind(a.size)
-                .bind(a.content_id.as_deref())
-                .bind(a.inline)
-                .bind(a.content.is_some())
-                .bind(a.content.as_deref());
+            q.push(*row_id);
+            q.push(account_id);
+            q.push(*index);
+            q.push(a.filename.as_deref());
+            q.push(a.content_type.as_str());
+            q.push(a.size);
+            q.push(a.content_id.as_deref());
+            q.push(a.inline);
+            q.push(a.content.is_some());
+            q.push(a.content.as_deref());
         }
-        q.execute(&mut **tx).await?;
+        out.push(q);
     }
-    Ok(())
+    out
 }
 
 /// Inserts the raw bytes of the new messages that keep them.
-pub(super) async fn insert_raw(
-    tx: &mut Transaction<'_, sqlx::Any>,
-    rows: &[NewRow<'_>],
-) -> Result<(), sqlx::Error> {
+pub(super) fn insert_raw<'a>(rows: &[NewRow<'a>]) -> Vec<Stmt<'a>> {
+    let mut out = Vec::new();
     let raws: Vec<(i64, &[u8])> = rows
         .iter()
         .filter_map(|r| r.rec.raw.as_deref().map(|raw| (r.id, raw)))
         .collect();
     for run in runs(&raws, 1000, BYTES_PER_STATEMENT, |(_, raw)| raw.len()) {
-        let sql = insert_sql("message_raw", &["message_row_id", "raw"], run.len(), "");
-        let mut q = sqlx::query(AssertSqlSafe(sql));
+        let mut q = Stmt::new(insert_sql(
+            "message_raw",
+            &["message_row_id", "raw"],
+            run.len(),
+            "",
+        ));
         for (row_id, raw) in run {
-            q = q.bind(*row_id).bind(*raw);
+            q.push(*row_id);
+            q.push(*raw);
         }
-        q.execute(&mut **tx).await?;
+        out.push(q);
     }
-    Ok(())
+    out
 }

@@ -3,13 +3,13 @@
 
 use std::collections::HashMap;
 
-use sqlx::any::AnyRow;
-use sqlx::{AssertSqlSafe, Row};
+use sqlx::Row;
 
 use super::attachments::{insert_attachments, insert_raw};
 use super::chunk::{insert_sql, runs};
-use super::outbox::insert_outbox;
-use super::threads::assign_threads;
+use super::outbox::{insert_outbox, OutboxRow};
+use super::stmt::{run_all, Stmt};
+use super::threads::{assign_threads, lock_account};
 use super::{now_ms, to_u32, Store, StoreError};
 use crate::message::MessageRecord;
 
@@ -93,16 +93,17 @@ impl Store {
         }))
     }
 
-    /// Records a mailbox seen for the first time, or a UIDVALIDITY change: `last_uid` starts
-    /// again from 0. Rows of the old UIDVALIDITY stay, told apart by their `uidvalidity`.
-    /// `reset_record`, when given, goes to the outbox in the same transaction.
+    /// Records a UIDVALIDITY change (or, optionally, a mailbox seen for the first time; a first
+    /// batch creates the row anyway): `last_uid` starts again from 0. Rows of the old UIDVALIDITY stay, told apart by their `uidvalidity`.
+    /// `reset_record`, when given, goes to the outbox in the same transaction, and is returned
+    /// as committed, for the publisher.
     pub async fn start_epoch(
         &self,
         account_id: &str,
         mailbox: &str,
         uidvalidity: u32,
         reset_record: Option<&str>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Option<OutboxRow>, StoreError> {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
         sqlx::query(
@@ -115,81 +116,77 @@ impl Store {
         .bind(now)
         .execute(&mut *tx)
         .await?;
+        let mut record = None;
         if let Some(payload) = reset_record {
-            insert_outbox(&mut tx, account_id, mailbox, payload, None).await?;
+            let mut row = OutboxRow::new(account_id, mailbox, payload.to_string(), None);
+            let ids = run_all(&mut tx, self.backend, vec![insert_outbox(&row)]).await?;
+            row.id = ids.first().map_or(0, |r| r.get(0));
+            record = Some(row);
         }
         tx.commit().await?;
-        Ok(())
+        Ok(record)
+    }
+
+    /// Opens a batch transaction ahead of [`Store::commit_batch`], so that BEGIN's round trip
+    /// overlaps waiting for the server. Only when a pooled connection is idle (an early
+    /// transaction never makes another mailbox wait), and `None` on any error: the commit then
+    /// opens its own and reports the failure.
+    pub async fn begin_early(&self) -> Option<BatchTx> {
+        if self.pool.num_idle() == 0 {
+            return None;
+        }
+        self.pool.begin().await.ok().map(BatchTx)
     }
 
     /// Stores a batch and advances `last_uid` to `new_last_uid` in one transaction: the messages,
     /// their attachments and raw bytes, their threads, the sync state and, when any row is new,
     /// the announcement `record(uids)` in the outbox. Returns the UIDs actually inserted (a
-    /// re-fetch inserts nothing).
+    /// re-fetch inserts nothing) and the outbox record as committed.
+    ///
+    /// Round trips on PostgreSQL, whatever the batch size (up to 500 messages): BEGIN, the lock
+    /// with the message insert, the thread lookup (and the touched threads, when a message joins
+    /// one), every remaining write as one statement, COMMIT.
+    ///
+    /// `tx` is a transaction from [`Store::begin_early`], or `None` to open one here.
     pub async fn commit_batch(
         &self,
+        tx: Option<BatchTx>,
         target: BatchTarget<'_>,
         messages: &[MessageRecord],
         new_last_uid: u32,
         exists_at_us: Option<i64>,
         record: impl FnOnce(&[u32]) -> String,
-    ) -> Result<Vec<u32>, StoreError> {
+    ) -> Result<Committed, StoreError> {
         let now = now_ms();
         let by_uid: HashMap<u32, &MessageRecord> = messages.iter().map(|m| (m.uid, m)).collect();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = match tx {
+            Some(BatchTx(tx)) => tx,
+            None => self.pool.begin().await?,
+        };
         let mut new_rows = Vec::with_capacity(messages.len());
-        for chunk in runs(messages, ROWS_PER_STATEMENT, BYTES_PER_STATEMENT, |m| {
+        let chunks = runs(messages, ROWS_PER_STATEMENT, BYTES_PER_STATEMENT, |m| {
             m.approx_bytes()
-        }) {
-            let sql = insert_sql(
-                "messages",
-                MESSAGE_COLUMNS,
-                chunk.len(),
-                "ON CONFLICT (account_id, mailbox, uidvalidity, uid) DO NOTHING RETURNING id, uid",
-            );
-            let mut q = sqlx::query(AssertSqlSafe(sql));
-            for m in chunk {
-                q = q
-                    .bind(target.account_id)
-                    .bind(target.mailbox)
-                    .bind(i64::from(target.uidvalidity))
-                    .bind(i64::from(m.uid))
-                    .bind(m.message_id.as_deref())
-                    .bind(m.subject.as_deref())
-                    .bind(m.from.as_str())
-                    .bind(m.sender.as_str())
-                    .bind(m.reply_to.as_str())
-                    .bind(m.to.as_str())
-                    .bind(m.cc.as_str())
-                    .bind(m.bcc.as_str())
-                    .bind(m.in_reply_to.as_deref())
-                    .bind(serde_json::to_string(&m.references).unwrap_or_else(|_| "[]".into()))
-                    .bind(m.sent_at_ms)
-                    .bind(m.received_at_ms)
-                    .bind(m.text_body.as_deref())
-                    .bind(m.html_body.as_deref())
-                    .bind(m.snippet.as_str())
-                    .bind(m.size)
-                    .bind(m.flags.as_str())
-                    .bind(m.has_attachments)
-                    .bind(m.truncated)
-                    .bind(m.parse_error)
-                    .bind(now);
+        });
+        for (i, chunk) in chunks.into_iter().enumerate() {
+            let mut stmts = Vec::with_capacity(2);
+            if i == 0 {
+                stmts.push(lock_account(target.account_id));
             }
-            let rows: Vec<AnyRow> = q.fetch_all(&mut *tx).await?;
-            for r in &rows {
+            stmts.push(insert_messages(target, chunk, now));
+            for r in run_all(&mut tx, self.backend, stmts).await? {
                 let uid = to_u32(r.get::<i64, _>(1));
                 if let Some(rec) = by_uid.get(&uid) {
                     new_rows.push(NewRow { id: r.get(0), rec });
                 }
             }
         }
+        let mut writes = Vec::new();
         if !new_rows.is_empty() {
             // Row ids ascend with insertion order: threads are founded by their first message.
             new_rows.sort_by_key(|r| r.id);
-            insert_attachments(&mut tx, target.account_id, &new_rows).await?;
-            insert_raw(&mut tx, &new_rows).await?;
-            assign_threads(
+            writes.extend(insert_attachments(target.account_id, &new_rows));
+            writes.extend(insert_raw(&new_rows));
+            let threads = assign_threads(
                 &mut tx,
                 target.account_id,
                 &new_rows,
@@ -197,34 +194,96 @@ impl Store {
                 now,
             )
             .await?;
+            writes.extend(threads);
         }
-        sqlx::query(
-            "UPDATE mailbox_state SET last_uid = $1, updated_at = $2 \
-             WHERE account_id = $3 AND mailbox = $4 AND uidvalidity = $5 AND last_uid < $1",
-        )
-        .bind(i64::from(new_last_uid))
-        .bind(now)
-        .bind(target.account_id)
-        .bind(target.mailbox)
-        .bind(i64::from(target.uidvalidity))
-        .execute(&mut *tx)
-        .await?;
+        // An upsert: a mailbox's first batch creates its state row, so a new mailbox costs no
+        // write until it has mail. A row of another UIDVALIDITY is left alone.
+        writes.push(
+            Stmt::new(
+                "INSERT INTO mailbox_state (account_id, mailbox, uidvalidity, last_uid, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (account_id, mailbox) DO UPDATE \
+                 SET last_uid = excluded.last_uid, updated_at = excluded.updated_at \
+                 WHERE mailbox_state.uidvalidity = excluded.uidvalidity \
+                 AND mailbox_state.last_uid < excluded.last_uid",
+            )
+            .bind(target.account_id)
+            .bind(target.mailbox)
+            .bind(i64::from(target.uidvalidity))
+            .bind(i64::from(new_last_uid))
+            .bind(now),
+        );
         let mut inserted: Vec<u32> = new_rows.iter().map(|r| r.rec.uid).collect();
-        if !inserted.is_empty() {
-            inserted.sort_unstable();
-            let payload = record(&inserted);
-            insert_outbox(
-                &mut tx,
+        inserted.sort_unstable();
+        let mut outbox = (!inserted.is_empty()).then(|| {
+            OutboxRow::new(
                 target.account_id,
                 target.mailbox,
-                &payload,
+                record(&inserted),
                 exists_at_us,
             )
-            .await?;
+        });
+        if let Some(row) = &outbox {
+            // Last, so that the grouped statement returns the record's id.
+            writes.push(insert_outbox(row));
+        }
+        let rows = run_all(&mut tx, self.backend, writes).await?;
+        if let Some(row) = &mut outbox {
+            row.id = rows.first().map_or(0, |r| r.get(0));
         }
         tx.commit().await?;
-        Ok(inserted)
+        Ok(Committed { inserted, outbox })
     }
+}
+
+/// A batch transaction opened early; dropping it rolls it back.
+#[derive(Debug)]
+pub struct BatchTx(sqlx::Transaction<'static, sqlx::Any>);
+
+/// What one batch transaction committed.
+#[derive(Debug, Default)]
+pub struct Committed {
+    /// UIDs inserted, ascending (a re-fetch inserts none).
+    pub inserted: Vec<u32>,
+    /// The announcement added to the outbox, when any row was new.
+    pub outbox: Option<OutboxRow>,
+}
+
+/// The multi-row `messages` insert of one chunk; returns `id, uid` of the rows it added.
+fn insert_messages<'a>(target: BatchTarget<'a>, chunk: &'a [MessageRecord], now: i64) -> Stmt<'a> {
+    let mut q = Stmt::new(insert_sql(
+        "messages",
+        MESSAGE_COLUMNS,
+        chunk.len(),
+        "ON CONFLICT (account_id, mailbox, uidvalidity, uid) DO NOTHING RETURNING id, uid",
+    ));
+    for m in chunk {
+        q.push(target.account_id);
+        q.push(target.mailbox);
+        q.push(i64::from(target.uidvalidity));
+        q.push(i64::from(m.uid));
+        q.push(m.message_id.as_deref());
+        q.push(m.subject.as_deref());
+        q.push(m.from.as_str());
+        q.push(m.sender.as_str());
+        q.push(m.reply_to.as_str());
+        q.push(m.to.as_str());
+        q.push(m.cc.as_str());
+        q.push(m.bcc.as_str());
+        q.push(m.in_reply_to.as_deref());
+        q.push(serde_json::to_string(&m.references).unwrap_or_else(|_| "[]".into()));
+        q.push(m.sent_at_ms);
+        q.push(m.received_at_ms);
+        q.push(m.text_body.as_deref());
+        q.push(m.html_body.as_deref());
+        q.push(m.snippet.as_str());
+        q.push(m.size);
+        q.push(m.flags.as_str());
+        q.push(m.has_attachments);
+        q.push(m.truncated);
+        q.push(m.parse_error);
+        q.push(now);
+    }
+    q
 }
 
 #[cfg(test)]

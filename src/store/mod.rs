@@ -10,16 +10,18 @@
 //! - [`threads`]: conversation assignment inside the batch transaction ([`thread_model`]: the
 //!   in-memory aggregates and grouping; [`thread_writes`]: its multi-row writes).
 //! - [`outbox`]: records waiting to be published.
+//! - [`stmt`]: statements built first and run grouped (one round trip on PostgreSQL).
 
 mod attachments;
 mod chunk;
 mod messages;
 mod outbox;
+mod stmt;
 mod thread_model;
 mod thread_writes;
 mod threads;
 
-pub use messages::{BatchTarget, SyncState};
+pub use messages::{BatchTarget, BatchTx, Committed, SyncState};
 pub use outbox::OutboxRow;
 
 use std::time::Duration;

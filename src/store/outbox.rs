@@ -2,6 +2,7 @@
 
 use sqlx::{AssertSqlSafe, Row};
 
+use super::stmt::Stmt;
 use super::{now_ms, Store, StoreError};
 
 /// A record waiting in the outbox.
@@ -19,6 +20,25 @@ pub struct OutboxRow {
     pub exists_at_us: Option<i64>,
     /// When it was committed (Unix ms).
     pub created_at: i64,
+}
+
+impl OutboxRow {
+    /// A record about to be committed (its id comes from the insert).
+    pub(super) fn new(
+        account_id: &str,
+        mailbox: &str,
+        payload: String,
+        exists_at_us: Option<i64>,
+    ) -> OutboxRow {
+        OutboxRow {
+            id: 0,
+            account_id: account_id.to_string(),
+            mailbox: mailbox.to_string(),
+            payload,
+            exists_at_us,
+            created_at: now_ms(),
+        }
+    }
 }
 
 impl Store {
@@ -90,22 +110,15 @@ impl Store {
     }
 }
 
-pub(super) async fn insert_outbox(
-    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-    account_id: &str,
-    mailbox: &str,
-    payload: &str,
-    exists_at_us: Option<i64>,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO outbox (account_id, mailbox, payload, created_at, exists_at_us) VALUES ($1, $2, $3, $4, $5)",
+/// Adds a record to the outbox; the statement returns its id.
+pub(super) fn insert_outbox<'a>(row: &'a OutboxRow) -> Stmt<'a> {
+    Stmt::new(
+        "INSERT INTO outbox (account_id, mailbox, payload, created_at, exists_at_us) \
+         VALUES ($1, $2, $3, $4, $5) RETURNING id",
     )
-    .bind(account_id)
-    .bind(mailbox)
-    .bind(payload)
-    .bind(now_ms())
-    .bind(exists_at_us)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
+    .bind(row.account_id.as_str())
+    .bind(row.mailbox.as_str())
+    .bind(row.payload.as_str())
+    .bind(row.created_at)
+    .bind(row.exists_at_us)
 }

@@ -1,5 +1,6 @@
 //! The writes of thread assignment: merges, `messages.thread_id`, nodes and aggregates. Each is
-//! one multi-row statement (per 1,000 values).
+//! one multi-row statement (per 1,000 values). Merges run at once; the other three are built
+//! here and run with the batch's last writes (one round trip on PostgreSQL).
 
 use std::collections::HashMap;
 
@@ -7,6 +8,7 @@ use sqlx::AssertSqlSafe;
 
 use super::chunk::{insert_sql, placeholders};
 use super::messages::NewRow;
+use super::stmt::Stmt;
 use super::thread_model::Thread;
 use super::threads::{Tx, PER_STATEMENT};
 use crate::message::address;
@@ -52,11 +54,11 @@ pub(super) async fn merge(
 }
 
 /// `UPDATE messages SET thread_id = CASE id WHEN … END WHERE id IN (…)`.
-pub(super) async fn set_message_threads(
-    tx: &mut Tx<'_>,
+pub(super) fn set_message_threads(
     rows: &[NewRow<'_>],
     thread_of_row: &[i64],
-) -> Result<(), sqlx::Error> {
+) -> Vec<Stmt<'static>> {
+    let mut out = Vec::new();
     let pairs: Vec<(i64, i64)> = rows
         .iter()
         .zip(thread_of_row)
@@ -68,31 +70,31 @@ pub(super) async fn set_message_threads(
             case.push_str(&format!(" WHEN ${} THEN ${}", 1 + 2 * i, 2 + 2 * i));
         }
         case.push_str(" END");
-        let sql = format!(
+        let mut q = Stmt::new(format!(
             "UPDATE messages SET thread_id = {case} WHERE id IN ({})",
             placeholders(1 + 2 * chunk.len(), chunk.len())
-        );
-        let mut q = sqlx::query(AssertSqlSafe(sql));
+        ));
         for (id, t) in chunk {
-            q = q.bind(*id).bind(*t);
+            q.push(*id);
+            q.push(*t);
         }
         for (id, _) in chunk {
-            q = q.bind(*id);
+            q.push(*id);
         }
-        q.execute(&mut **tx).await?;
+        out.push(q);
     }
-    Ok(())
+    out
 }
 
 /// Every Message-ID the new rows name now points at their thread; their own ids are present.
-pub(super) async fn upsert_refs(
-    tx: &mut Tx<'_>,
-    account_id: &str,
-    rows: &[NewRow<'_>],
+pub(super) fn upsert_refs<'a>(
+    account_id: &'a str,
+    rows: &[NewRow<'a>],
     thread_of_row: &[i64],
     known: &HashMap<String, (i64, bool)>,
-) -> Result<(), sqlx::Error> {
-    let mut refs: HashMap<&str, (i64, bool)> = HashMap::new();
+) -> Vec<Stmt<'a>> {
+    let mut out = Vec::new();
+    let mut refs: HashMap<&'a str, (i64, bool)> = HashMap::new();
     for (r, &t) in rows.iter().zip(thread_of_row) {
         for k in r.rec.thread_keys() {
             let own = r.rec.message_id.as_deref() == Some(k);
@@ -101,7 +103,7 @@ pub(super) async fn upsert_refs(
         }
     }
     // Unchanged nodes need no write.
-    let mut refs: Vec<(&str, i64, bool)> = refs
+    let mut refs: Vec<(&'a str, i64, bool)> = refs
         .into_iter()
         .filter(|(k, (t, p))| {
             !known
@@ -112,29 +114,31 @@ pub(super) async fn upsert_refs(
         .collect();
     refs.sort_unstable();
     for chunk in refs.chunks(PER_STATEMENT) {
-        let sql = insert_sql(
+        let mut q = Stmt::new(insert_sql(
             "thread_refs",
             &["account_id", "message_id", "thread_id", "present"],
             chunk.len(),
             "ON CONFLICT (account_id, message_id) DO UPDATE SET thread_id = excluded.thread_id, \
              present = (thread_refs.present OR excluded.present)",
-        );
-        let mut q = sqlx::query(AssertSqlSafe(sql));
+        ));
         for (k, t, p) in chunk {
-            q = q.bind(account_id).bind(*k).bind(*t).bind(*p);
+            q.push(account_id);
+            q.push(*k);
+            q.push(*t);
+            q.push(*p);
         }
-        q.execute(&mut **tx).await?;
+        out.push(q);
     }
-    Ok(())
+    out
 }
 
 /// Writes the threads' new aggregates.
-pub(super) async fn upsert_threads(
-    tx: &mut Tx<'_>,
-    account_id: &str,
+pub(super) fn upsert_threads<'a>(
+    account_id: &'a str,
     threads: &[Thread],
     now: i64,
-) -> Result<(), sqlx::Error> {
+) -> Vec<Stmt<'a>> {
+    let mut out = Vec::new();
     const COLS: &[&str] = &[
         "id",
         "account_id",
@@ -148,7 +152,7 @@ pub(super) async fn upsert_threads(
         "updated_at",
     ];
     for chunk in threads.chunks(PER_STATEMENT) {
-        let sql = insert_sql(
+        let mut q = Stmt::new(insert_sql(
             "threads",
             COLS,
             chunk.len(),
@@ -157,26 +161,24 @@ pub(super) async fn upsert_threads(
              last_message_at = excluded.last_message_at, message_count = excluded.message_count, \
              unread_count = excluded.unread_count, participants = excluded.participants, \
              updated_at = excluded.updated_at",
-        );
-        let mut q = sqlx::query(AssertSqlSafe(sql));
+        ));
         for t in chunk {
-            q = q
-                .bind(t.id)
-                .bind(account_id)
-                .bind(t.subject.as_deref())
-                .bind(t.subject_key.as_str())
-                .bind(t.started_at)
-                .bind(if t.last_message_at == i64::MIN {
-                    now
-                } else {
-                    t.last_message_at
-                })
-                .bind(t.message_count)
-                .bind(t.unread_count)
-                .bind(address::to_json(&t.participants))
-                .bind(now);
+            q.push(t.id);
+            q.push(account_id);
+            q.push(t.subject.clone());
+            q.push(t.subject_key.clone());
+            q.push(t.started_at);
+            q.push(if t.last_message_at == i64::MIN {
+                now
+            } else {
+                t.last_message_at
+            });
+            q.push(t.message_count);
+            q.push(t.unread_count);
+            q.push(address::to_json(&t.participants));
+            q.push(now);
         }
-        q.execute(&mut **tx).await?;
+        out.push(q);
     }
-    Ok(())
+    out
 }

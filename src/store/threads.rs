@@ -9,7 +9,9 @@
 //!
 //! A thread's id is the `messages.id` of the message that started it, so new threads need no
 //! id round trip. Statements per batch are constant: lock, look up the nodes, read the threads
-//! touched, (merge: three), set `thread_id`, upsert nodes, upsert threads.
+//! touched, (merge: three), set `thread_id`, upsert nodes, upsert threads. The lock goes with
+//! the message insert and the last three with the batch's last writes, so on PostgreSQL a new
+//! thread costs one round trip of its own (the lookup) and joining one a second.
 //!
 //! Two mailboxes of one account commit concurrently. Each batch first takes the account's row
 //! in `account_locks` (a row lock on PostgreSQL; SQLite has one writer anyway), so lookups and
@@ -21,6 +23,7 @@ use sqlx::{AssertSqlSafe, Row, Transaction};
 
 use super::chunk::placeholders;
 use super::messages::NewRow;
+use super::stmt::Stmt;
 use super::thread_model::{Group, Thread, UnionFind};
 use super::thread_writes::{merge, set_message_threads, upsert_refs, upsert_threads};
 use crate::message::address;
@@ -30,18 +33,19 @@ pub(super) type Tx<'c> = Transaction<'c, sqlx::Any>;
 /// Values per `IN (…)` or `VALUES` statement.
 pub(super) const PER_STATEMENT: usize = 1000;
 
-/// Gives every new row its `thread_id`, creating, extending and merging threads.
-pub(super) async fn assign_threads(
+/// Gives every new row its `thread_id`, creating, extending and merging threads. Reads and
+/// merges run at once; the writes that remain are returned, to run with the batch's last
+/// statements. The caller holds the account's lock ([`lock_account`]).
+pub(super) async fn assign_threads<'a>(
     tx: &mut Tx<'_>,
-    account_id: &str,
-    rows: &[NewRow<'_>],
+    account_id: &'a str,
+    rows: &[NewRow<'a>],
     by_subject: bool,
     now: i64,
-) -> Result<(), sqlx::Error> {
+) -> Result<Vec<Stmt<'a>>, sqlx::Error> {
     if rows.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
-    lock_account(tx, account_id).await?;
 
     let keys: BTreeSet<&str> = rows.iter().flat_map(|r| r.rec.thread_keys()).collect();
     let known = lookup_refs(tx, account_id, &keys).await?;
@@ -122,22 +126,21 @@ pub(super) async fn assign_threads(
     if !merges.is_empty() {
         merge(tx, account_id, &merges).await?;
     }
-    set_message_threads(tx, rows, &thread_of_row).await?;
-    upsert_refs(tx, account_id, rows, &thread_of_row, &known).await?;
-    upsert_threads(tx, account_id, &out, now).await?;
-    Ok(())
+    let mut writes = set_message_threads(rows, &thread_of_row);
+    writes.extend(upsert_refs(account_id, rows, &thread_of_row, &known));
+    writes.extend(upsert_threads(account_id, &out, now));
+    Ok(writes)
 }
 
-/// Serializes the batches of one account (a row lock held until commit on PostgreSQL).
-async fn lock_account(tx: &mut Tx<'_>, account_id: &str) -> Result<(), sqlx::Error> {
-    sqlx::query(
+/// Serializes the batches of one account: a row lock held until commit on PostgreSQL (SQLite
+/// has one writer anyway). It must be taken by a statement before the lookups, which then see
+/// every batch committed before it.
+pub(super) fn lock_account(account_id: &str) -> Stmt<'_> {
+    Stmt::new(
         "INSERT INTO account_locks (account_id, batches) VALUES ($1, 1) \
          ON CONFLICT (account_id) DO UPDATE SET batches = account_locks.batches + 1",
     )
     .bind(account_id)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
 }
 
 /// `Message-ID → (thread_id, a message with this id is stored)` for the ids already known.

@@ -5,7 +5,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use deadpool_redis::redis;
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
