@@ -5,7 +5,11 @@
 //! [`run`] again. Nothing here writes SQL or talks to Redis: batches go to the store, and the
 //! publisher is poked through a [`Notify`].
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+
+use futures::future::Either;
 
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -21,8 +25,9 @@ use crate::publish::Handoff;
 use crate::status::{MailboxState, Reporter};
 use crate::store::{BatchTarget, BatchTx, Store, StoreError, SyncState};
 
-/// A batch is committed early once its records hold about this many bytes.
-const MAX_BATCH_BYTES: usize = 64 * 1024 * 1024;
+/// A batch is committed early once its records hold about this many bytes. With one batch
+/// committing while the next is read, at most about twice this is held.
+const MAX_BATCH_BYTES: usize = 32 * 1024 * 1024;
 
 /// Everything one mailbox task needs. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -211,7 +216,14 @@ enum Parsed {
     Later(Vec<u8>, ImapMeta),
 }
 
+/// A full batch being committed while the next one is read. Resolves to its highest UID.
+type Pending<'a> = Pin<Box<dyn Future<Output = Result<u32, StoreError>> + Send + 'a>>;
+
 /// One `UID FETCH last_uid+1:*`. Returns whether EXISTS arrived meanwhile.
+///
+/// A full batch commits while the next one is read (at most one commit in flight, so
+/// `last_uid` still advances in order): reading from the server and writing to the database
+/// overlap instead of taking turns.
 async fn fetch_round(
     ctx: &MailboxCtx,
     session: &mut Session,
@@ -229,6 +241,7 @@ async fn fetch_round(
     .await?;
     let mut batch: Vec<MessageRecord> = Vec::new();
     let mut batch_bytes = 0;
+    let mut pending: Option<Pending<'_>> = None;
     // The first batch's transaction opens while the server answers the FETCH: on PostgreSQL
     // BEGIN is a round trip of its own, hidden this way.
     let mut early = None;
@@ -245,6 +258,18 @@ async fn fetch_round(
             let (next, tx) = tokio::join!(read, ctx.store.begin_early());
             early = tx;
             next
+        } else if let Some(commit) = pending.take() {
+            let read = std::pin::pin!(read);
+            match futures::future::select(commit, read).await {
+                Either::Left((committed, read)) => {
+                    settle(ctx, state, committed?);
+                    read.await
+                }
+                Either::Right((next, commit)) => {
+                    pending = Some(commit);
+                    next
+                }
+            }
         } else {
             read.await
         };
@@ -258,15 +283,36 @@ async fn fetch_round(
         batch.push(rec);
         // Bodies, raw copies and attachments add up: bound a batch's memory too.
         if batch.len() >= ctx.timers.fetch_batch || batch_bytes >= MAX_BATCH_BYTES {
-            commit(ctx, state, &mut batch, exists_at_us, early.take()).await?;
+            if let Some(commit) = pending.take() {
+                settle(ctx, state, commit.await?);
+            }
+            let full = std::mem::take(&mut batch);
+            pending = Some(Box::pin(commit(
+                ctx,
+                state.uidvalidity,
+                full,
+                exists_at_us,
+                early.take(),
+            )));
             batch_bytes = 0;
         }
     };
     let more = run.saw_exists;
     drop(run);
-    commit(ctx, state, &mut batch, exists_at_us, early.take()).await?;
+    // What was read before an error is stored before the error is reported.
+    if let Some(commit) = pending.take() {
+        settle(ctx, state, commit.await?);
+    }
+    let last = commit(ctx, state.uidvalidity, batch, exists_at_us, early.take()).await?;
+    settle(ctx, state, last);
     outcome?;
     Ok(more)
+}
+
+/// Advances `last_uid` past a committed batch.
+fn settle(ctx: &MailboxCtx, state: &mut SyncState, new_last: u32) {
+    state.last_uid = state.last_uid.max(new_last);
+    ctx.reporter.set_last_uid(state.last_uid);
 }
 
 /// Bodies above this are parsed on the blocking pool, so a 50 MB message does not hold up
@@ -285,24 +331,25 @@ async fn parse_blocking(body: Vec<u8>, meta: ImapMeta, opts: ExtractOptions) -> 
     })
 }
 
+/// Commits one batch; returns its highest UID (0 for an empty batch).
 async fn commit(
     ctx: &MailboxCtx,
-    state: &mut SyncState,
-    batch: &mut Vec<MessageRecord>,
+    uidvalidity: u32,
+    batch: Vec<MessageRecord>,
     exists_at_us: Option<i64>,
     tx: Option<BatchTx>,
-) -> Result<(), StoreError> {
+) -> Result<u32, StoreError> {
     let Some(new_last) = batch.iter().map(|m| m.uid).max() else {
-        return Ok(());
+        return Ok(0);
     };
     let target = BatchTarget {
         account_id: &ctx.account_id,
         mailbox: &ctx.mailbox,
-        uidvalidity: state.uidvalidity,
+        uidvalidity,
     };
     let committed = ctx
         .store
-        .commit_batch(tx, target, batch, new_last, exists_at_us, |uids| {
+        .commit_batch(tx, target, &batch, new_last, exists_at_us, |uids| {
             SyncRecord {
                 account_id: &ctx.account_id,
                 email_address: &ctx.email,
@@ -310,24 +357,21 @@ async fn commit(
                 timestamp: timestamp_now(),
                 kind: RecordKind::NewMail,
                 mailbox: &ctx.mailbox,
-                uid_validity: state.uidvalidity,
+                uid_validity: uidvalidity,
                 uids,
             }
             .to_json()
         })
         .await?;
-    state.last_uid = state.last_uid.max(new_last);
-    ctx.reporter.set_last_uid(state.last_uid);
     if let Some(row) = committed.outbox {
         let count = committed.inserted.len();
         let newest = batch.iter().filter_map(|m| m.received_at_ms).max();
         ctx.reporter.stored(count as u64, newest);
         // After the counters, so a record is never seen before the metrics that explain it.
         ctx.handoff.committed(row);
-        tracing::info!(count, last_uid = state.last_uid, "stored new messages");
+        tracing::info!(count, last_uid = new_last, "stored new messages");
     }
-    batch.clear();
-    Ok(())
+    Ok(new_last)
 }
 
 /// An `Instant` in the past as Unix microseconds (for the cross-task latency histogram).

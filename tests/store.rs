@@ -263,3 +263,35 @@ async fn migration_backfills_threads_sqlite() -> Result<()> {
 async fn migration_backfills_threads_postgres() -> Result<()> {
     migration_backfills_threads(Kind::Postgres).await
 }
+
+/// Migration 0003: bodies, raw messages and attachments are TOASTed with lz4 (this machine's
+/// PostgreSQL has it), and a session's statements get custom plans (see `Store::connect`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_compresses_with_lz4_and_plans_per_run() -> Result<()> {
+    use idlesync::store::Store;
+    let db = common::db::TestDb::new(Kind::Postgres).await?;
+    let store = Store::connect(&storage(&db)).await?;
+    store.migrate().await?;
+    let lz4: Vec<(String, String)> = sqlx::query_as(
+        "SELECT attrelid::regclass::text || '.' || attname, attcompression::text FROM pg_attribute \
+         WHERE attrelid IN ('messages'::regclass, 'message_raw'::regclass, 'attachments'::regclass) \
+         AND attname IN ('text_body', 'html_body', 'raw', 'content') ORDER BY 1",
+    )
+    .fetch_all(store.pool())
+    .await?;
+    let want = [
+        "attachments.content",
+        "message_raw.raw",
+        "messages.html_body",
+        "messages.text_body",
+    ];
+    ensure!(
+        lz4.iter().map(|(c, _)| c.as_str()).eq(want) && lz4.iter().all(|(_, m)| m == "l"),
+        "{lz4:?}"
+    );
+    let mode: String = sqlx::query_scalar("SELECT current_setting('plan_cache_mode')")
+        .fetch_one(store.pool())
+        .await?;
+    ensure!(mode == "force_custom_plan", "plan_cache_mode {mode}");
+    Ok(())
+}

@@ -96,6 +96,21 @@ impl Store {
         let mut opts = AnyPoolOptions::new()
             .max_connections(cfg.max_connections)
             .acquire_timeout(Duration::from_secs(10));
+        if backend == Backend::Postgres {
+            opts = opts.after_connect(|conn, _| {
+                Box::pin(async move {
+                    // sqlx prepares every statement, and after five runs PostgreSQL may switch
+                    // to a generic plan made without the values. For `IN ($2, …, $501)` over a
+                    // table that grew since, that plan scanned the whole account and rebuilt
+                    // the list for every row: most of the database's CPU in the catch-up
+                    // profile of #5. Custom plans see the values and the table as it is now.
+                    sqlx::query("SET plan_cache_mode = force_custom_plan")
+                        .execute(&mut *conn)
+                        .await?;
+                    Ok(())
+                })
+            });
+        }
         if backend == Backend::Sqlite {
             opts = opts.after_connect(|conn, _| {
                 Box::pin(async move {
