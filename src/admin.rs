@@ -5,6 +5,9 @@
 //! - `/readyz`: 200 when the storage answers and every mailbox is idling or in an expected
 //!   backoff ([`MailboxStatus::is_ready`]); 503 with the reasons otherwise.
 //! - `/status`: JSON, one object per mailbox ([`crate::status::MailboxStatus`]).
+//! - `/status/summary`: JSON, how many mailboxes are in each state: `{"mailboxes": 10000,
+//!   "states": {"idling": 9998, "backoff": 2, …}}`. Cheap at any scale, for dashboards and
+//!   scripts that poll.
 //! - `/`: the same as a small HTML page that reloads itself every 5 s.
 
 use std::convert::Infallible;
@@ -87,6 +90,14 @@ async fn route(req: &Request<Incoming>, state: &AdminState) -> Response<Full<Byt
             "application/json",
             serde_json::to_string(&state.board.snapshot()).unwrap_or_else(|_| "[]".into()),
         ),
+        "/status/summary" => {
+            let states = state.board.counts();
+            let summary = serde_json::json!({
+                "mailboxes": states.values().sum::<usize>(),
+                "states": states,
+            });
+            reply(StatusCode::OK, "application/json", summary.to_string())
+        }
         "/" => reply(
             StatusCode::OK,
             "text/html; charset=utf-8",

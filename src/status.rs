@@ -152,6 +152,16 @@ impl StatusBoard {
         self.lock().values().map(|e| e.status.clone()).collect()
     }
 
+    /// How many mailboxes are in each state (every state listed, zeros included).
+    pub fn counts(&self) -> BTreeMap<&'static str, usize> {
+        let mut out: BTreeMap<&'static str, usize> =
+            MailboxState::ALL.iter().map(|s| (s.as_str(), 0)).collect();
+        for e in self.lock().values() {
+            *out.entry(e.status.state.as_str()).or_default() += 1;
+        }
+        out
+    }
+
     /// The per-mailbox series in Prometheus text format.
     pub fn render_metrics(&self) -> String {
         let map = self.lock();

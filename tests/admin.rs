@@ -303,6 +303,17 @@ ca_file = "{ca}"
             .with_context(|| format!("{a}/{m} missing from /status: {status:?}"))
     };
     ensure!(status.len() == 4, "{status:?}");
+    let (code, summary) = get(admin, "/status/summary").await?;
+    ensure!(code == 200, "/status/summary: {code}");
+    let summary: serde_json::Value = serde_json::from_str(&summary)?;
+    let states = summary["states"].as_object().context("states")?;
+    ensure!(
+        summary["mailboxes"] == 4
+            && states.len() == 8
+            && states.values().filter_map(|v| v.as_u64()).sum::<u64>() == 4
+            && states["auth_failed"].as_u64() >= Some(1),
+        "{summary}"
+    );
     let inbox = by_key("adm-pw-1", "INBOX")?;
     ensure!(
         inbox["state"] == "idling" && inbox["last_uid"] == uid,

@@ -335,8 +335,13 @@ impl DaemonProc {
             if let Some(status) = self.child.try_wait()? {
                 bail!("idlesync exited with {status}:\n{}", self.tail());
             }
-            if let Ok(body) = http_get(self.admin, "/status").await {
-                last = body.matches("\"state\":\"idling\"").count();
+            // The summary, not /status: a 10,000-entry JSON every poll would cost idlesync
+            // CPU that the time-to-online figure then counts.
+            if let Ok(body) = http_get(self.admin, "/status/summary").await {
+                last = serde_json::from_str::<serde_json::Value>(&body)
+                    .ok()
+                    .and_then(|v| v["states"]["idling"].as_u64())
+                    .unwrap_or(0) as usize;
                 if last >= n {
                     return Ok(self.started.elapsed());
                 }
