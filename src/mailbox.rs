@@ -97,10 +97,13 @@ pub async fn run(ctx: &MailboxCtx, cancel: &CancellationToken) -> Result<(), Mai
     };
     ctx.reporter.set_state(MailboxState::Syncing);
     let selected = connect::select(&mut session, &ctx.mailbox, t).await?;
+    let (exists, uid_next) = (selected.exists, selected.uid_next);
     let mut state = establish_epoch(ctx, selected).await?;
     crate::fault::panic_point(&ctx.account_id, &ctx.mailbox);
     ctx.reporter.set_last_uid(state.last_uid);
-    fetch_new(ctx, &mut session, &mut state, None).await?;
+    if may_hold_new(exists, uid_next, state.last_uid) {
+        fetch_new(ctx, &mut session, &mut state, None).await?;
+    }
 
     let timers = IdleTimers {
         renew: ctx.timers.idle_renew,
@@ -125,6 +128,13 @@ pub async fn run(ctx: &MailboxCtx, cancel: &CancellationToken) -> Result<(), Mai
     ctx.reporter.set_state(MailboxState::Stopping);
     connect::logout(session, ctx.timers.done_timeout).await;
     Ok(())
+}
+
+/// Whether SELECT's answer leaves room for messages above `last_uid`: not when the mailbox is
+/// empty, nor when UIDNEXT (greater than every UID assigned) is at most `last_uid + 1`. Saves
+/// a `UID FETCH` per mailbox on every (re)connect with nothing new, the common case at start.
+fn may_hold_new(exists: u32, uid_next: Option<u32>, last_uid: u32) -> bool {
+    exists > 0 && uid_next.is_none_or(|next| next > last_uid.saturating_add(1))
 }
 
 /// `None` when shutdown was requested first.
@@ -378,4 +388,20 @@ async fn commit(
 fn unix_micros(at: Instant) -> i64 {
     let ago = i64::try_from(at.elapsed().as_micros()).unwrap_or(0);
     chrono::Utc::now().timestamp_micros() - ago
+}
+
+#[cfg(test)]
+mod tests {
+    use super::may_hold_new;
+
+    #[test]
+    fn select_answer_decides_whether_to_fetch() {
+        assert!(!may_hold_new(0, Some(1), 0), "empty mailbox");
+        assert!(!may_hold_new(0, None, 0), "empty mailbox, no UIDNEXT");
+        assert!(!may_hold_new(5, Some(11), 10), "nothing above last_uid");
+        assert!(may_hold_new(5, Some(12), 10), "UID 11 may exist");
+        assert!(may_hold_new(5, None, 10), "no UIDNEXT: fetch to know");
+        assert!(may_hold_new(1, Some(2), 0), "first message of a new mailbox");
+        assert!(!may_hold_new(1, Some(u32::MAX), u32::MAX), "no overflow");
+    }
 }
