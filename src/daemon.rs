@@ -132,7 +132,10 @@ impl Daemon {
         );
 
         let mut daemon = Daemon {
-            limiter: Arc::new(ConnectLimiter::new(config.imap.connects_per_second)),
+            limiter: Arc::new(ConnectLimiter::new(
+                config.imap.connects_per_second,
+                config.imap.max_connecting,
+            )),
             config: config.clone(),
             mailboxes: BTreeMap::new(),
             endpoints: HashMap::new(),

@@ -82,10 +82,11 @@ impl MailboxError {
 pub async fn run(ctx: &MailboxCtx, cancel: &CancellationToken) -> Result<(), MailboxError> {
     let t = ctx.timers.connect_timeout;
     ctx.reporter.set_state(MailboxState::Connecting);
-    tokio::select! {
-        _ = ctx.limiter.acquire(&ctx.endpoint.host) => {}
+    // Held until the mailbox is selected: the server's login work is what the cap protects.
+    let permit = tokio::select! {
+        p = ctx.limiter.acquire(&ctx.endpoint.host) => p,
         _ = cancel.cancelled() => return Ok(()),
-    }
+    };
     let Some(client) = until_cancelled(cancel, connect::open(&ctx.endpoint, t)).await? else {
         return Ok(());
     };
@@ -97,6 +98,7 @@ pub async fn run(ctx: &MailboxCtx, cancel: &CancellationToken) -> Result<(), Mai
     };
     ctx.reporter.set_state(MailboxState::Syncing);
     let selected = connect::select(&mut session, &ctx.mailbox, t).await?;
+    drop(permit);
     let (exists, uid_next) = (selected.exists, selected.uid_next);
     let mut state = establish_epoch(ctx, selected).await?;
     crate::fault::panic_point(&ctx.account_id, &ctx.mailbox);

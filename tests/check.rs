@@ -163,6 +163,7 @@ const CASES: &[Case] = &[
     ("empty host", "host = \"imap.example.com\"", "host = \"\"", "accounts[0].host", 18),
     ("duplicate host, user and mailbox", "host = \"127.0.0.1\"\nport = 1143\ntls = \"none\"\nusername = \"b\"", "host = \"IMAP.example.com\"\nport = 1143\ntls = \"none\"\nusername = \"a\"\nallow_insecure = true", "accounts[1].mailboxes[0]", 34),
     ("bad duration", "idle_renew = \"25m\"", "idle_renew = \"soon\"", "imap.idle_renew", 13),
+    ("max_connecting zero", "idle_renew = \"25m\"", "idle_renew = \"25m\"\nmax_connecting = 0", "imap.max_connecting", 14),
     ("idle_renew above RFC 2177's 29 minutes", "idle_renew = \"25m\"", "idle_renew = \"45m\"", "imap.idle_renew", 13),
     ("duplicate key", "tls = \"implicit\"", "tls = \"implicit\"\ntls = \"starttls\"", "accounts[0].tls", 21),
     ("empty email", "email = \"a@example.com\"", "email = \"\"", "accounts[0].email", 17),

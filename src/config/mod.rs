@@ -192,6 +192,9 @@ pub struct ImapTimers {
     /// New connections per second to one host, across all its mailboxes, so that a start-up
     /// or a server restart does not log in a thousand mailboxes in the same second.
     pub connects_per_second: u32,
+    /// Connection attempts to one host under way at once (connect through SELECT). More would
+    /// only queue at the server's login processes and run into `connect_timeout`.
+    pub max_connecting: u32,
 }
 
 impl Default for ImapTimers {
@@ -203,6 +206,7 @@ impl Default for ImapTimers {
             connect_timeout: Duration::from_secs(30),
             fetch_batch: 500,
             connects_per_second: 20,
+            max_connecting: 50,
         }
     }
 }

@@ -57,11 +57,16 @@ impl Config {
                 out.push((vec![Seg::Key("imap"), Seg::Key(key)], "must be > 0".into()));
             }
         }
-        if t.connects_per_second == 0 {
-            out.push((
-                vec![Seg::Key("imap"), Seg::Key("connects_per_second")],
-                "must be at least 1".into(),
-            ));
+        for (key, n) in [
+            ("connects_per_second", t.connects_per_second),
+            ("max_connecting", t.max_connecting),
+        ] {
+            if n == 0 {
+                out.push((
+                    vec![Seg::Key("imap"), Seg::Key(key)],
+                    "must be at least 1".into(),
+                ));
+            }
         }
         if t.fetch_batch == 0 {
             out.push((
