@@ -58,7 +58,9 @@ pub async fn idle(
     entered: impl FnOnce(),
 ) -> Result<(Session, IdleEvent), ImapError> {
     let mut handle = session.idle();
-    deadline(timers.done_timeout, "IDLE start", handle.init()).await?;
+    // init() and done() are boxed: inline, the larger of them would set the size of every
+    // idle mailbox's task for the whole wait (#5).
+    deadline(timers.done_timeout, "IDLE start", Box::pin(handle.init())).await?;
     entered();
     let renew_at = Instant::now() + timers.renew;
 
@@ -97,7 +99,7 @@ pub async fn idle(
         }
     };
 
-    let session = deadline(timers.done_timeout, "DONE", handle.done()).await?;
+    let session = deadline(timers.done_timeout, "DONE", Box::pin(handle.done())).await?;
     // Responses that came after the first one (and during DONE) went to the unsolicited
     // channel, which drops silently when full: drain it every round.
     let mut event = event;
