@@ -185,7 +185,7 @@ pub fn config_toml(
 ) -> String {
     let mut s = format!(
         "[storage]\nurl = \"{db}\"\n\n[redis]\nurl = \"{redis}\"\nchannel = \"{channel}\"\n\n\
-         [metrics]\nlisten = \"{admin}\"\n\n[imap]\nconnects_per_second = {connects_per_second}\n\n",
+         [metrics]\nlisten = \"{admin}\"\n\n[imap]\nconnects_per_second = {connects_per_second}\n{imap}\n",
         // IDLESYNC_LOAD_PG_QUERY (say `sslmode=disable`) is appended to the database URL.
         db = match std::env::var("IDLESYNC_LOAD_PG_QUERY") {
             Ok(q) if !q.is_empty() => format!("{}?{q}", sinks.db.url),
@@ -193,6 +193,8 @@ pub fn config_toml(
         },
         redis = sinks.redis_url,
         channel = sinks.channel,
+        // IDLESYNC_LOAD_IMAP (say `max_connecting = 10000`) is added to the `[imap]` section.
+        imap = std::env::var("IDLESYNC_LOAD_IMAP").unwrap_or_default(),
     );
     for u in watch {
         s.push_str(&format!(
@@ -337,11 +339,18 @@ impl DaemonProc {
             }
             // The summary, not /status: a 10,000-entry JSON every poll would cost idlesync
             // CPU that the time-to-online figure then counts.
-            if let Ok(body) = http_get(self.admin, "/status/summary").await {
-                last = serde_json::from_str::<serde_json::Value>(&body)
+            // An older binary (for an A/B run with --bin) has only /status: count there.
+            let idling = match http_get(self.admin, "/status/summary").await {
+                Ok(body) => serde_json::from_str::<serde_json::Value>(&body)
                     .ok()
-                    .and_then(|v| v["states"]["idling"].as_u64())
-                    .unwrap_or(0) as usize;
+                    .and_then(|v| v["states"]["idling"].as_u64()),
+                Err(_) => http_get(self.admin, "/status").await.ok().and_then(|body| {
+                    let all = serde_json::from_str::<Vec<serde_json::Value>>(&body).ok()?;
+                    Some(all.iter().filter(|m| m["state"] == "idling").count() as u64)
+                }),
+            };
+            if let Some(idling) = idling {
+                last = idling as usize;
                 if last >= n {
                     return Ok(self.started.elapsed());
                 }
