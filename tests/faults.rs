@@ -448,7 +448,8 @@ async fn uidvalidity_change_resyncs() -> Result<()> {
 }
 
 /// Twenty mailboxes on one host at `connects_per_second = 10`: the connections are spread over
-/// at least 1.9 s instead of arriving in the same instant.
+/// at least 1.9 s instead of arriving in the same instant. With `max_connecting = 2` all twenty
+/// still come online: each permit goes back once its mailbox is selected.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn start_up_connections_are_rate_limited() -> Result<()> {
     let dc = Dovecot::start(&[("rl", PW)])?;
@@ -467,7 +468,7 @@ async fn start_up_connections_are_rate_limited() -> Result<()> {
     )
     .replace(
         "connect_timeout = \"10s\"",
-        "connect_timeout = \"10s\"\nconnects_per_second = 10",
+        "connect_timeout = \"10s\"\nconnects_per_second = 10\nmax_connecting = 2",
     );
     let d = start(&toml).await?;
     wait_idling(&d, 20, Duration::from_secs(30)).await?;
