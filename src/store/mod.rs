@@ -93,42 +93,33 @@ impl Store {
                 "?mode=rwc"
             });
         }
-        let mut opts = AnyPoolOptions::new()
+        let opts = AnyPoolOptions::new()
             .max_connections(cfg.max_connections)
             .acquire_timeout(Duration::from_secs(10));
-        if backend == Backend::Postgres {
-            opts = opts.after_connect(|conn, _| {
-                Box::pin(async move {
-                    // sqlx prepares every statement, and after five runs PostgreSQL may switch
-                    // to a generic plan made without the values. For `IN ($2, …, $501)` over a
-                    // table that grew since, that plan scanned the whole account and rebuilt
-                    // the list for every row: most of the database's CPU in the catch-up
-                    // profile of #5. Custom plans see the values and the table as it is now.
-                    sqlx::query("SET plan_cache_mode = force_custom_plan")
-                        .execute(&mut *conn)
-                        .await?;
-                    Ok(())
-                })
-            });
-        }
-        if backend == Backend::Sqlite {
-            opts = opts.after_connect(|conn, _| {
-                Box::pin(async move {
-                    // WAL lets the publisher read while a mailbox writes; NORMAL is durable
-                    // across a process crash (kill -9), which is what we need.
-                    sqlx::query("PRAGMA journal_mode = WAL")
-                        .execute(&mut *conn)
-                        .await?;
-                    sqlx::query("PRAGMA synchronous = NORMAL")
-                        .execute(&mut *conn)
-                        .await?;
-                    sqlx::query("PRAGMA busy_timeout = 10000")
-                        .execute(&mut *conn)
-                        .await?;
-                    Ok(())
-                })
-            });
-        }
+        // Run on every new pooled connection.
+        let session_setup: &'static [&'static str] = match backend {
+            // sqlx prepares every statement, and after five runs PostgreSQL may switch to a
+            // generic plan made without the values. For `IN ($2, …, $501)` over a table that
+            // grew since, that plan scanned the whole account and rebuilt the list for every
+            // row: most of the database's CPU in the catch-up profile of #5. Custom plans see
+            // the values and the table as it is now.
+            Backend::Postgres => &["SET plan_cache_mode = force_custom_plan"],
+            // WAL lets the publisher read while a mailbox writes; NORMAL is durable across a
+            // process crash (kill -9), which is what we need.
+            Backend::Sqlite => &[
+                "PRAGMA journal_mode = WAL",
+                "PRAGMA synchronous = NORMAL",
+                "PRAGMA busy_timeout = 10000",
+            ],
+        };
+        let opts = opts.after_connect(move |conn, _| {
+            Box::pin(async move {
+                for sql in session_setup {
+                    sqlx::query(*sql).execute(&mut *conn).await?;
+                }
+                Ok(())
+            })
+        });
         let pool = opts.connect(&url).await?;
         Ok(Store {
             pool,
