@@ -119,24 +119,26 @@ impl<'a> Stmt<'a> {
     pub(super) fn push(&mut self, v: impl Into<Val<'a>>) {
         self.vals.push(v.into());
     }
+}
 
-    fn query(&self) -> Query<'_, Any, AnyArguments> {
-        let mut q = sqlx::query(AssertSqlSafe(self.sql.clone()));
-        for v in &self.vals {
-            q = match v {
-                Val::Int(v) => q.bind(*v),
-                Val::OptInt(v) => q.bind(*v),
-                Val::Str(v) => q.bind(*v),
-                Val::OptStr(v) => q.bind(*v),
-                Val::Int4(v) => q.bind(*v),
-                Val::Owned(v) => q.bind(v.as_str()),
-                Val::OptOwned(v) => q.bind(v.as_deref()),
-                Val::Bool(v) => q.bind(*v),
-                Val::OptBytes(v) => q.bind(*v),
-            };
-        }
-        q
+/// `sql` with `vals` bound. The SQL moves into the query (a 500-row insert's is tens of KB); the
+/// values are borrowed.
+fn query<'q>(sql: String, vals: &'q [Val<'_>]) -> Query<'q, Any, AnyArguments> {
+    let mut q = sqlx::query(AssertSqlSafe(sql));
+    for v in vals {
+        q = match v {
+            Val::Int(v) => q.bind(*v),
+            Val::OptInt(v) => q.bind(*v),
+            Val::Str(v) => q.bind(*v),
+            Val::OptStr(v) => q.bind(*v),
+            Val::Int4(v) => q.bind(*v),
+            Val::Owned(v) => q.bind(v.as_str()),
+            Val::OptOwned(v) => q.bind(v.as_deref()),
+            Val::Bool(v) => q.bind(*v),
+            Val::OptBytes(v) => q.bind(*v),
+        };
     }
+    q
 }
 
 /// Parameters per grouped statement: far below PostgreSQL's 65,535.
@@ -156,8 +158,8 @@ pub(super) async fn run_all(
         Backend::Sqlite => stmts,
     };
     let mut rows = Vec::new();
-    for s in &stmts {
-        rows = s.query().fetch_all(&mut **tx).await?;
+    for Stmt { sql, vals } in stmts {
+        rows = query(sql, &vals).fetch_all(&mut **tx).await?;
     }
     Ok(rows)
 }
