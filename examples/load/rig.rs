@@ -440,11 +440,7 @@ impl ProcStats {
                 .ok()
         };
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-        // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-        let rest = stat.rsplit_once(')').context("odd /proc/pid/stat")?.1;
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        ensure!(f.len() > 13, "odd /proc/pid/stat");
-        let ticks: u64 = f[11].parse::<u64>()? + f[12].parse::<u64>()?;
+        let (_, ticks) = comm_and_cpu_ticks(&stat).context("odd /proc/pid/stat")?;
         let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))?.count();
         Ok(ProcStats {
             rss_kib: field("VmRSS:").unwrap_or(0),
@@ -456,8 +452,8 @@ impl ProcStats {
 }
 
 /// CPU seconds (utime + stime) of every process on the machine, summed by group: Dovecot
-/// (`dovecot`, `imap`, `imap-login`, its auth and log helpers), PostgreSQL (`postgres`),
-/// Redis (`redis-server`) and everything else; plus the machine's busy time from /proc/stat.
+/// (`dovecot`, `imap`, `imap-login`, its auth and log helpers), PostgreSQL (`postgres`) and
+/// Redis (`redis-server`); plus the machine's busy time from /proc/stat.
 /// A process that exits between two readings drops out of its group, so take both readings
 /// while the daemon and its database pool are up.
 #[derive(Debug, Clone, Copy, Default)]
@@ -485,15 +481,10 @@ impl MachineCpu {
             let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
                 continue;
             };
-            let (Some((head, rest)), Some(open)) = (stat.rsplit_once(')'), stat.find('(')) else {
+            let Some((comm, ticks)) = comm_and_cpu_ticks(&stat) else {
                 continue;
             };
-            let comm = head.get(open + 1..).unwrap_or_default();
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            let (Some(u), Some(s)) = (f.get(11), f.get(12)) else {
-                continue;
-            };
-            let cpu = (u.parse::<u64>().unwrap_or(0) + s.parse::<u64>().unwrap_or(0)) as f64 / hz;
+            let cpu = ticks as f64 / hz;
             match comm {
                 "dovecot" | "imap" | "imap-login" | "auth" | "log" | "config" | "anvil" => {
                     m.dovecot_s += cpu
@@ -544,6 +535,17 @@ impl MachineCpu {
             100.0 * (later.busy_s - self.busy_s) / wall_s / cores as f64
         )
     }
+}
+
+/// The command name and utime + stime (clock ticks) from the text of `/proc/<pid>/stat`. The
+/// name is in parentheses and may itself hold spaces or parentheses; utime and stime are fields
+/// 14 and 15, counted from the pid.
+fn comm_and_cpu_ticks(stat: &str) -> Option<(&str, u64)> {
+    let open = stat.find('(')?;
+    let (head, rest) = stat.rsplit_once(')')?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    Some((head.get(open + 1..)?, ticks))
 }
 
 fn clock_ticks() -> i64 {
