@@ -2,8 +2,8 @@
 //!
 //! One call of [`run`] is one connection's life. It returns `Ok(())` only on shutdown; any
 //! error drops the connection and goes back to the supervisor, which decides when to call
-//! [`run`] again. Nothing here writes SQL or talks to Redis: batches go to the store, and the
-//! publisher is poked through a [`Notify`].
+//! [`run`] again. Nothing here writes SQL or talks to Redis: batches go to the store, and each
+//! committed record is handed to the publisher through a [`Handoff`].
 
 use std::future::Future;
 use std::pin::Pin;

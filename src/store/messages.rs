@@ -94,7 +94,8 @@ impl Store {
     }
 
     /// Records a UIDVALIDITY change (or, optionally, a mailbox seen for the first time; a first
-    /// batch creates the row anyway): `last_uid` starts again from 0. Rows of the old UIDVALIDITY stay, told apart by their `uidvalidity`.
+    /// batch creates the row anyway): `last_uid` starts again from 0. Rows of the old
+    /// UIDVALIDITY stay, told apart by their `uidvalidity`.
     /// `reset_record`, when given, goes to the outbox in the same transaction, and is returned
     /// as committed, for the publisher.
     pub async fn start_epoch(
