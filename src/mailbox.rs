@@ -93,8 +93,9 @@ pub async fn run(ctx: &MailboxCtx, cancel: &CancellationToken) -> Result<(), Mai
         dead_after: ctx.timers.dead_after,
         done_timeout: ctx.timers.done_timeout,
     };
+    let mut liveness = idle::Liveness::default();
     while !cancel.is_cancelled() {
-        let (s, event) = idle::idle(session, timers, cancel, || {
+        let (s, event) = idle::idle(session, timers, &mut liveness, cancel, || {
             ctx.reporter.set_state(MailboxState::Idling)
         })
         .await?;

@@ -202,8 +202,9 @@ async fn postgres_restarted_mid_batch() -> Result<()> {
     Ok(())
 }
 
-/// A peer that stops answering without closing TCP: detected within `dead_after`, reconnected,
-/// and mail flows again.
+/// A peer that stops answering without closing TCP: detected within `dead_after` +
+/// `done_timeout` (Dovecot has sent no keepalive yet, so the silence is probed with DONE),
+/// reconnected, and mail flows again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blackholed_connection_is_detected() -> Result<()> {
     let dc = Dovecot::start(&[("bh", PW)])?;
@@ -222,7 +223,10 @@ async fn blackholed_connection_is_detected() -> Result<()> {
             &["INBOX"],
         )],
     )
-    .replace("dead_after = \"5m\"", "dead_after = \"3s\"");
+    .replace(
+        "dead_after = \"5m\"",
+        "dead_after = \"2s\"\ndone_timeout = \"2s\"",
+    );
     let d = start(&toml).await?;
     wait_idling(&d, 1, WAIT).await?;
 
@@ -235,7 +239,7 @@ async fn blackholed_connection_is_detected() -> Result<()> {
         })
         .await;
     assert!(dead, "blackhole not detected: {:?}", d.board().snapshot());
-    // dead_after is 3 s; allow scheduling slack but not a second deadline.
+    // dead_after + done_timeout is 4 s; allow scheduling slack but not a second deadline.
     assert!(
         noticed.elapsed() < Duration::from_secs(6),
         "took {:?}",

@@ -178,7 +178,8 @@ pub struct ImapTimers {
     /// Leave and re-enter IDLE after this long, whatever the server sends (RFC 2177: < 29 min).
     #[serde(deserialize_with = "duration")]
     pub idle_renew: Duration,
-    /// A connection that sends nothing for this long is dead. Dovecot's keepalive is 2 min.
+    /// Silence for this long in IDLE: the connection is dead where the server has sent
+    /// keepalives on it (Dovecot's come every 2 min), and is probed with `DONE` elsewhere.
     #[serde(deserialize_with = "duration")]
     pub dead_after: Duration,
     /// How long `DONE` (and `LOGOUT`) may take before the connection is dropped.

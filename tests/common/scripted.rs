@@ -1,18 +1,46 @@
 //! A scripted IMAP server for faults Dovecot cannot be made to produce (a tagged NO to
-//! `UID FETCH`). Plain TCP on 127.0.0.1; just enough IMAP for one mailbox of `messages`.
+//! `UID FETCH`, an EXISTS before `+ idling`, a server silent during IDLE, throttling replies).
+//! Plain TCP on 127.0.0.1; just enough IMAP for one mailbox of `messages`.
+//!
+//! [`start`] is the server `faults.rs` has always used; [`start_with`] takes opt-in
+//! [`Behaviour`]s. Every line the server reads is kept, so a test can count commands.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use anyhow::Result;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
+
+/// Opt-in behaviours. The default is a well-behaved server that never speaks during IDLE.
+#[derive(Debug, Clone, Default)]
+pub struct Behaviour {
+    /// On the first connection only, `UID FETCH` sends one message and then a tagged NO.
+    pub refuse_first_fetch: bool,
+    /// On the first connection, SELECT shows every message but the last. The first IDLE makes it
+    /// visible, with `* N EXISTS` written before `+ idling` in the same write.
+    pub exists_before_idling: bool,
+    /// On each connection's first IDLE, `* OK Still here` follows `+ idling`. Later IDLEs stay
+    /// silent, as does every IDLE without this.
+    pub keepalive_on_first_idle: bool,
+    /// The tagged reply (after the tag) to LOGIN on the first connection, e.g.
+    /// `NO [UNAVAILABLE] try later`. Later connections log in.
+    pub first_login_reply: Option<String>,
+    /// The tagged reply to SELECT on the first connection, as `first_login_reply`.
+    pub first_select_reply: Option<String>,
+    /// The tagged reply to `UID FETCH` on the first connection, after one message.
+    pub first_fetch_reply: Option<String>,
+    /// What `* CAPABILITY` lists. `ENABLE` enables whatever it asks for that is listed here.
+    pub capabilities: Option<String>,
+}
 
 /// The server; dropped, it stops accepting.
 pub struct Scripted {
     pub port: u16,
     /// Connections accepted so far.
     pub connections: Arc<AtomicU64>,
+    /// Every line read, as (connection, line) in order.
+    lines: Arc<Mutex<Vec<(u64, String)>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -22,26 +50,69 @@ impl Drop for Scripted {
     }
 }
 
+impl Scripted {
+    /// Connections accepted so far.
+    pub fn connections(&self) -> u64 {
+        self.connections.load(Ordering::SeqCst)
+    }
+
+    /// Every line read so far, as (connection, line).
+    pub fn lines(&self) -> Vec<(u64, String)> {
+        self.lines.lock().expect("line log").clone()
+    }
+
+    /// How many lines read were the command `command` (`"IDLE"`, `"SELECT"`), or exactly the
+    /// line for `"DONE"`; case-insensitive.
+    pub fn count(&self, command: &str) -> usize {
+        self.lines()
+            .iter()
+            .filter(|(_, l)| {
+                l.eq_ignore_ascii_case(command)
+                    || l.split_once(' ').is_some_and(|(_, rest)| {
+                        rest.split(' ')
+                            .next()
+                            .is_some_and(|c| c.eq_ignore_ascii_case(command))
+                    })
+            })
+            .count()
+    }
+}
+
 /// Serves `messages` (UID = index + 1). On the first connection only, `UID FETCH` sends one
 /// message and then a tagged NO.
 pub async fn start(messages: Vec<Vec<u8>>) -> Result<Scripted> {
+    start_with(
+        messages,
+        Behaviour {
+            refuse_first_fetch: true,
+            ..Behaviour::default()
+        },
+    )
+    .await
+}
+
+/// Serves `messages` (UID = index + 1) with the given behaviours.
+pub async fn start_with(messages: Vec<Vec<u8>>, behaviour: Behaviour) -> Result<Scripted> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let port = listener.local_addr()?.port();
     let connections = Arc::new(AtomicU64::new(0));
+    let lines = Arc::new(Mutex::new(Vec::new()));
     let messages = Arc::new(messages);
-    let counter = connections.clone();
+    let behaviour = Arc::new(behaviour);
+    let (counter, log) = (connections.clone(), lines.clone());
     let task = tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             let n = counter.fetch_add(1, Ordering::SeqCst);
-            let messages = messages.clone();
+            let (messages, behaviour, log) = (messages.clone(), behaviour.clone(), log.clone());
             tokio::spawn(async move {
-                let _ = session(stream, &messages, n == 0).await;
+                let _ = session(stream, &messages, &behaviour, n, &log).await;
             });
         }
     });
     Ok(Scripted {
         port,
         connections,
+        lines,
         task,
     })
 }
@@ -49,12 +120,29 @@ pub async fn start(messages: Vec<Vec<u8>>) -> Result<Scripted> {
 async fn session(
     stream: tokio::net::TcpStream,
     messages: &[Vec<u8>],
-    refuse_fetch: bool,
+    b: &Behaviour,
+    conn: u64,
+    log: &Mutex<Vec<(u64, String)>>,
 ) -> Result<()> {
+    let first = conn == 0;
     let (r, mut w) = stream.into_split();
     let mut lines = BufReader::new(r).lines();
+    let mut next_line = async || -> Result<Option<String>> {
+        let line = lines.next_line().await?;
+        if let Some(l) = &line {
+            log.lock().expect("line log").push((conn, l.clone()));
+        }
+        Ok(line)
+    };
+    // Messages SELECT and UID FETCH show.
+    let mut visible = if first && b.exists_before_idling {
+        messages.len().saturating_sub(1)
+    } else {
+        messages.len()
+    };
+    let mut idles = 0;
     w.write_all(b"* OK scripted IMAP ready\r\n").await?;
-    while let Some(line) = lines.next_line().await? {
+    while let Some(line) = next_line().await? {
         let mut parts = line.splitn(3, ' ');
         let (tag, cmd, rest) = (
             parts.next().unwrap_or(""),
@@ -62,12 +150,29 @@ async fn session(
             parts.next().unwrap_or(""),
         );
         let reply = match cmd.as_str() {
-            "LOGIN" => format!("{tag} OK LOGIN done\r\n"),
-            "SELECT" => format!(
-                "* {} EXISTS\r\n* OK [UIDVALIDITY 7] ok\r\n* OK [UIDNEXT {}] ok\r\n{tag} OK [READ-WRITE] SELECT done\r\n",
-                messages.len(),
-                messages.len() + 1
+            "LOGIN" => match on_first(first, &b.first_login_reply) {
+                Some(r) => format!("{tag} {r}\r\n"),
+                None => format!("{tag} OK LOGIN done\r\n"),
+            },
+            "CAPABILITY" => format!(
+                "* CAPABILITY IMAP4rev1 IDLE {}\r\n{tag} OK CAPABILITY done\r\n",
+                b.capabilities.as_deref().unwrap_or("")
             ),
+            "ENABLE" => {
+                let offered = b.capabilities.as_deref().unwrap_or("");
+                let enabled: Vec<&str> = rest
+                    .split(' ')
+                    .filter(|c| offered.split(' ').any(|o| o.eq_ignore_ascii_case(c)))
+                    .collect();
+                format!("* ENABLED {}\r\n{tag} OK ENABLE done\r\n", enabled.join(" "))
+            }
+            "SELECT" => match on_first(first, &b.first_select_reply) {
+                Some(r) => format!("{tag} {r}\r\n"),
+                None => format!(
+                    "* {visible} EXISTS\r\n* OK [UIDVALIDITY 7] ok\r\n* OK [UIDNEXT {}] ok\r\n{tag} OK [READ-WRITE] SELECT done\r\n",
+                    visible + 1
+                ),
+            },
             "UID" => {
                 let from: usize = rest
                     .split_whitespace()
@@ -75,9 +180,19 @@ async fn session(
                     .and_then(|r| r.split(':').next())
                     .and_then(|n| n.parse().ok())
                     .unwrap_or(1);
+                let refusal = match on_first(first, &b.first_fetch_reply) {
+                    Some(r) => Some(r.clone()),
+                    None if first && b.refuse_first_fetch => {
+                        Some("NO [SERVERBUG] simulated fetch failure".to_string())
+                    }
+                    None => None,
+                };
                 let mut out = String::new();
-                let wanted: Vec<usize> = (from.max(1)..=messages.len()).collect();
-                let send = if refuse_fetch { &wanted[..wanted.len().min(1)] } else { &wanted[..] };
+                let wanted: Vec<usize> = (from.max(1)..=visible).collect();
+                let send = match refusal {
+                    Some(_) => &wanted[..wanted.len().min(1)],
+                    None => &wanted[..],
+                };
                 for uid in send {
                     let body = String::from_utf8_lossy(&messages[uid - 1]);
                     out.push_str(&format!(
@@ -85,17 +200,26 @@ async fn session(
                         len = body.len()
                     ));
                 }
-                if refuse_fetch {
-                    out.push_str(&format!("{tag} NO [SERVERBUG] simulated fetch failure\r\n"));
-                } else {
-                    out.push_str(&format!("{tag} OK UID FETCH done\r\n"));
+                match refusal {
+                    Some(r) => out.push_str(&format!("{tag} {r}\r\n")),
+                    None => out.push_str(&format!("{tag} OK UID FETCH done\r\n")),
                 }
                 out
             }
             "IDLE" => {
-                w.write_all(b"+ idling\r\n").await?;
+                idles += 1;
+                let mut greet = String::new();
+                if idles == 1 && visible < messages.len() {
+                    visible = messages.len();
+                    greet.push_str(&format!("* {visible} EXISTS\r\n"));
+                }
+                greet.push_str("+ idling\r\n");
+                if idles == 1 && b.keepalive_on_first_idle {
+                    greet.push_str("* OK Still here\r\n");
+                }
+                w.write_all(greet.as_bytes()).await?;
                 // Wait for DONE.
-                while let Some(l) = lines.next_line().await? {
+                while let Some(l) = next_line().await? {
                     if l.eq_ignore_ascii_case("DONE") {
                         break;
                     }
@@ -108,4 +232,9 @@ async fn session(
         w.write_all(reply.as_bytes()).await?;
     }
     Ok(())
+}
+
+/// A first-connection-only reply.
+fn on_first(first: bool, reply: &Option<String>) -> Option<&String> {
+    reply.as_ref().filter(|_| first)
 }

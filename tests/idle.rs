@@ -1,0 +1,190 @@
+//! IDLE and protocol details against the scripted server (tests/common/scripted.rs): an EXISTS
+//! parked before `+ idling` (#12 item 1), servers silent during IDLE and half-open connections
+//! (item 16), and server throttling (item 13).
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Result;
+use common::daemon::{config_toml, mail, start, wait_idling, AccountSpec};
+use common::db::TestDb;
+use common::proxy::{Mode, Proxy};
+use common::scripted::{self, Behaviour, Scripted};
+use idlesync::status::MailboxState;
+
+/// Generous; every wait here is for an event, never a measured duration.
+const WAIT: Duration = Duration::from_secs(15);
+
+/// A config for one plain-TCP account on `port`, with `[imap]` timers replacing the default
+/// `dead_after = "5m"` line.
+fn toml(db: &TestDb, id: &str, port: u16, timers: &str) -> String {
+    // No TLS, so no CA file: the placeholder line goes.
+    config_toml(
+        &db.url,
+        None,
+        Path::new("/unused-ca"),
+        &[AccountSpec {
+            tls: "none",
+            ..AccountSpec::implicit(id, "user", "pw", port, &["INBOX"])
+        }],
+    )
+    .replace("ca_file = \"/unused-ca\"\n", "")
+    .replace("dead_after = \"5m\"", timers)
+}
+
+fn messages(prefix: &str, n: usize) -> Vec<Vec<u8>> {
+    (1..=n).map(|i| mail(&format!("{prefix}-{i}"))).collect()
+}
+
+/// Item 1: `* 2 EXISTS` written before `+ idling` lands on async-imap's unsolicited channel
+/// during `init()`. It must be fetched at once, with no further event: both timers are ten
+/// minutes, the wait fifteen seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_wakeup_exists_before_idling_is_fetched() -> Result<()> {
+    let server = scripted::start_with(
+        messages("early", 2),
+        Behaviour {
+            exists_before_idling: true,
+            ..Behaviour::default()
+        },
+    )
+    .await?;
+    let db = TestDb::sqlite()?;
+    let d = start(&toml(
+        &db,
+        "acc-lost-wakeup",
+        server.port,
+        "dead_after = \"10m\"\nidle_renew = \"10m\"",
+    ))
+    .await?;
+    let fetched = d.board().wait_for(WAIT, |s| s[0].last_uid == Some(2)).await;
+    assert!(fetched, "{:?}", d.board().snapshot());
+    assert_eq!(db.messages("acc-lost-wakeup").await?.len(), 2);
+    assert_eq!(server.connections(), 1);
+    d.shutdown().await;
+    Ok(())
+}
+
+/// Waits until the server has seen `n` DONEs and, after the last, the next IDLE.
+async fn wait_reentered(server: &Scripted, n: usize) -> Result<()> {
+    common::wait_until(WAIT, || async {
+        let dones = server.count("DONE");
+        Ok(dones >= n && server.count("IDLE") == dones + 1)
+    })
+    .await
+}
+
+/// Item 16: a server that sends nothing during IDLE (Cyrus, Courier, Stalwart) keeps its
+/// connection past `dead_after`: the client leaves IDLE with DONE, the server answers, and
+/// the same connection idles again. No error, no reconnect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quiet_server_keeps_its_connection() -> Result<()> {
+    let server = scripted::start_with(messages("quiet", 1), Behaviour::default()).await?;
+    let db = TestDb::sqlite()?;
+    let d = start(&toml(
+        &db,
+        "acc-quiet",
+        server.port,
+        "dead_after = \"1s\"\nidle_renew = \"10m\"",
+    ))
+    .await?;
+    wait_idling(&d, 1, WAIT).await?;
+    // Three silences of dead_after each, all answered on the first connection.
+    wait_reentered(&server, 3).await?;
+    assert_eq!(server.connections(), 1);
+    let snap = d.board().snapshot();
+    assert_eq!(
+        (snap[0].last_error, snap[0].reconnects),
+        (None, 0),
+        "{snap:?}"
+    );
+    d.shutdown().await;
+    Ok(())
+}
+
+/// Item 16: once a server has shown it sends keepalives on a connection (`* OK Still here`
+/// during IDLE), silence past `dead_after` there means a dead connection, without a DONE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silence_after_keepalives_is_a_dead_connection() -> Result<()> {
+    let server = scripted::start_with(
+        messages("keepalive", 1),
+        Behaviour {
+            keepalive_on_first_idle: true,
+            ..Behaviour::default()
+        },
+    )
+    .await?;
+    let db = TestDb::sqlite()?;
+    let d = start(&toml(
+        &db,
+        "acc-keepalive",
+        server.port,
+        "dead_after = \"1s\"\nidle_renew = \"10m\"",
+    ))
+    .await?;
+    let dead = d
+        .board()
+        .wait_for(WAIT, |s| {
+            s[0].last_error == Some("dead_connection") && s[0].reconnects >= 1
+        })
+        .await;
+    assert!(dead, "{:?}", d.board().snapshot());
+    let first_dones = server
+        .lines()
+        .iter()
+        .filter(|(conn, l)| *conn == 0 && l == "DONE")
+        .count();
+    assert_eq!(
+        first_dones, 0,
+        "no DONE probe on a connection with keepalives"
+    );
+    d.shutdown().await;
+    Ok(())
+}
+
+/// Item 16: a half-open connection to a quiet server (the proxy stops forwarding and hides
+/// the close) is found within `dead_after` + `done_timeout`: after the silence, one DONE goes
+/// out, nothing answers it, and the connection is declared dead and replaced. idle_renew is
+/// ten minutes, so the renew timer plays no part.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_open_quiet_connection_is_found() -> Result<()> {
+    let server = scripted::start_with(messages("half-open", 1), Behaviour::default()).await?;
+    let proxy = Proxy::start(std::net::SocketAddr::from(([127, 0, 0, 1], server.port))).await?;
+    let db = TestDb::sqlite()?;
+    let d = start(&toml(
+        &db,
+        "acc-half-open",
+        proxy.addr().port(),
+        "dead_after = \"2s\"\ndone_timeout = \"1s\"\nidle_renew = \"10m\"",
+    ))
+    .await?;
+    wait_idling(&d, 1, WAIT).await?;
+    // Right after a probe was answered, so the next one is a whole dead_after away.
+    wait_reentered(&server, 1).await?;
+    proxy.set_mode(Mode::Blackhole);
+    let answered = server.count("DONE");
+    let dead = d
+        .board()
+        .wait_for(WAIT, |s| s[0].last_error == Some("dead_connection"))
+        .await;
+    assert!(dead, "{:?}", d.board().snapshot());
+    assert_eq!(
+        proxy.count_commands("DONE") - answered,
+        1,
+        "exactly one unanswered DONE before the connection was given up"
+    );
+    proxy.set_mode(Mode::Forward);
+    proxy.cut_all();
+    let back = d
+        .board()
+        .wait_for(WAIT, |s| {
+            s[0].reconnects >= 1 && s[0].state == MailboxState::Idling
+        })
+        .await;
+    assert!(back, "{:?}", d.board().snapshot());
+    assert!(server.connections() >= 2);
+    d.shutdown().await;
+    Ok(())
+}
