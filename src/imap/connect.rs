@@ -3,11 +3,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_imap::imap_proto::{Response, Status};
+use async_imap::imap_proto::{MailboxDatum, Response, ResponseCode, Status};
 use tokio::net::TcpStream;
 
 use super::auth::Credentials;
-use super::{deadline, ImapError, Io, Session};
+use super::{deadline, mailbox_name, ImapError, Io, Session};
 use crate::config::{Account, TlsMode};
 
 /// Everything needed to reach and log in to one account's server. Shared by its mailboxes.
@@ -184,22 +184,72 @@ pub async fn login(
 }
 
 /// SELECT the mailbox (read-write, so a later flag sync could work; we only ever PEEK).
+///
+/// `mailbox` is the operator's name; it goes on the wire as [`mailbox_name::argument`] makes
+/// it: UTF-8 where the server offers `UTF8=ACCEPT` (asked only for names that are not plain
+/// ASCII), modified UTF-7 elsewhere. The responses are read here, not by async-imap's
+/// `select()`, which would quote the name a second time.
 pub async fn select(
     session: &mut Session,
     mailbox: &str,
     t: Duration,
 ) -> Result<Selected, ImapError> {
-    let mb = match tokio::time::timeout(t, session.select(mailbox)).await {
-        Ok(Ok(mb)) => mb,
-        Ok(Err(async_imap::error::Error::No(m))) => return Err(ImapError::Select(m)),
-        Ok(Err(e)) => return Err(e.into()),
-        Err(_) => return Err(ImapError::Timeout("select")),
+    let work = async {
+        let utf8 = !mailbox_name::is_plain(mailbox)
+            && mailbox_name::utf8_quotable(mailbox)
+            && mailbox_name::enable_utf8(session).await?;
+        let command = format!("SELECT {}", mailbox_name::argument(mailbox, utf8));
+        let tag = session.run_command(command).await?;
+        let (mut uid_validity, mut uid_next, mut exists) = (None, None, 0);
+        loop {
+            let resp = match session.read_response().await {
+                Ok(Some(resp)) => resp,
+                Ok(None) => return Err(ImapError::Closed("EOF during SELECT".into())),
+                Err(e) => return Err(ImapError::Protocol(e.into())),
+            };
+            match resp.parsed() {
+                Response::MailboxData(MailboxDatum::Exists(n)) => exists = *n,
+                Response::Data {
+                    status: Status::Ok,
+                    outcome,
+                } => match outcome.code {
+                    Some(ResponseCode::UidValidity(v)) => uid_validity = Some(v),
+                    Some(ResponseCode::UidNext(n)) => uid_next = Some(n),
+                    _ => {}
+                },
+                Response::Data {
+                    status: Status::Bye,
+                    outcome,
+                } => {
+                    return Err(ImapError::Closed(
+                        outcome.information.as_deref().unwrap_or("BYE").to_string(),
+                    ))
+                }
+                Response::Done {
+                    tag: done,
+                    status,
+                    outcome,
+                } if *done == tag => {
+                    let text = || outcome.information.as_deref().unwrap_or("").to_string();
+                    return match status {
+                        Status::Ok => Ok(Selected {
+                            uid_validity: uid_validity.ok_or(ImapError::NoUidValidity)?,
+                            uid_next,
+                            exists,
+                        }),
+                        Status::No => Err(ImapError::Select(text())),
+                        _ => Err(ImapError::Protocol(async_imap::error::Error::Bad(text()))),
+                    };
+                }
+                // FLAGS, RECENT, PERMANENTFLAGS and the like: nothing we keep.
+                _ => {}
+            }
+        }
     };
-    Ok(Selected {
-        uid_validity: mb.uid_validity.ok_or(ImapError::NoUidValidity)?,
-        uid_next: mb.uid_next,
-        exists: mb.exists,
-    })
+    match tokio::time::timeout(t, work).await {
+        Ok(r) => r,
+        Err(_) => Err(ImapError::Timeout("select")),
+    }
 }
 
 /// LOGOUT, bounded; errors are irrelevant at this point.

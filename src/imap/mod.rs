@@ -1,6 +1,8 @@
 //! The IMAP side: TCP and TLS ([`tls`]), greeting, STARTTLS and login ([`connect`], with SASL
 //! OAuth2 in [`auth`]), IDLE with its timers ([`idle`]) and `UID FETCH` ([`fetch`]).
 //!
+//! Mailbox names go on the wire as [`mailbox_name`] encodes them.
+//!
 //! Nothing here knows about storage or metrics. Errors are classified by [`ImapError::kind`] and
 //! [`ImapError::is_auth`], never by their text.
 
@@ -8,6 +10,7 @@ pub mod auth;
 pub mod connect;
 pub mod fetch;
 pub mod idle;
+pub mod mailbox_name;
 pub mod tls;
 
 use std::fmt;
