@@ -188,3 +188,128 @@ async fn half_open_quiet_connection_is_found() -> Result<()> {
     d.shutdown().await;
     Ok(())
 }
+/// Starts a daemon on a scripted server with `behaviour`, waits until the first connection's
+/// error is on the board and the second connection idles, and returns the metrics page.
+async fn throttled_then_idling(id: &str, behaviour: Behaviour) -> Result<String> {
+    let server = scripted::start_with(messages(id, 1), behaviour).await?;
+    let db = TestDb::sqlite()?;
+    let d = start(&toml(&db, id, server.port, "dead_after = \"5m\"")).await?;
+    let recovered = d
+        .board()
+        .wait_for(WAIT, |s| {
+            s[0].last_error.is_some() && s[0].state == MailboxState::Idling
+        })
+        .await;
+    let snap = d.board().snapshot();
+    assert!(recovered, "{snap:?}");
+    assert_eq!(snap[0].last_error, Some("throttled"), "{snap:?}");
+    assert_eq!(server.connections(), 2);
+    let metrics = common::http_get(d.admin_addr(), "/metrics").await?;
+    d.shutdown().await;
+    Ok(metrics)
+}
+
+/// Item 13: RFC 5530 `[UNAVAILABLE]` on SELECT is throttling, not a missing mailbox.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttled_select_unavailable_is_classified() -> Result<()> {
+    let metrics = throttled_then_idling(
+        "acc-throttle-select",
+        Behaviour {
+            first_select_reply: Some("NO [UNAVAILABLE] backend down, try later".into()),
+            ..Behaviour::default()
+        },
+    )
+    .await?;
+    assert!(
+        metrics.contains(r#"idlesync_errors_total{account="acc-throttle-select",mailbox="INBOX",error_type="throttled"} 1"#),
+        "{metrics}"
+    );
+    Ok(())
+}
+
+/// Item 13: Microsoft 365's throttling text on LOGIN is throttling, not a refused password
+/// (which would park the mailbox in `auth_failed` for 15 minutes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttled_login_microsoft_text_is_classified() -> Result<()> {
+    throttled_then_idling(
+        "acc-throttle-login",
+        Behaviour {
+            first_login_reply: Some(
+                "NO Request is throttled. Suggested Backoff Time: 200 milliseconds".into(),
+            ),
+            ..Behaviour::default()
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+/// Item 13: `[LIMIT]` on `UID FETCH` is throttling.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttled_fetch_limit_is_classified() -> Result<()> {
+    throttled_then_idling(
+        "acc-throttle-fetch",
+        Behaviour {
+            first_fetch_reply: Some("NO [LIMIT] too many fetches".into()),
+            ..Behaviour::default()
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+/// Item 13: the suggested delay travels in the error, for the supervisor to use in place of its
+/// schedule: Microsoft's text on LOGIN and on SELECT, and none for a bare `[UNAVAILABLE]`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttled_errors_carry_the_suggested_delay() -> Result<()> {
+    use idlesync::imap::connect::{self, Endpoint};
+    let ms = "Request is throttled. Suggested Backoff Time: 1500 milliseconds";
+    let on_login = scripted::start_with(
+        messages("delay", 1),
+        Behaviour {
+            first_login_reply: Some(format!("NO {ms}")),
+            ..Behaviour::default()
+        },
+    )
+    .await?;
+    let on_select = scripted::start_with(
+        messages("delay", 1),
+        Behaviour {
+            first_select_reply: Some(format!("BAD {ms}")),
+            ..Behaviour::default()
+        },
+    )
+    .await?;
+    let bare = scripted::start_with(
+        messages("delay", 1),
+        Behaviour {
+            first_select_reply: Some("NO [UNAVAILABLE] later".into()),
+            ..Behaviour::default()
+        },
+    )
+    .await?;
+    let db = TestDb::sqlite()?;
+    let t = Duration::from_secs(10);
+    let mut found = Vec::new();
+    for server in [&on_login, &on_select, &bare] {
+        let config = idlesync::Config::parse(
+            Path::new("test.toml"),
+            toml(&db, "acc-delay", server.port, "dead_after = \"5m\"").as_bytes(),
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let ep = Endpoint::from_account(&config.accounts[0])?;
+        let client = connect::open(&ep, t).await?;
+        let err = match connect::login(client, &ep, t).await {
+            Err(e) => e,
+            Ok(mut session) => connect::select(&mut session, "INBOX", t)
+                .await
+                .expect_err("the first SELECT is refused"),
+        };
+        assert_eq!(err.kind(), "throttled", "{err:?}");
+        assert!(!err.is_auth(), "{err:?}");
+        found.push(err.retry_after());
+    }
+    let suggested = Some(Duration::from_millis(1500));
+    assert_eq!(found, vec![suggested, suggested, None]);
+    Ok(())
+}

@@ -193,7 +193,19 @@ async fn authenticate(
 
 /// Classifies a failed LOGIN or AUTHENTICATE. A BAD is a protocol problem, not wrong
 /// credentials; server messages never echo the command, so no secret leaks through them.
+/// Microsoft 365's throttling text (NO or BAD) is throttling. async-imap renders the tagged
+/// reply into a string, so RFC 5530's response codes cannot be read structurally here.
 fn refusal(e: async_imap::error::Error, what: &'static str) -> ImapError {
+    use async_imap::error::Error;
+    if let Error::No(m) | Error::Bad(m) = &e {
+        if let Some(delay) = super::throttle::microsoft_backoff(m) {
+            return ImapError::Throttled {
+                command: what,
+                delay: Some(delay),
+                text: m.clone(),
+            };
+        }
+    }
     match e {
         async_imap::error::Error::No(m) => ImapError::Auth(m),
         async_imap::error::Error::ConnectionLost => {

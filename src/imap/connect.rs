@@ -7,7 +7,7 @@ use async_imap::imap_proto::{MailboxDatum, Response, ResponseCode, Status};
 use tokio::net::TcpStream;
 
 use super::auth::Credentials;
-use super::{deadline, mailbox_name, ImapError, Io, Session};
+use super::{deadline, mailbox_name, throttle, ImapError, Io, Session};
 use crate::config::{Account, TlsMode};
 
 /// Everything needed to reach and log in to one account's server. Shared by its mailboxes.
@@ -188,7 +188,8 @@ pub async fn login(
 /// `mailbox` is the operator's name; it goes on the wire as [`mailbox_name::argument`] makes
 /// it: UTF-8 where the server offers `UTF8=ACCEPT` (asked only for names that are not plain
 /// ASCII), modified UTF-7 elsewhere. The responses are read here, not by async-imap's
-/// `select()`, which would quote the name a second time.
+/// `select()`, which would quote the name a second time and would flatten a tagged NO into
+/// text, losing the response code that says the server is throttling.
 pub async fn select(
     session: &mut Session,
     mailbox: &str,
@@ -237,8 +238,11 @@ pub async fn select(
                             uid_next,
                             exists,
                         }),
-                        Status::No => Err(ImapError::Select(text())),
-                        _ => Err(ImapError::Protocol(async_imap::error::Error::Bad(text()))),
+                        Status::No => Err(throttle::refusal("SELECT", outcome)
+                            .unwrap_or_else(|| ImapError::Select(text()))),
+                        _ => Err(throttle::refusal("SELECT", outcome).unwrap_or_else(|| {
+                            ImapError::Protocol(async_imap::error::Error::Bad(text()))
+                        })),
                     };
                 }
                 // FLAGS, RECENT, PERMANENTFLAGS and the like: nothing we keep.

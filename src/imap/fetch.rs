@@ -88,9 +88,13 @@ impl FetchRun<'_> {
                 } if *tag == self.tag => {
                     return match status {
                         Status::Ok => Ok(None),
-                        _ => Err(ImapError::FetchRefused(
-                            outcome.information.as_deref().unwrap_or("").to_string(),
-                        )),
+                        _ => Err(
+                            super::throttle::refusal("UID FETCH", outcome).unwrap_or_else(|| {
+                                ImapError::FetchRefused(
+                                    outcome.information.as_deref().unwrap_or("").to_string(),
+                                )
+                            }),
+                        ),
                     };
                 }
                 Response::MailboxData(MailboxDatum::Exists(_)) => self.saw_exists = true,

@@ -1,19 +1,23 @@
 //! The IMAP side: TCP and TLS ([`tls`]), greeting, STARTTLS and login ([`connect`], with SASL
 //! OAuth2 in [`auth`]), IDLE with its timers ([`idle`]) and `UID FETCH` ([`fetch`]).
 //!
-//! Mailbox names go on the wire as [`mailbox_name`] encodes them.
+//! Mailbox names go on the wire as [`mailbox_name`] encodes them; server throttling is read by
+//! [`throttle`].
 //!
 //! Nothing here knows about storage or metrics. Errors are classified by [`ImapError::kind`] and
-//! [`ImapError::is_auth`], never by their text.
+//! [`ImapError::is_auth`], never by their text; a throttling server's suggested delay is
+//! [`ImapError::retry_after`].
 
 pub mod auth;
 pub mod connect;
 pub mod fetch;
 pub mod idle;
 pub mod mailbox_name;
+pub mod throttle;
 pub mod tls;
 
 use std::fmt;
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -88,6 +92,17 @@ pub enum ImapError {
     /// The server rejected SELECT (usually: the mailbox does not exist).
     #[error("cannot select mailbox: {0}")]
     Select(String),
+    /// The server is throttling us (RFC 5530 `[UNAVAILABLE]` or `[LIMIT]`, or Microsoft 365's
+    /// "Request is throttled"; see [`throttle`]). Retry after `delay` when it suggested one.
+    #[error("server is throttling {command}: {text}")]
+    Throttled {
+        /// The command refused.
+        command: &'static str,
+        /// The wait the server suggested, if any.
+        delay: Option<Duration>,
+        /// The server's text.
+        text: String,
+    },
     /// Any other protocol or IO failure.
     #[error("IMAP: {0}")]
     Protocol(#[from] async_imap::error::Error),
@@ -107,10 +122,20 @@ impl ImapError {
             ImapError::Auth(_) | ImapError::Secret(_) => "auth",
             ImapError::Closed(_) => "closed",
             ImapError::FetchRefused(_) => "fetch_refused",
+            ImapError::Throttled { .. } => "throttled",
             ImapError::NoUidValidity | ImapError::Select(_) => "select",
             ImapError::Protocol(async_imap::error::Error::Io(_))
             | ImapError::Protocol(async_imap::error::Error::ConnectionLost) => "io",
             ImapError::Protocol(_) => "protocol",
+        }
+    }
+
+    /// How long the server asked us to wait before trying again; when it says, this replaces
+    /// the backoff schedule.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ImapError::Throttled { delay, .. } => *delay,
+            _ => None,
         }
     }
 
@@ -122,7 +147,7 @@ impl ImapError {
 
 /// Runs `fut` with a deadline, mapping expiry to [`ImapError::Timeout`].
 pub(crate) async fn deadline<T, E: Into<ImapError>>(
-    d: std::time::Duration,
+    d: Duration,
     what: &'static str,
     fut: impl std::future::Future<Output = Result<T, E>>,
 ) -> Result<T, ImapError> {
