@@ -7,7 +7,7 @@ use async_imap::imap_proto::{MailboxDatum, Response, ResponseCode, Status};
 use tokio::net::TcpStream;
 
 use super::auth::Credentials;
-use super::{deadline, mailbox_name, throttle, ImapError, Io, Session};
+use super::{bye, deadline, mailbox_name, received, throttle, ImapError, Io, Session};
 use crate::config::{Account, TlsMode};
 
 /// Everything needed to reach and log in to one account's server. Shared by its mailboxes.
@@ -203,11 +203,7 @@ pub async fn select(
         let tag = session.run_command(command).await?;
         let (mut uid_validity, mut uid_next, mut exists) = (None, None, 0);
         loop {
-            let resp = match session.read_response().await {
-                Ok(Some(resp)) => resp,
-                Ok(None) => return Err(ImapError::Closed("EOF during SELECT".into())),
-                Err(e) => return Err(ImapError::Protocol(e.into())),
-            };
+            let resp = received(session.read_response().await, "SELECT")?;
             match resp.parsed() {
                 Response::MailboxData(MailboxDatum::Exists(n)) => exists = *n,
                 Response::Data {
@@ -221,11 +217,7 @@ pub async fn select(
                 Response::Data {
                     status: Status::Bye,
                     outcome,
-                } => {
-                    return Err(ImapError::Closed(
-                        outcome.information.as_deref().unwrap_or("BYE").to_string(),
-                    ))
-                }
+                } => return Err(bye(outcome)),
                 Response::Done {
                     tag: done,
                     status,

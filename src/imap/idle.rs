@@ -37,7 +37,7 @@ use futures::StreamExt;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{deadline, ImapError, Io, Session};
+use super::{bye, deadline, received, ImapError, Io, Session};
 
 /// The timers of one IDLE round.
 #[derive(Debug, Clone, Copy)]
@@ -147,11 +147,7 @@ async fn wait(
             // Polling the stream again after another branch won loses nothing: a partly read
             // response stays in async-imap's buffer.
             resp = handle.next() => {
-                let resp = match resp {
-                    Some(Ok(resp)) => resp,
-                    Some(Err(e)) => return Err(ImapError::Protocol(e.into())),
-                    None => return Err(ImapError::Closed("EOF during IDLE".into())),
-                };
+                let resp = received(resp.transpose(), "IDLE")?;
                 heard = Instant::now();
                 tracing::debug!(response = ?resp.parsed(), "IDLE: server news");
                 if let Response::Data { status: Status::Ok, .. } = resp.parsed() {
@@ -203,9 +199,7 @@ fn news(resp: &Response<'_>) -> Result<Option<IdleEvent>, ImapError> {
         Response::Data {
             status: Status::Bye,
             outcome,
-        } => Err(ImapError::Closed(
-            outcome.information.as_deref().unwrap_or("BYE").to_string(),
-        )),
+        } => Err(bye(outcome)),
         Response::Data { .. }
         | Response::Continue { .. }
         | Response::Done { .. }

@@ -13,7 +13,7 @@
 
 use async_imap::imap_proto::{Capability, Response, Status};
 
-use super::{ImapError, Session};
+use super::{bye, received, ImapError, Session};
 
 /// Whether the server offers `UTF8=ACCEPT`, and if so, enables it on this session. Two round
 /// trips (CAPABILITY, then ENABLE), so only asked for names that are not [`is_plain`]. A
@@ -25,11 +25,7 @@ pub async fn enable_utf8(session: &mut Session) -> Result<bool, ImapError> {
     let tag = session.run_command("ENABLE UTF8=ACCEPT").await?;
     let mut enabled = false;
     loop {
-        let resp = match session.read_response().await {
-            Ok(Some(resp)) => resp,
-            Ok(None) => return Err(ImapError::Closed("EOF during ENABLE".into())),
-            Err(e) => return Err(ImapError::Protocol(e.into())),
-        };
+        let resp = received(session.read_response().await, "ENABLE")?;
         match resp.parsed() {
             // `* ENABLED …` parses as a capability list.
             Response::Capabilities(caps) => {
@@ -43,11 +39,7 @@ pub async fn enable_utf8(session: &mut Session) -> Result<bool, ImapError> {
             Response::Data {
                 status: Status::Bye,
                 outcome,
-            } => {
-                return Err(ImapError::Closed(
-                    outcome.information.as_deref().unwrap_or("BYE").to_string(),
-                ))
-            }
+            } => return Err(bye(outcome)),
             _ => {}
         }
     }

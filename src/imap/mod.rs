@@ -145,6 +145,23 @@ impl ImapError {
     }
 }
 
+/// A `read_response()` result while `during` is under way: EOF is [`ImapError::Closed`].
+pub(crate) fn received<T>(
+    read: std::io::Result<Option<T>>,
+    during: &'static str,
+) -> Result<T, ImapError> {
+    match read {
+        Ok(Some(resp)) => Ok(resp),
+        Ok(None) => Err(ImapError::Closed(format!("EOF during {during}"))),
+        Err(e) => Err(ImapError::Protocol(e.into())),
+    }
+}
+
+/// The error for `* BYE`: the server is closing the connection.
+pub(crate) fn bye(outcome: &async_imap::imap_proto::Outcome<'_>) -> ImapError {
+    ImapError::Closed(outcome.information.as_deref().unwrap_or("BYE").to_string())
+}
+
 /// Runs `fut` with a deadline, mapping expiry to [`ImapError::Timeout`].
 pub(crate) async fn deadline<T, E: Into<ImapError>>(
     d: Duration,
