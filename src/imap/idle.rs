@@ -158,8 +158,11 @@ async fn wait(
                 }
             }
             _ = cancel.cancelled() => return Ok((IdleEvent::Shutdown, false)),
-            _ = tokio::time::sleep_until(renew_at) => return Ok((IdleEvent::Renew, false)),
-            _ = tokio::time::sleep_until(heard + timers.dead_after) => {
+            // One timer for both deadlines: each costs an idle mailbox its size.
+            _ = tokio::time::sleep_until(renew_at.min(heard + timers.dead_after)) => {
+                if renew_at <= heard + timers.dead_after {
+                    return Ok((IdleEvent::Renew, false));
+                }
                 if liveness.keepalives {
                     return Err(ImapError::Dead);
                 }
