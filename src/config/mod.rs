@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+pub mod ca_file;
 mod locate;
 mod validate;
 
