@@ -1,5 +1,6 @@
 //! A scripted IMAP server for faults Dovecot cannot be made to produce (a tagged NO to
-//! `UID FETCH`, an EXISTS before `+ idling`, a server silent during IDLE, throttling replies).
+//! `UID FETCH`, slow FETCH responses, an EXISTS before `+ idling`, a server silent during IDLE,
+//! throttling replies).
 //! Plain TCP on 127.0.0.1; just enough IMAP for one mailbox of `messages`.
 //!
 //! [`start`] is the server `faults.rs` has always used; [`start_with`] takes opt-in
@@ -7,6 +8,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use anyhow::Result;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -30,6 +32,8 @@ pub struct Behaviour {
     pub first_select_reply: Option<String>,
     /// The tagged reply to `UID FETCH` on the first connection, after one message.
     pub first_fetch_reply: Option<String>,
+    /// Every FETCH response is written this long after the one before: a slow first import.
+    pub fetch_delay: Option<Duration>,
     /// What `* CAPABILITY` lists. `ENABLE` enables whatever it asks for that is listed here.
     pub capabilities: Option<String>,
 }
@@ -85,6 +89,19 @@ pub async fn start(messages: Vec<Vec<u8>>) -> Result<Scripted> {
         messages,
         Behaviour {
             refuse_first_fetch: true,
+            ..Behaviour::default()
+        },
+    )
+    .await
+}
+
+/// Serves `messages` (UID = index + 1), writing each FETCH response `delay` after the one
+/// before: a slow first import.
+pub async fn start_slow(messages: Vec<Vec<u8>>, delay: Duration) -> Result<Scripted> {
+    start_with(
+        messages,
+        Behaviour {
+            fetch_delay: Some(delay),
             ..Behaviour::default()
         },
     )
@@ -199,6 +216,10 @@ async fn session(
                         "* {uid} FETCH (UID {uid} FLAGS () INTERNALDATE \"14-Nov-2023 22:13:20 +0000\" RFC822.SIZE {len} BODY[]<0> {{{len}}}\r\n{body})\r\n",
                         len = body.len()
                     ));
+                    if let Some(d) = b.fetch_delay {
+                        w.write_all(std::mem::take(&mut out).as_bytes()).await?;
+                        tokio::time::sleep(d).await;
+                    }
                 }
                 match refusal {
                     Some(r) => out.push_str(&format!("{tag} {r}\r\n")),
