@@ -313,3 +313,44 @@ async fn throttled_errors_carry_the_suggested_delay() -> Result<()> {
     assert_eq!(found, vec![suggested, suggested, None]);
     Ok(())
 }
+
+/// Item 13, through the supervisor: Microsoft's suggested 20 minutes replace the schedule
+/// (whose longest delay is 2 s in this config), in the `transient` class, not `auth_failed`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttled_login_waits_the_suggested_delay() -> Result<()> {
+    let server = scripted::start_with(
+        messages("wait", 1),
+        Behaviour {
+            first_login_reply: Some(
+                "NO Request is throttled. Suggested Backoff Time: 1200000 milliseconds".into(),
+            ),
+            ..Behaviour::default()
+        },
+    )
+    .await?;
+    let db = TestDb::sqlite()?;
+    let d = start(&toml(
+        &db,
+        "acc-throttle-wait",
+        server.port,
+        "dead_after = \"5m\"",
+    ))
+    .await?;
+    let waiting = d
+        .board()
+        .wait_for(WAIT, |s| s[0].next_retry_at.is_some())
+        .await;
+    let m = d.board().snapshot().remove(0);
+    assert!(waiting, "{m:?}");
+    assert_eq!(
+        (m.state, m.last_error, m.error_class),
+        (MailboxState::Backoff, Some("throttled"), Some("transient")),
+        "{m:?}"
+    );
+    let at = chrono::DateTime::parse_from_rfc3339(m.next_retry_at.as_deref().unwrap_or(""))?;
+    let left = at.with_timezone(&chrono::Utc) - chrono::Utc::now();
+    assert!(left.num_minutes() >= 19, "retry in {left}: {m:?}");
+    assert_eq!(server.connections(), 1);
+    d.shutdown().await;
+    Ok(())
+}
