@@ -39,4 +39,3 @@ pub fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, CaFileE
     }
     Ok(certs)
 }
-
