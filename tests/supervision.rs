@@ -11,6 +11,7 @@ use anyhow::{Context, Result};
 use common::daemon::{config_toml, mail, start, AccountSpec};
 use common::db::TestDb;
 use common::dovecot::Dovecot;
+use common::setup::ConfigToml;
 use idlesync::status::MailboxStatus;
 use idlesync::{Config, Daemon};
 
@@ -102,11 +103,10 @@ async fn leaked_tasks_on_failed_start_up_release_the_admin_port() -> Result<()> 
     let ca = dir.path().join("ca.pem");
     std::fs::copy(dc.ca_file(), &ca)?;
     let acct = AccountSpec::implicit("leak1", "leak1", "leak-pw-1", dc.imaps_port(), &["INBOX"]);
-    let toml = config_toml(&db.url, None, &ca, &[acct]).replace(
-        "listen = \"127.0.0.1:0\"",
-        &format!("listen = \"127.0.0.1:{port}\""),
-    );
-    let config = parse(&toml)?;
+    let toml = ConfigToml::new(&db.url)
+        .set("metrics", "listen", format!("127.0.0.1:{port}"))
+        .account(&acct, Some(&ca));
+    let config = parse(&toml.render())?;
     // Between validation and start the CA file goes bad (an operator's edit, a rotation).
     std::fs::write(&ca, "not a certificate")?;
     let err = match Daemon::start(config).await {
@@ -134,11 +134,11 @@ async fn cancellation_ignored_during_import_shutdown_stops_between_messages() ->
         port: server.port,
         mailboxes: &["INBOX"],
     };
-    let toml = config_toml(&db.url, None, Path::new("/dev/null"), &[acct])
-        .replace("ca_file = \"/dev/null\"\n", "")
-        .replace("[imap]\n", "[imap]\nfetch_batch = 20\n");
+    let toml = ConfigToml::new(&db.url)
+        .set("imap", "fetch_batch", 20u32)
+        .account(&acct, None);
     common::init_logs();
-    let d = Daemon::start_with_grace(parse(&toml)?, Duration::from_secs(30)).await?;
+    let d = Daemon::start_with_grace(parse(&toml.render())?, Duration::from_secs(30)).await?;
     wait_mailbox(&d, |m| m.last_uid.is_some_and(|u| u >= 60)).await?;
     let stopped = tokio::time::timeout(Duration::from_secs(60), d.shutdown())
         .await
