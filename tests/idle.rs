@@ -8,30 +8,28 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Result;
-use common::daemon::{config_toml, mail, start, wait_idling, AccountSpec};
+use common::daemon::{mail, start, wait_idling, AccountSpec};
 use common::db::TestDb;
 use common::proxy::{Mode, Proxy};
 use common::scripted::{self, Behaviour, Scripted};
+use common::setup::ConfigToml;
 use idlesync::status::MailboxState;
 
 /// Generous; every wait here is for an event, never a measured duration.
 const WAIT: Duration = Duration::from_secs(15);
 
-/// A config for one plain-TCP account on `port`, with `[imap]` timers replacing the default
-/// `dead_after = "5m"` line.
-fn toml(db: &TestDb, id: &str, port: u16, timers: &str) -> String {
-    // No TLS, so no CA file: the placeholder line goes.
-    config_toml(
-        &db.url,
-        None,
-        Path::new("/unused-ca"),
-        &[AccountSpec {
-            tls: "none",
-            ..AccountSpec::implicit(id, "user", "pw", port, &["INBOX"])
-        }],
-    )
-    .replace("ca_file = \"/unused-ca\"\n", "")
-    .replace("dead_after = \"5m\"", timers)
+/// A config for one plain-TCP account on `port` (no TLS, so no CA file), with these `[imap]`
+/// timers over the test defaults.
+fn toml(db: &TestDb, id: &str, port: u16, timers: &[(&str, &str)]) -> String {
+    let account = AccountSpec {
+        tls: "none",
+        ..AccountSpec::implicit(id, "user", "pw", port, &["INBOX"])
+    };
+    let config = ConfigToml::new(&db.url).account(&account, None);
+    timers
+        .iter()
+        .fold(config, |c, (key, value)| c.set("imap", key, *value))
+        .render()
 }
 
 fn messages(prefix: &str, n: usize) -> Vec<Vec<u8>> {
@@ -56,7 +54,7 @@ async fn lost_wakeup_exists_before_idling_is_fetched() -> Result<()> {
         &db,
         "acc-lost-wakeup",
         server.port,
-        "dead_after = \"10m\"\nidle_renew = \"10m\"",
+        &[("dead_after", "10m"), ("idle_renew", "10m")],
     ))
     .await?;
     let fetched = d.board().wait_for(WAIT, |s| s[0].last_uid == Some(2)).await;
@@ -87,7 +85,7 @@ async fn quiet_server_keeps_its_connection() -> Result<()> {
         &db,
         "acc-quiet",
         server.port,
-        "dead_after = \"1s\"\nidle_renew = \"10m\"",
+        &[("dead_after", "1s"), ("idle_renew", "10m")],
     ))
     .await?;
     wait_idling(&d, 1, WAIT).await?;
@@ -121,7 +119,7 @@ async fn silence_after_keepalives_is_a_dead_connection() -> Result<()> {
         &db,
         "acc-keepalive",
         server.port,
-        "dead_after = \"1s\"\nidle_renew = \"10m\"",
+        &[("dead_after", "1s"), ("idle_renew", "10m")],
     ))
     .await?;
     let dead = d
@@ -157,7 +155,11 @@ async fn half_open_quiet_connection_is_found() -> Result<()> {
         &db,
         "acc-half-open",
         proxy.addr().port(),
-        "dead_after = \"2s\"\ndone_timeout = \"1s\"\nidle_renew = \"10m\"",
+        &[
+            ("dead_after", "2s"),
+            ("done_timeout", "1s"),
+            ("idle_renew", "10m"),
+        ],
     ))
     .await?;
     wait_idling(&d, 1, WAIT).await?;
@@ -193,7 +195,7 @@ async fn half_open_quiet_connection_is_found() -> Result<()> {
 async fn throttled_then_idling(id: &str, behaviour: Behaviour) -> Result<String> {
     let server = scripted::start_with(messages(id, 1), behaviour).await?;
     let db = TestDb::sqlite()?;
-    let d = start(&toml(&db, id, server.port, "dead_after = \"5m\"")).await?;
+    let d = start(&toml(&db, id, server.port, &[])).await?;
     let recovered = d
         .board()
         .wait_for(WAIT, |s| {
@@ -294,7 +296,7 @@ async fn throttled_errors_carry_the_suggested_delay() -> Result<()> {
     for server in [&on_login, &on_select, &bare] {
         let config = idlesync::Config::parse(
             Path::new("test.toml"),
-            toml(&db, "acc-delay", server.port, "dead_after = \"5m\"").as_bytes(),
+            toml(&db, "acc-delay", server.port, &[]).as_bytes(),
         )
         .map_err(|e| anyhow::anyhow!("{e}"))?;
         let ep = Endpoint::from_account(&config.accounts[0])?;
@@ -329,13 +331,7 @@ async fn throttled_login_waits_the_suggested_delay() -> Result<()> {
     )
     .await?;
     let db = TestDb::sqlite()?;
-    let d = start(&toml(
-        &db,
-        "acc-throttle-wait",
-        server.port,
-        "dead_after = \"5m\"",
-    ))
-    .await?;
+    let d = start(&toml(&db, "acc-throttle-wait", server.port, &[])).await?;
     let waiting = d
         .board()
         .wait_for(WAIT, |s| s[0].next_retry_at.is_some())

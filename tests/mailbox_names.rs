@@ -4,15 +4,13 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use common::daemon::{config_toml, mail, start, wait_idling, AccountSpec};
-use common::db::TestDb;
-use common::dovecot::Dovecot;
-use common::redis;
+use common::daemon::{mail, start, wait_idling, AccountSpec};
+use common::db::{Kind, TestDb};
 use common::scripted::{self, Behaviour};
+use common::setup::{ConfigToml, Setup};
 
 const WAIT: Duration = Duration::from_secs(15);
 const PW: &str = "secret-pw-1";
@@ -26,40 +24,18 @@ const NAMES: [(&str, &str); 4] = [
     ("Archive \"2024\"", "Archive \"2024\""),
 ];
 
-/// `toml` with the placeholder mailboxes `MB0`… replaced by `names` as TOML basic strings.
-fn with_names(toml: String, names: &[&str]) -> String {
-    names.iter().enumerate().fold(toml, |t, (i, n)| {
-        let escaped = n.replace('\\', "\\\\").replace('"', "\\\"");
-        t.replace(&format!("\"MB{i}\""), &format!("\"{escaped}\""))
-    })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn non_ascii_mailbox_names_receive_mail() -> Result<()> {
-    let dc = Dovecot::start(&[("names", PW)])?;
+    let s = Setup::new(&[("names", PW)], Kind::Sqlite, "mailbox-names").await?;
+    let (dc, db) = (&s.dc, &s.db);
     for (_, wire) in NAMES {
         dc.create_mailbox("names", wire).await?;
     }
-    let db = TestDb::sqlite()?;
-    let channel = redis::unique_channel("mailbox-names");
-    let mut sub = redis::subscribe(&redis::url(), &channel).await?;
+    let mut sub = s.subscribe().await?;
     let id = "acc-mailbox-names";
-    let toml = with_names(
-        config_toml(
-            &db.url,
-            Some((&redis::url(), &channel)),
-            dc.ca_file(),
-            &[AccountSpec::implicit(
-                id,
-                "names",
-                PW,
-                dc.imaps_port(),
-                &["MB0", "MB1", "MB2", "MB3"],
-            )],
-        ),
-        &NAMES.map(|(name, _)| name),
-    );
-    let d = start(&toml).await?;
+    let names = NAMES.map(|(name, _)| name);
+    let account = AccountSpec::implicit(id, "names", PW, dc.imaps_port(), &names);
+    let d = s.start(&s.implicit(s.config(), &account)).await?;
     wait_idling(&d, NAMES.len(), WAIT).await?;
 
     for (name, wire) in NAMES {
@@ -117,19 +93,17 @@ async fn utf8_accept_is_used_where_offered() -> Result<()> {
     )
     .await?;
     let db = TestDb::sqlite()?;
-    let toml = with_names(
-        config_toml(
-            &db.url,
-            None,
-            Path::new("/unused-ca"),
-            &[AccountSpec {
-                tls: "none",
-                ..AccountSpec::implicit("acc-utf8", "user", "pw", server.port, &["MB0", "MB1"])
-            }],
+    let account = AccountSpec {
+        tls: "none",
+        ..AccountSpec::implicit(
+            "acc-utf8",
+            "user",
+            "pw",
+            server.port,
+            &["受信トレイ", "Archive \"2024\""],
         )
-        .replace("ca_file = \"/unused-ca\"\n", ""),
-        &["受信トレイ", "Archive \"2024\""],
-    );
+    };
+    let toml = ConfigToml::new(&db.url).account(&account, None).render();
     let d = start(&toml).await?;
     wait_idling(&d, 2, WAIT).await?;
     let lines = server.lines();

@@ -149,11 +149,11 @@ async fn wait(
             resp = handle.next() => {
                 let resp = received(resp.transpose(), "IDLE")?;
                 heard = Instant::now();
-                tracing::debug!(response = ?resp.parsed(), "IDLE: server news");
                 if let Response::Data { status: Status::Ok, .. } = resp.parsed() {
                     liveness.keepalives = true;
                 }
                 if let Some(event) = news(resp.parsed())? {
+                    tracing::debug!(response = ?resp.parsed(), "IDLE: server news");
                     return Ok((event, false));
                 }
             }
@@ -172,7 +172,8 @@ async fn wait(
     }
 }
 
-/// Folds what waits on an unsolicited channel (read by `next`) into `event`.
+/// Folds what waits on an unsolicited channel (read by `next`) into `event`. The channel holds
+/// at most 100 entries and nothing is added while it is drained, so this ends.
 fn drain(
     mut next: impl FnMut() -> Option<UnsolicitedResponse>,
     mut event: Option<IdleEvent>,
