@@ -8,9 +8,9 @@ use sqlx::AssertSqlSafe;
 
 use super::chunk::{insert_sql, placeholders};
 use super::messages::NewRow;
-use super::stmt::Stmt;
+use super::stmt::{Stmt, Tx};
 use super::thread_model::Thread;
-use super::threads::{Tx, PER_STATEMENT};
+use super::threads::PER_STATEMENT;
 use crate::message::address;
 
 /// Moves messages and nodes of merged threads to the thread they merged into, and deletes the
