@@ -10,7 +10,7 @@ use super::chunk::{insert_sql, runs};
 use super::outbox::{insert_outbox, OutboxRow};
 use super::stmt::{run_all, Stmt};
 use super::threads::{assign_threads, lock_account};
-use super::{now_ms, to_u32, Store, StoreError};
+use super::{now_ms, to_u32, NewRow, Store, StoreError};
 use crate::message::MessageRecord;
 
 /// The per-mailbox sync state.
@@ -60,15 +60,6 @@ const MESSAGE_COLUMNS: &[&str] = &[
     "parse_error",
     "stored_at",
 ];
-
-/// A message row this batch inserted: its `messages.id` and its record.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct NewRow<'a> {
-    /// `messages.id`.
-    pub id: i64,
-    /// What was inserted.
-    pub rec: &'a MessageRecord,
-}
 
 /// Rows per INSERT statement; keeps placeholders far below SQLite's 32,766.
 const ROWS_PER_STATEMENT: usize = 500;

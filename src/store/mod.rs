@@ -30,7 +30,7 @@ use sqlx::any::AnyPoolOptions;
 use sqlx::AnyPool;
 
 use crate::config::StorageConfig;
-use crate::message::ExtractOptions;
+use crate::message::{ExtractOptions, MessageRecord};
 
 /// Database failures. All are retryable from a mailbox's point of view: it pauses without
 /// advancing `last_uid` and tries again.
@@ -69,6 +69,15 @@ pub struct Store {
     extract: ExtractOptions,
     /// `storage.thread_by_subject`: subject may link messages that no Message-ID links.
     thread_by_subject: bool,
+}
+
+/// A message row this batch inserted: its `messages.id` and its record.
+#[derive(Debug, Clone, Copy)]
+struct NewRow<'a> {
+    /// `messages.id`.
+    pub id: i64,
+    /// What was inserted.
+    pub rec: &'a MessageRecord,
 }
 
 /// Unix milliseconds now.

@@ -22,10 +22,10 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use sqlx::{AssertSqlSafe, Row};
 
 use super::chunk::{placeholders, PER_STATEMENT};
-use super::messages::NewRow;
 use super::stmt::{Stmt, Tx};
 use super::thread_model::{Group, Thread, UnionFind};
 use super::thread_writes::{merge, set_message_threads, upsert_refs, upsert_threads};
+use super::NewRow;
 use crate::message::address;
 
 /// Gives every new row its `thread_id`, creating, extending and merging threads. Reads and
