@@ -5,7 +5,7 @@
 //! folders, `migrations/postgres` and `migrations/sqlite`, picked at run time. `$N` placeholders
 //! work on both.
 //!
-//! - [`messages`]: sync state and the batch transaction.
+//! - [`batch`]: sync state and the batch transaction.
 //! - [`attachments`]: attachment and raw-message rows of a batch.
 //! - [`threads`]: conversation assignment inside the batch transaction ([`thread_model`]: the
 //!   in-memory aggregates and grouping; [`thread_writes`]: its multi-row writes).
@@ -13,15 +13,15 @@
 //! - [`stmt`]: statements built first and run grouped (one round trip on PostgreSQL).
 
 mod attachments;
+mod batch;
 mod chunk;
-mod messages;
 mod outbox;
 mod stmt;
 mod thread_model;
 mod thread_writes;
 mod threads;
 
-pub use messages::{BatchTarget, BatchTx, Committed, SyncState};
+pub use batch::{BatchTarget, BatchTx, Committed, SyncState};
 pub use outbox::OutboxRow;
 
 use std::time::Duration;
