@@ -16,11 +16,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, AdminState};
 use crate::config::{Account, Config};
+use crate::handoff::Handoff;
 use crate::imap::connect::Endpoint;
 use crate::imap::ImapError;
 use crate::limiter::ConnectLimiter;
 use crate::mailbox::MailboxCtx;
-use crate::publish::{Handoff, PublishError, Publisher, Sink};
+use crate::publish::{PublishError, Publisher, Sink};
 use crate::status::{Reporter, StatusBoard};
 use crate::store::{Store, StoreError};
 use crate::supervisor;
@@ -117,7 +118,7 @@ impl Daemon {
             admin_cancel.clone(),
         ));
 
-        let (handoff, inbox) = crate::publish::handoff();
+        let (handoff, inbox) = crate::handoff::handoff();
         let publisher_cancel = CancellationToken::new();
         let publisher = tokio::spawn(
             Publisher {

@@ -16,12 +16,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::ImapTimers;
 use crate::event::{timestamp_now, RecordKind, SyncRecord};
+use crate::handoff::Handoff;
 use crate::imap::connect::{self, Endpoint, Selected};
 use crate::imap::idle::{IdleEvent, IdleTimers};
 use crate::imap::{fetch, idle, ImapError, Session};
 use crate::limiter::ConnectLimiter;
 use crate::message::{extract, ExtractOptions, ImapMeta, MessageRecord};
-use crate::publish::Handoff;
 use crate::status::{MailboxState, Reporter};
 use crate::store::{BatchTarget, BatchTx, Store, StoreError, SyncState};
 

@@ -1,8 +1,8 @@
 //! The publisher: drains the outbox to Redis (or stdout), in order, at least once.
 //!
 //! Mailbox tasks never talk to Redis. They commit records to the outbox with their messages and
-//! hand the committed record to the publisher ([`Handoff`]); Redis being down only makes the
-//! outbox grow, and IDLE latency does not depend on Redis health.
+//! hand the committed record to the publisher ([`crate::handoff`]); Redis being down only makes
+//! the outbox grow, and IDLE latency does not depend on Redis health.
 //!
 //! Two modes. **Live:** records come through the hand-off queue and are published straight
 //! away, without reading them back from the database, then deleted by id. **Catching up:**
@@ -13,14 +13,13 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::io::Write;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{BackoffConfig, OutboxConfig, RedisConfig};
+use crate::handoff::{Inbox, Wait};
 use crate::status::StatusBoard;
 use crate::store::{OutboxRow, Store};
 
@@ -142,63 +141,8 @@ impl Sink {
     }
 }
 
-/// Records queued between commit and publish; past this the publisher reads the table.
-const QUEUE: usize = 4096;
 /// Ids published while catching up, remembered to skip their queued copies.
 const REMEMBER: usize = 4096;
-
-/// The mailboxes' side of the hand-off: committed records go to the publisher at once.
-#[derive(Debug, Clone)]
-pub struct Handoff {
-    queue: mpsc::Sender<OutboxRow>,
-    shared: Arc<Shared>,
-}
-
-#[derive(Debug)]
-struct Shared {
-    /// The table may hold records that the queue does not.
-    behind: AtomicBool,
-    wake: Notify,
-}
-
-/// The publisher's side of the hand-off.
-#[derive(Debug)]
-pub struct Inbox {
-    queue: mpsc::Receiver<OutboxRow>,
-    shared: Arc<Shared>,
-}
-
-/// A connected hand-off. The publisher starts by catching up on the table.
-pub fn handoff() -> (Handoff, Inbox) {
-    let (tx, rx) = mpsc::channel(QUEUE);
-    let shared = Arc::new(Shared {
-        behind: AtomicBool::new(true),
-        wake: Notify::new(),
-    });
-    (
-        Handoff {
-            queue: tx,
-            shared: shared.clone(),
-        },
-        Inbox { queue: rx, shared },
-    )
-}
-
-impl Handoff {
-    /// A record just committed to the outbox. Never waits: when the queue is full the
-    /// publisher reads the record from the table instead.
-    pub fn committed(&self, row: OutboxRow) {
-        if self.queue.try_send(row).is_err() {
-            self.poke();
-        }
-    }
-
-    /// The table holds records the queue does not: have the publisher read it.
-    pub fn poke(&self) {
-        self.shared.behind.store(true, Ordering::SeqCst);
-        self.shared.wake.notify_one();
-    }
-}
 
 /// The publisher task's parts.
 pub struct Publisher {
@@ -223,22 +167,24 @@ impl Publisher {
         let mut drained = Remembered::default();
         enforce_bounds(&self.store, &self.bounds).await;
         while !cancel.is_cancelled() {
-            let result = if self.inbox.shared.behind.swap(false, Ordering::SeqCst) {
+            let result = if self.inbox.take_behind() {
                 self.catch_up(&cancel, &mut drained).await
             } else {
                 let row = tokio::select! {
-                    row = self.inbox.queue.recv() => row,
-                    _ = self.inbox.shared.wake.notified() => continue,
+                    wait = self.inbox.wait() => match wait {
+                        Wait::Row(row) => row,
+                        Wait::Poked => continue,
+                        Wait::Closed => break,
+                    },
                     _ = cancel.cancelled() => break,
                 };
-                let Some(row) = row else { break };
                 self.live(row, &drained).await
             };
             match result {
                 Ok(()) => schedule.reset(),
                 Err(e) => {
                     // The failed record and everything after it wait in the table.
-                    self.inbox.shared.behind.store(true, Ordering::SeqCst);
+                    self.inbox.mark_behind();
                     // Only a failing sink or database makes the outbox grow: bound it here.
                     enforce_bounds(&self.store, &self.bounds).await;
                     let delay = schedule.next_delay();
@@ -277,7 +223,7 @@ impl Publisher {
                 done.push(row.id);
             }
             if done.len() < PAGE as usize {
-                next = self.inbox.queue.try_recv().ok();
+                next = self.inbox.try_recv();
             }
         }
         self.store.outbox_delete(&done).await?;
@@ -294,7 +240,7 @@ impl Publisher {
         cancel: &CancellationToken,
         drained: &mut Remembered,
     ) -> Result<(), DrainError> {
-        while self.inbox.queue.try_recv().is_ok() {}
+        self.inbox.clear();
         loop {
             let rows = self.store.outbox_pending(PAGE).await?;
             let mut done: Vec<i64> = Vec::with_capacity(rows.len());
@@ -413,17 +359,6 @@ async fn report_depth(store: &Store) {
 mod tests {
     use super::*;
 
-    fn row(id: i64) -> OutboxRow {
-        OutboxRow {
-            id,
-            account_id: "a".into(),
-            mailbox: "INBOX".into(),
-            payload: "{}".into(),
-            exists_at_us: None,
-            created_at: 0,
-        }
-    }
-
     #[test]
     fn remembered_ids_are_bounded_oldest_first() {
         let mut r = Remembered::default();
@@ -434,24 +369,5 @@ mod tests {
         assert_eq!(r.set.len(), REMEMBER);
         r.extend(&[10]);
         assert_eq!(r.order.len(), REMEMBER);
-    }
-
-    #[tokio::test]
-    async fn a_full_queue_sends_the_publisher_to_the_table() {
-        let (h, mut inbox) = handoff();
-        assert!(
-            inbox.shared.behind.swap(false, Ordering::SeqCst),
-            "starts behind"
-        );
-        for id in 0..QUEUE as i64 {
-            h.committed(row(id));
-        }
-        assert!(!inbox.shared.behind.load(Ordering::SeqCst));
-        h.committed(row(-1));
-        assert!(
-            inbox.shared.behind.load(Ordering::SeqCst),
-            "overflow marks the table"
-        );
-        assert_eq!(inbox.queue.recv().await.map(|r| r.id), Some(0));
     }
 }
