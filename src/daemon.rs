@@ -126,7 +126,7 @@ impl Daemon {
                 sink: Sink::from_config(config.redis.as_ref())?,
                 inbox,
                 board: board.clone(),
-                backoff: config.backoff.clone(),
+                backoff: crate::publish::retry_schedule(&config.backoff, config.redis.as_ref()),
                 bounds: config.outbox.clone(),
             }
             .run(publisher_cancel.clone()),

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{BackoffConfig, OutboxConfig, RedisConfig};
+use crate::config::{BackoffConfig, OutboxConfig, RedisConfig, DEFAULT_PUBLISH_RETRY_MAX};
 use crate::handoff::{Inbox, Wait};
 use crate::status::StatusBoard;
 use crate::store::{OutboxRow, Store};
@@ -144,6 +144,18 @@ impl Sink {
 /// Ids published while catching up, remembered to skip their queued copies.
 const REMEMBER: usize = 4096;
 
+/// The publisher's retry schedule: from `[backoff] initial`, capped at `[redis] retry_max`
+/// ([`DEFAULT_PUBLISH_RETRY_MAX`] without `[redis]`), never at `[backoff] max`, whose minutes
+/// suit reconnecting mailboxes but would keep records waiting that long after Redis returns.
+pub fn retry_schedule(backoff: &BackoffConfig, redis: Option<&RedisConfig>) -> BackoffConfig {
+    let max = redis.map_or(DEFAULT_PUBLISH_RETRY_MAX, |r| r.retry_max);
+    BackoffConfig {
+        initial: backoff.initial.min(max),
+        max,
+        ..backoff.clone()
+    }
+}
+
 /// The publisher task's parts.
 pub struct Publisher {
     /// Where the outbox lives.
@@ -154,7 +166,7 @@ pub struct Publisher {
     pub inbox: Inbox,
     /// Per-mailbox published counters and latency histograms.
     pub board: Arc<StatusBoard>,
-    /// Retry schedule while the sink or the database fails.
+    /// Retry schedule while the sink or the database fails ([`retry_schedule`]).
     pub backoff: BackoffConfig,
     /// Bounds on what waits.
     pub bounds: OutboxConfig,
@@ -358,6 +370,31 @@ async fn report_depth(store: &Store) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn publisher_retries_are_capped_by_redis_retry_max_not_backoff_max() {
+        let backoff = BackoffConfig::default();
+        assert_eq!(backoff.max, Duration::from_secs(300));
+        let s = retry_schedule(&backoff, None);
+        assert_eq!(
+            (s.initial, s.max),
+            (backoff.initial, DEFAULT_PUBLISH_RETRY_MAX)
+        );
+        let redis = RedisConfig {
+            url: "redis://127.0.0.1".into(),
+            channel: "c".into(),
+            stream: None,
+            stream_maxlen: 1,
+            retry_max: Duration::from_millis(200),
+        };
+        let s = retry_schedule(&backoff, Some(&redis));
+        assert_eq!(s.max, Duration::from_millis(200));
+        assert_eq!(
+            s.initial,
+            Duration::from_millis(200),
+            "initial never above the cap"
+        );
+    }
 
     #[test]
     fn remembered_ids_are_bounded_oldest_first() {

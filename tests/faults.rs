@@ -74,7 +74,9 @@ async fn redis_down_for_30s() -> Result<()> {
     );
     toml = toml.replace(
         &format!("channel = \"{channel}\"\n"),
-        &format!("channel = \"{channel}\"\nstream = \"{stream}\"\nstream_maxlen = 1000\n"),
+        &format!(
+            "channel = \"{channel}\"\nstream = \"{stream}\"\nstream_maxlen = 1000\nretry_max = \"2s\"\n"
+        ),
     );
     let d = start(&toml).await?;
     wait_idling(&d, 1, WAIT).await?;
