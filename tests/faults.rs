@@ -491,6 +491,16 @@ async fn start_up_connections_are_rate_limited() -> Result<()> {
     Ok(())
 }
 
+/// The payloads waiting in the outbox, oldest first.
+async fn outbox_payloads(store: &idlesync::store::Store) -> Result<Vec<String>> {
+    Ok(store
+        .outbox_pending(100)
+        .await?
+        .into_iter()
+        .map(|r| r.payload)
+        .collect())
+}
+
 /// The outbox is bounded: beyond `max_records` (or `retention`) the oldest records go, so a
 /// Redis outage of weeks cannot fill the disk.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -512,15 +522,54 @@ async fn outbox_is_bounded() -> Result<()> {
         assert_eq!(store.outbox_depth().await?.0, 5);
         // Nothing is old yet; only the row bound applies: the 3 oldest go.
         assert_eq!(store.outbox_prune(3_600_000, 2).await?, 3, "{kind:?}");
-        let left: Vec<String> = store
-            .outbox_pending(10)
-            .await?
-            .into_iter()
-            .map(|r| r.payload)
-            .collect();
-        assert_eq!(left, vec![r#"{"n":3}"#, r#"{"n":4}"#], "{kind:?}");
+        assert_eq!(
+            outbox_payloads(&store).await?,
+            vec![r#"{"n":3}"#, r#"{"n":4}"#],
+            "{kind:?}"
+        );
         // A zero retention drops the rest.
         assert_eq!(store.outbox_prune(-1, 1_000_000).await?, 2, "{kind:?}");
+        store.pool().close().await;
+    }
+    Ok(())
+}
+
+/// Pruning by count keeps the newest `max_records` waiting records, whatever gaps published
+/// (deleted) records left in the ids: with 3 of 5 waiting and a bound of 3, none goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbox_prune_keeps_the_newest_by_count_across_id_gaps() -> Result<()> {
+    for kind in [Kind::Sqlite, Kind::Postgres] {
+        let db = TestDb::new(kind).await?;
+        let store = idlesync::store::Store::connect(&idlesync::config::StorageConfig {
+            url: db.url.clone(),
+            max_connections: 2,
+            ..Default::default()
+        })
+        .await?;
+        store.migrate().await?;
+        let mut ids = Vec::new();
+        for i in 0..5 {
+            let row = store
+                .start_epoch("acc-gaps", "INBOX", i, Some(&format!("{{\"n\":{i}}}")))
+                .await?
+                .context("a reset record")?;
+            ids.push(row.id);
+        }
+        // Records 1 and 2 were published: 0, 3 and 4 wait.
+        store.outbox_delete(ids.get(1..3).context("ids")?).await?;
+        assert_eq!(store.outbox_prune(3_600_000, 3).await?, 0, "{kind:?}");
+        assert_eq!(
+            outbox_payloads(&store).await?,
+            vec![r#"{"n":0}"#, r#"{"n":3}"#, r#"{"n":4}"#],
+            "{kind:?}"
+        );
+        // Over the bound by one: only the oldest goes.
+        assert_eq!(store.outbox_prune(3_600_000, 2).await?, 1, "{kind:?}");
+        assert_eq!(
+            outbox_payloads(&store).await?,
+            vec![r#"{"n":3}"#, r#"{"n":4}"#],
+            "{kind:?}"
+        );
         store.pool().close().await;
     }
     Ok(())
