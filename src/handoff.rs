@@ -49,7 +49,12 @@ pub enum Wait {
 
 /// A connected hand-off. The publisher starts by catching up on the table.
 pub fn handoff() -> (Handoff, Inbox) {
-    let (tx, rx) = mpsc::channel(QUEUE);
+    with_capacity(QUEUE)
+}
+
+/// [`handoff`] with room for `capacity` records (at least 1), for tests that overflow it.
+pub fn with_capacity(capacity: usize) -> (Handoff, Inbox) {
+    let (tx, rx) = mpsc::channel(capacity.max(1));
     let shared = Arc::new(Shared {
         behind: AtomicBool::new(true),
         wake: Notify::new(),
@@ -84,6 +89,11 @@ impl Inbox {
     /// is about to read the table.
     pub fn take_behind(&self) -> bool {
         self.shared.behind.swap(false, Ordering::SeqCst)
+    }
+
+    /// Whether the table may hold records the queue does not (the mark stays).
+    pub fn is_behind(&self) -> bool {
+        self.shared.behind.load(Ordering::SeqCst)
     }
 
     /// The table holds records the queue does not (a publish failed): read it next.

@@ -10,6 +10,11 @@
 //! the queue overflowed), the queue is emptied and the table is drained in id order, as the
 //! only source, until it is empty; then live again. A record that came through the queue and
 //! was also drained is recognised by its id and not published twice.
+//!
+//! **Order:** each mailbox's records are published in the order they were committed. Live
+//! mode stops as soon as the table holds records the queue does not, so that a record queued
+//! after an overflow never overtakes the overflowed ones; catching up goes by id, which is
+//! commit order within a mailbox (its commits are sequential).
 
 use std::collections::{HashSet, VecDeque};
 use std::io::Write;
@@ -220,12 +225,20 @@ impl Publisher {
         }
     }
 
-    /// Live mode: publishes `first` and whatever else is queued, then deletes them.
+    /// Live mode: publishes `first` and whatever else is queued, then deletes them. Stops as
+    /// soon as the table holds records the queue does not (an overflow): queued records are
+    /// newer than those, and publishing them first would break the order. The caller then
+    /// catches up, and the table has every record the queue had.
     async fn live(&mut self, first: OutboxRow, drained: &Remembered) -> Result<(), DrainError> {
         let mut done = Vec::new();
         let mut next = Some(first);
         let mut failure = None;
         while let Some(row) = next.take() {
+            // A record handed over after an overflow sees the mark: the mailbox set it before
+            // handing its next record over, and the queue orders the two.
+            if self.inbox.is_behind() {
+                break;
+            }
             if !drained.contains(row.id) {
                 if let Err(e) = self.sink.publish(&row.payload).await {
                     failure = Some(e);

@@ -14,7 +14,9 @@ use common::dovecot::{Dovecot, DovecotOptions};
 use common::proxy::{Mode, Proxy};
 use common::redis;
 use common::servers::{OwnPostgres, OwnRedis};
+use idlesync::publish::{Publisher, Sink};
 use idlesync::status::MailboxState;
+use idlesync::store::OutboxRow;
 
 const WAIT: Duration = Duration::from_secs(15);
 const PW: &str = "secret-pw-1";
@@ -622,5 +624,80 @@ async fn tagged_no_on_fetch_is_retried_from_what_was_stored() -> Result<()> {
         ]
     );
     d.shutdown().await;
+    Ok(())
+}
+
+/// One outbox record as the store commits it, its payload numbered `n`.
+async fn commit_numbered(store: &idlesync::store::Store, n: u32) -> Result<OutboxRow> {
+    store
+        .start_epoch("acc-order", "INBOX", n, Some(&format!("{{\"n\":{n}}}")))
+        .await?
+        .context("a committed record")
+}
+
+/// The number of the next record published.
+async fn next_numbered(sub: &mut redis::Subscriber) -> Result<u64> {
+    let rec = sub.next(WAIT).await?;
+    rec["n"].as_u64().with_context(|| format!("{rec}"))
+}
+
+/// The hand-off queue (2 records here) overflows while the publisher is live: one mailbox's
+/// records still reach Redis in commit order. Each round commits five records, hands four over
+/// back to back (the third and fourth overflow: only the table has them), waits until the first
+/// is published, and hands the fifth over, which now fits in the queue but must not overtake
+/// the third and fourth.
+#[tokio::test(flavor = "current_thread")]
+async fn publish_order_holds_when_the_handoff_queue_overflows() -> Result<()> {
+    const ROUNDS: u32 = 16;
+    let db = TestDb::sqlite()?;
+    let store = idlesync::store::Store::connect(&idlesync::config::StorageConfig {
+        url: db.url.clone(),
+        max_connections: 2,
+        ..Default::default()
+    })
+    .await?;
+    store.migrate().await?;
+    let channel = redis::unique_channel("publish-order");
+    let mut sub = redis::subscribe(&redis::url(), &channel).await?;
+    let redis_config = idlesync::config::RedisConfig {
+        url: redis::url(),
+        channel: channel.clone(),
+        stream: None,
+        stream_maxlen: 1000,
+        retry_max: Duration::from_secs(1),
+    };
+    let (handoff, inbox) = idlesync::handoff::with_capacity(2);
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let publisher = tokio::spawn(
+        Publisher {
+            store: store.clone(),
+            sink: Sink::from_config(Some(&redis_config))?,
+            inbox,
+            board: Default::default(),
+            backoff: Default::default(),
+            bounds: Default::default(),
+        }
+        .run(cancel.clone()),
+    );
+    let mut published = Vec::new();
+    for round in 0..ROUNDS {
+        let mut rows = Vec::new();
+        for i in 0..5 {
+            rows.push(commit_numbered(&store, round * 5 + i).await?);
+        }
+        let fifth = rows.pop().context("five rows")?;
+        for row in rows {
+            handoff.committed(row);
+        }
+        published.push(next_numbered(&mut sub).await?);
+        handoff.committed(fifth);
+        while published.len() < (round as usize + 1) * 5 {
+            published.push(next_numbered(&mut sub).await?);
+        }
+    }
+    cancel.cancel();
+    publisher.await?;
+    let want: Vec<u64> = (0..u64::from(ROUNDS) * 5).collect();
+    assert_eq!(published, want, "records out of commit order");
     Ok(())
 }
