@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use common::daemon::{config_toml, mail, start, wait_idling, AccountSpec};
 use common::db::{Kind, TestDb};
 use common::dovecot::{Dovecot, DovecotOptions};
-use common::proxy::{Mode, Proxy};
+use common::proxy::{Mode, Pace, Proxy};
 use common::redis;
 use common::servers::{OwnPostgres, OwnRedis};
 use idlesync::publish::{Publisher, Sink};
@@ -37,6 +37,14 @@ fn deliver_to_maildir(dc: &Dovecot, user: &str, prefix: &str, n: usize) -> Resul
         ));
         std::fs::write(&p, mail(&format!("{prefix}-{i:04}")))?;
         std::os::unix::fs::chown(&p, Some(8), Some(8))?;
+    }
+    Ok(())
+}
+
+/// [`deliver_to_maildir`] for several users at once: `(user, n)` each.
+fn deliver_to_users(dc: &Dovecot, users: &[&str], prefix: &str, n: usize) -> Result<()> {
+    for user in users {
+        deliver_to_maildir(dc, user, &format!("{prefix}-{user}"), n)?;
     }
     Ok(())
 }
@@ -259,6 +267,76 @@ async fn blackholed_connection_is_detected() -> Result<()> {
     let uid = dc.append("bh", "INBOX", &mail("after-blackhole")).await?;
     let rec = sub.next(WAIT).await?;
     assert_eq!(rec["uids"], serde_json::json!([uid]));
+    d.shutdown().await;
+    Ok(())
+}
+
+/// Sixteen mailboxes share a pool of 4 connections. Four of them fetch 200 messages each from a
+/// slow server (the proxy passes 512 bytes every 150 ms: about 20 s per fetch), and while they
+/// do, the other twelve get one message each. No commit may wait out the pool's 10 s acquire
+/// timeout: a mailbox waiting on a slow server must not hold a pooled connection meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn early_transactions_do_not_starve_the_pool() -> Result<()> {
+    const SLOW: [&str; 4] = ["s0", "s1", "s2", "s3"];
+    let boxes: Vec<String> = (0..12).map(|i| format!("Box{i:02}")).collect();
+    let mut users: Vec<(&str, &str)> = SLOW.iter().map(|u| (*u, PW)).collect();
+    users.push(("fast", PW));
+    let dc = Dovecot::start(&users)?;
+    for b in &boxes {
+        dc.doveadm(&["mailbox", "create", "-u", "fast", b])?;
+    }
+    let proxy = Proxy::start(dc.imaps_addr()).await?;
+    let db = TestDb::new(Kind::Postgres).await?;
+    let fast_boxes: Vec<&str> = boxes.iter().map(String::as_str).collect();
+    let mut accounts: Vec<AccountSpec<'_>> = SLOW
+        .iter()
+        .map(|u| account(u, u, proxy.addr().port(), &["INBOX"]))
+        .collect();
+    accounts.push(account("fast", "fast", dc.imaps_port(), &fast_boxes));
+    // config_toml's pool has max_connections = 4.
+    let toml = config_toml(&db.url, None, dc.ca_file(), &accounts);
+    assert!(toml.contains("max_connections = 4\n"), "{toml}");
+    let d = start(&toml).await?;
+    wait_idling(&d, 16, Duration::from_secs(30)).await?;
+
+    // Four idle pooled connections, as a daemon has after any busy moment.
+    let pool = d.store().pool();
+    drop(futures::future::try_join_all((0..4).map(|_| pool.acquire())).await?);
+    proxy.set_server_pace(Some(Pace {
+        bytes: 512,
+        every: Duration::from_millis(150),
+    }));
+    deliver_to_users(&dc, &SLOW, "slow", 200)?;
+    let slow_fetching = d
+        .board()
+        .wait_for(WAIT, |s| {
+            s.iter()
+                .filter(|m| m.account.starts_with('s') && m.state == MailboxState::Fetching)
+                .count()
+                == SLOW.len()
+        })
+        .await;
+    assert!(slow_fetching, "{:?}", d.board().snapshot());
+    for b in &boxes {
+        dc.append("fast", b, &mail(&format!("fast-{b}"))).await?;
+    }
+    let all_stored = d
+        .board()
+        .wait_for(Duration::from_secs(90), |s| {
+            s.iter().all(|m| {
+                let want = if m.account == "fast" { 1 } else { 200 };
+                m.last_uid >= Some(want)
+            })
+        })
+        .await;
+    let snap = d.board().snapshot();
+    assert!(all_stored, "{snap:?}");
+    let failed: Vec<_> = snap
+        .iter()
+        .filter(|m| m.reconnects > 0 || m.last_error.is_some())
+        .map(|m| (m.account.as_str(), m.mailbox.as_str(), m.last_error))
+        .collect();
+    assert!(failed.is_empty(), "commits failed: {failed:?}");
     d.shutdown().await;
     Ok(())
 }
