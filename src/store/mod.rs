@@ -11,6 +11,11 @@
 //!   in-memory aggregates and grouping; [`thread_writes`]: its multi-row writes).
 //! - [`outbox`]: records waiting to be published.
 //! - [`stmt`]: statements built first and run grouped (one round trip on PostgreSQL).
+//!
+//! Imports between the files go one way (batch → threads → thread_writes → thread_model;
+//! everything → stmt and chunk), with one cycle kept on purpose: each file adds its
+//! `impl Store` methods and uses the shared [`Store`], [`StoreError`] and row types from this
+//! one, while this one only declares the files and re-exports their public types.
 
 mod attachments;
 mod batch;
