@@ -582,6 +582,30 @@ async fn start_up_connections_are_rate_limited() -> Result<()> {
     Ok(())
 }
 
+/// A store of our own on `db`, migrated, for tests that drive it directly.
+async fn migrated_store(db: &TestDb) -> Result<idlesync::store::Store> {
+    let store = idlesync::store::Store::connect(&idlesync::config::StorageConfig {
+        url: db.url.clone(),
+        max_connections: 2,
+        ..Default::default()
+    })
+    .await?;
+    store.migrate().await?;
+    Ok(store)
+}
+
+/// One outbox record of `account` as the store commits it, its payload `{"n":n}`.
+async fn commit_numbered(
+    store: &idlesync::store::Store,
+    account: &str,
+    n: u32,
+) -> Result<OutboxRow> {
+    store
+        .start_epoch(account, "INBOX", n, Some(&format!("{{\"n\":{n}}}")))
+        .await?
+        .context("a committed record")
+}
+
 /// The payloads waiting in the outbox, oldest first.
 async fn outbox_payloads(store: &idlesync::store::Store) -> Result<Vec<String>> {
     Ok(store
@@ -598,17 +622,9 @@ async fn outbox_payloads(store: &idlesync::store::Store) -> Result<Vec<String>> 
 async fn outbox_is_bounded() -> Result<()> {
     for kind in [Kind::Sqlite, Kind::Postgres] {
         let db = TestDb::new(kind).await?;
-        let store = idlesync::store::Store::connect(&idlesync::config::StorageConfig {
-            url: db.url.clone(),
-            max_connections: 2,
-            ..Default::default()
-        })
-        .await?;
-        store.migrate().await?;
+        let store = migrated_store(&db).await?;
         for i in 0..5 {
-            store
-                .start_epoch("acc-bounded", "INBOX", i, Some(&format!("{{\"n\":{i}}}")))
-                .await?;
+            commit_numbered(&store, "acc-bounded", i).await?;
         }
         assert_eq!(store.outbox_depth().await?.0, 5);
         // Nothing is old yet; only the row bound applies: the 3 oldest go.
@@ -631,20 +647,10 @@ async fn outbox_is_bounded() -> Result<()> {
 async fn outbox_prune_keeps_the_newest_by_count_across_id_gaps() -> Result<()> {
     for kind in [Kind::Sqlite, Kind::Postgres] {
         let db = TestDb::new(kind).await?;
-        let store = idlesync::store::Store::connect(&idlesync::config::StorageConfig {
-            url: db.url.clone(),
-            max_connections: 2,
-            ..Default::default()
-        })
-        .await?;
-        store.migrate().await?;
+        let store = migrated_store(&db).await?;
         let mut ids = Vec::new();
         for i in 0..5 {
-            let row = store
-                .start_epoch("acc-gaps", "INBOX", i, Some(&format!("{{\"n\":{i}}}")))
-                .await?
-                .context("a reset record")?;
-            ids.push(row.id);
+            ids.push(commit_numbered(&store, "acc-gaps", i).await?.id);
         }
         // Records 1 and 2 were published: 0, 3 and 4 wait.
         store.outbox_delete(ids.get(1..3).context("ids")?).await?;
@@ -716,14 +722,6 @@ async fn tagged_no_on_fetch_is_retried_from_what_was_stored() -> Result<()> {
     Ok(())
 }
 
-/// One outbox record as the store commits it, its payload numbered `n`.
-async fn commit_numbered(store: &idlesync::store::Store, n: u32) -> Result<OutboxRow> {
-    store
-        .start_epoch("acc-order", "INBOX", n, Some(&format!("{{\"n\":{n}}}")))
-        .await?
-        .context("a committed record")
-}
-
 /// The number of the next record published.
 async fn next_numbered(sub: &mut redis::Subscriber) -> Result<u64> {
     let rec = sub.next(WAIT).await?;
@@ -739,13 +737,7 @@ async fn next_numbered(sub: &mut redis::Subscriber) -> Result<u64> {
 async fn publish_order_holds_when_the_handoff_queue_overflows() -> Result<()> {
     const ROUNDS: u32 = 16;
     let db = TestDb::sqlite()?;
-    let store = idlesync::store::Store::connect(&idlesync::config::StorageConfig {
-        url: db.url.clone(),
-        max_connections: 2,
-        ..Default::default()
-    })
-    .await?;
-    store.migrate().await?;
+    let store = migrated_store(&db).await?;
     let channel = redis::unique_channel("publish-order");
     let mut sub = redis::subscribe(&redis::url(), &channel).await?;
     let redis_config = idlesync::config::RedisConfig {
@@ -772,7 +764,7 @@ async fn publish_order_holds_when_the_handoff_queue_overflows() -> Result<()> {
     for round in 0..ROUNDS {
         let mut rows = Vec::new();
         for i in 0..5 {
-            rows.push(commit_numbered(&store, round * 5 + i).await?);
+            rows.push(commit_numbered(&store, "acc-order", round * 5 + i).await?);
         }
         let fifth = rows.pop().context("five rows")?;
         for row in rows {
