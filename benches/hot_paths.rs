@@ -1,6 +1,7 @@
 //! Criterion benches of the hot paths: parse-and-extract (full model: addresses, bodies, snippet,
 //! attachments, raw copy), record encoding, and a 100-message batch commit (messages,
-//! attachments, raw, threads, sync state, outbox) on SQLite and PostgreSQL.
+//! attachments, raw, threads, sync state, outbox) on SQLite and PostgreSQL, and a one-message
+//! commit with its transaction opened early or in the commit.
 //!
 //! `cargo bench --bench hot_paths`. PostgreSQL uses IDLESYNC_BENCH_PG (default
 //! postgres://postgres@127.0.0.1:5432/test) and creates, then drops, its own database.
@@ -11,8 +12,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use idlesync::config::StorageConfig;
 use idlesync::event::{timestamp_now, RecordKind, SyncRecord};
-use idlesync::message::{extract, ExtractOptions, ImapMeta};
-use idlesync::store::{BatchTarget, Store};
+use idlesync::message::{extract, ExtractOptions, ImapMeta, MessageRecord};
+use idlesync::store::{Backend, BatchTarget, BatchTx, Store};
 
 /// A multipart message of about `size` bytes: text, HTML and a base64 attachment.
 fn message(size: usize) -> Vec<u8> {
@@ -79,6 +80,39 @@ fn encode(c: &mut Criterion) {
     });
 }
 
+/// Where the benches' batches go.
+const TARGET: BatchTarget<'static> = BatchTarget {
+    account_id: "bench",
+    mailbox: "INBOX",
+    uidvalidity: 1,
+};
+
+/// Message `uid` for the store benches: every 10 messages form one conversation, half of them
+/// replying to a message of an earlier batch.
+fn record(raw: &[u8], uid: u32) -> MessageRecord {
+    let root = uid / 10 * 10;
+    let raw = String::from_utf8_lossy(raw).replacen(
+        "Message-ID: <bench@example.com>",
+        &format!(
+            "Message-ID: <{uid}@bench>\r\nIn-Reply-To: <{}@bench>",
+            if uid.is_multiple_of(2) {
+                root.saturating_sub(100)
+            } else {
+                root
+            }
+        ),
+        1,
+    );
+    extract(
+        raw.as_bytes(),
+        &ImapMeta {
+            uid,
+            ..ImapMeta::default()
+        },
+        &ExtractOptions::default(),
+    )
+}
+
 fn batch_insert(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let raw = message(10 * 1024);
@@ -110,6 +144,7 @@ fn batch_insert(c: &mut Criterion) {
         }
         Err(e) => eprintln!("skipping PostgreSQL batch bench: {e}"),
     }
+    let mut stores = Vec::new();
     let mut g = c.benchmark_group("batch_insert_100x10KB");
     g.throughput(Throughput::Elements(100));
     for (name, cfg, _) in &targets {
@@ -123,48 +158,18 @@ fn batch_insert(c: &mut Criterion) {
         });
         let next_uid = AtomicU32::new(1);
         // Parsing is measured above; here only the transaction: 100 message rows, their
-        // attachment and raw rows, thread assignment (every 10 messages form one
-        // conversation, half of them replying to a message of an earlier batch), the sync
-        // state and the outbox record.
+        // attachment and raw rows, thread assignment ([`record`]), the sync state and the
+        // outbox record.
         g.bench_function(*name, |b| {
             b.iter_batched(
                 || {
                     let first = next_uid.fetch_add(100, Ordering::Relaxed);
-                    let batch: Vec<_> = (first..first + 100)
-                        .map(|uid| {
-                            let root = uid / 10 * 10;
-                            let raw = String::from_utf8_lossy(&raw).replacen(
-                                "Message-ID: <bench@example.com>",
-                                &format!(
-                                    "Message-ID: <{uid}@bench>\r\nIn-Reply-To: <{}@bench>",
-                                    if uid % 2 == 0 {
-                                        root.saturating_sub(100)
-                                    } else {
-                                        root
-                                    }
-                                ),
-                                1,
-                            );
-                            extract(
-                                raw.as_bytes(),
-                                &ImapMeta {
-                                    uid,
-                                    ..ImapMeta::default()
-                                },
-                                &ExtractOptions::default(),
-                            )
-                        })
-                        .collect::<Vec<_>>();
+                    let batch: Vec<_> = (first..first + 100).map(|uid| record(&raw, uid)).collect();
                     (first, batch)
                 },
                 |(first, batch)| {
-                    let target = BatchTarget {
-                        account_id: "bench",
-                        mailbox: "INBOX",
-                        uidvalidity: 1,
-                    };
                     rt.block_on(
-                        store.commit_batch(None, target, &batch, first + 99, None, |u| {
+                        store.commit_batch(None, TARGET, &batch, first + 99, None, |u| {
                             format!("{}", u.len())
                         }),
                     )
@@ -173,9 +178,51 @@ fn batch_insert(c: &mut Criterion) {
                 BatchSize::SmallInput,
             )
         });
-        rt.block_on(store.pool().close());
+        stores.push((*name, store, next_uid));
     }
     g.finish();
+    // The live case, one message: the transaction opened before the timed part (as the
+    // mailbox does while the server answers its FETCH, `begun_early`), or in the commit. The
+    // difference is what opening it early takes off the EXISTS → PUBLISH path.
+    let mut g = c.benchmark_group("commit_one_message");
+    g.throughput(Throughput::Elements(1));
+    for (name, store, next_uid) in &stores {
+        // Store::begin_early opens nothing on SQLite (this bench is why).
+        let arms: &[bool] = match store.backend() {
+            Backend::Postgres => &[false, true],
+            Backend::Sqlite => &[false],
+        };
+        for &early in arms {
+            let how = if early {
+                "begun_early"
+            } else {
+                "begun_in_commit"
+            };
+            g.bench_function(BenchmarkId::new(*name, how), |b| {
+                b.iter_batched(
+                    || {
+                        let uid = next_uid.fetch_add(1, Ordering::Relaxed);
+                        let tx = early.then(|| rt.block_on(begin_when_idle(store))).flatten();
+                        assert_eq!(tx.is_some(), early, "an idle pooled connection");
+                        (uid, [record(&raw, uid)], tx)
+                    },
+                    |(uid, batch, tx)| {
+                        rt.block_on(store.commit_batch(tx, TARGET, &batch, uid, None, |u| {
+                            format!("{}", u.len())
+                        }))
+                        .expect("commit")
+                    },
+                    // One setup, one run, for both (a batch of early setups would hold every pooled
+                    // connection).
+                    BatchSize::PerIteration,
+                )
+            });
+        }
+    }
+    g.finish();
+    for (_, store, _) in stores {
+        rt.block_on(store.pool().close());
+    }
     for (_, _, name) in targets {
         if let Some(name) = name {
             let _ = rt.block_on(pg_admin(
@@ -184,6 +231,18 @@ fn batch_insert(c: &mut Criterion) {
             ));
         }
     }
+}
+
+/// [`Store::begin_early`] once the last commit's connection is back in the pool (a task
+/// sqlx spawns returns it, after a round trip to SQLite's worker thread). Untimed setup.
+async fn begin_when_idle(store: &Store) -> Option<BatchTx> {
+    for _ in 0..10_000 {
+        if let Some(tx) = store.begin_early().await {
+            return Some(tx);
+        }
+        tokio::time::sleep(std::time::Duration::from_micros(100)).await;
+    }
+    None
 }
 
 async fn pg_admin(url: &str, sql: &str) -> Result<(), sqlx::Error> {

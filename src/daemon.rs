@@ -105,7 +105,7 @@ impl Daemon {
             .map_err(bind_error)?;
         let admin_addr = listener.local_addr().map_err(bind_error)?;
         let sink = Sink::from_config(config.redis.as_ref())?;
-        let (handoff, inbox) = crate::publish::handoff();
+        let (handoff, inbox) = crate::handoff::handoff();
         let root = CancellationToken::new();
         let mut supervisor = Supervisor::new(
             Shared {
@@ -133,7 +133,7 @@ impl Daemon {
                 sink,
                 inbox,
                 board: board.clone(),
-                backoff: config.backoff.clone(),
+                backoff: crate::publish::retry_schedule(&config.backoff, config.redis.as_ref()),
                 bounds: config.outbox.clone(),
             }
             .run(publisher_cancel.clone()),

@@ -11,6 +11,7 @@
 //! - [`message`]: raw bytes → [`message::MessageRecord`] (pure).
 //! - [`store`]: migrations, sync state, the batch transaction, the outbox (PostgreSQL or SQLite).
 //! - [`event`]: the `email:sync` record (the web app's contract).
+//! - [`handoff`]: the queue of committed records from the mailboxes to the publisher.
 //! - [`publish`]: drains the outbox to Redis or stdout.
 //! - [`status`] and [`metrics`]: mailbox states, metric names and handles.
 //! - [`secrets`]: passwords and OAuth2 tokens from env, files and commands, never shown.
@@ -23,6 +24,7 @@ pub mod config;
 pub mod daemon;
 pub mod event;
 pub mod fault;
+pub mod handoff;
 pub mod imap;
 pub mod limiter;
 pub mod mailbox;

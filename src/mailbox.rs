@@ -17,12 +17,12 @@ use tokio_util::sync::CancellationToken;
 use crate::backoff::ErrorClass;
 use crate::config::ImapTimers;
 use crate::event::{timestamp_now, RecordKind, SyncRecord};
+use crate::handoff::Handoff;
 use crate::imap::connect::{self, Endpoint, Selected};
 use crate::imap::idle::{IdleEvent, IdleTimers};
 use crate::imap::{fetch, idle, ImapError, Session};
 use crate::limiter::ConnectLimiter;
 use crate::message::{extract, ExtractOptions, ImapMeta, MessageRecord};
-use crate::publish::Handoff;
 use crate::status::{MailboxState, Reporter};
 use crate::store::{BatchTarget, BatchTx, Store, StoreError, SyncState};
 
@@ -322,8 +322,8 @@ async fn fetch_round(
     let mut batch_bytes = 0;
     let mut pending: Option<Pending<'_>> = None;
     // The first batch's transaction opens while the server answers the FETCH: on PostgreSQL
-    // BEGIN is a round trip of its own, hidden this way.
-    let mut early = None;
+    // BEGIN is a round trip of its own, hidden this way. Held at most EARLY_HOLD.
+    let mut early: Option<Early> = None;
     let mut first = true;
     let mut cancelled = false;
     let outcome = loop {
@@ -341,9 +341,7 @@ async fn fetch_round(
             }
         };
         let next = if std::mem::take(&mut first) {
-            let (next, tx) = tokio::join!(read, ctx.store.begin_early());
-            early = tx;
-            next
+            read_while_beginning(read, &ctx.store, &mut early).await
         } else if let Some(commit) = pending.take() {
             let read = std::pin::pin!(read);
             match futures::future::select(commit, read).await {
@@ -357,7 +355,7 @@ async fn fetch_round(
                 }
             }
         } else {
-            read.await
+            read_holding(read, &mut early).await
         };
         if cancel.is_cancelled() {
             // Whatever the read gave: the batch so far is committed below, and no more is read.
@@ -383,7 +381,7 @@ async fn fetch_round(
                 state.uidvalidity,
                 full,
                 exists_at_us,
-                early.take(),
+                early.take().map(|e| e.tx),
             )));
             batch_bytes = 0;
         }
@@ -394,7 +392,8 @@ async fn fetch_round(
     if let Some(commit) = pending.take() {
         settle(ctx, state, commit.await?);
     }
-    let last = commit(ctx, state.uidvalidity, batch, exists_at_us, early.take()).await?;
+    let early = early.take().map(|e| e.tx);
+    let last = commit(ctx, state.uidvalidity, batch, exists_at_us, early).await?;
     settle(ctx, state, last);
     outcome?;
     Ok(if cancelled {
@@ -404,6 +403,55 @@ async fn fetch_round(
     } else {
         Fetched::Done
     })
+}
+
+/// Longest an early transaction waits on the server. It holds a pooled connection that any
+/// other mailbox's commit may need, so a slow server must not keep it: 50 ms is far beyond a
+/// FETCH answer on a LAN (1.4 ms p50, BENCHMARKS.md) and far below the pool's 10 s acquire
+/// timeout. Past it the transaction is rolled back and the commit opens its own.
+const EARLY_HOLD: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// A batch transaction opened ahead of its commit, and until when it may wait on the server.
+struct Early {
+    tx: BatchTx,
+    until: Instant,
+}
+
+/// The first read of a round, with a batch transaction opened meanwhile into `early` (when a
+/// pooled connection is idle), so that BEGIN's round trip hides behind the server's answer.
+async fn read_while_beginning<T>(
+    read: impl Future<Output = T>,
+    store: &Store,
+    early: &mut Option<Early>,
+) -> T {
+    let until = Instant::now() + EARLY_HOLD;
+    let mut read = std::pin::pin!(read);
+    let mut begin = std::pin::pin!(store.begin_early());
+    let tx = tokio::select! {
+        next = &mut read => {
+            // The server was quicker than a local BEGIN: finish it, the commit comes next.
+            *early = begin.await.map(|tx| Early { tx, until });
+            return next;
+        }
+        tx = &mut begin => tx,
+    };
+    *early = tx.map(|tx| Early { tx, until });
+    read_holding(read, early).await
+}
+
+/// Awaits `read`; gives the early transaction up (rolled back, its connection back in the
+/// pool) if its time runs out first.
+async fn read_holding<T>(read: impl Future<Output = T>, early: &mut Option<Early>) -> T {
+    let Some(until) = early.as_ref().map(|e| e.until) else {
+        return read.await;
+    };
+    let mut read = std::pin::pin!(read);
+    tokio::select! {
+        biased;
+        next = &mut read => return next,
+        _ = tokio::time::sleep_until(until) => *early = None,
+    }
+    read.await
 }
 
 /// Advances `last_uid` past a committed batch.

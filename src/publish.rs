@@ -1,8 +1,8 @@
 //! The publisher: drains the outbox to Redis (or stdout), in order, at least once.
 //!
 //! Mailbox tasks never talk to Redis. They commit records to the outbox with their messages and
-//! hand the committed record to the publisher ([`Handoff`]); Redis being down only makes the
-//! outbox grow, and IDLE latency does not depend on Redis health.
+//! hand the committed record to the publisher ([`crate::handoff`]); Redis being down only makes
+//! the outbox grow, and IDLE latency does not depend on Redis health.
 //!
 //! Two modes. **Live:** records come through the hand-off queue and are published straight
 //! away, without reading them back from the database, then deleted by id. **Catching up:**
@@ -10,17 +10,21 @@
 //! the queue overflowed), the queue is emptied and the table is drained in id order, as the
 //! only source, until it is empty; then live again. A record that came through the queue and
 //! was also drained is recognised by its id and not published twice.
+//!
+//! **Order:** each mailbox's records are published in the order they were committed. Live
+//! mode stops as soon as the table holds records the queue does not, so that a record queued
+//! after an overflow never overtakes the overflowed ones; catching up goes by id, which is
+//! commit order within a mailbox (its commits are sequential).
 
 use std::collections::{HashSet, VecDeque};
 use std::io::Write;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{BackoffConfig, OutboxConfig, RedisConfig};
+use crate::config::{BackoffConfig, OutboxConfig, RedisConfig, DEFAULT_PUBLISH_RETRY_MAX};
+use crate::handoff::{Inbox, Wait};
 use crate::status::StatusBoard;
 use crate::store::{OutboxRow, Store};
 
@@ -142,61 +146,18 @@ impl Sink {
     }
 }
 
-/// Records queued between commit and publish; past this the publisher reads the table.
-const QUEUE: usize = 4096;
 /// Ids published while catching up, remembered to skip their queued copies.
 const REMEMBER: usize = 4096;
 
-/// The mailboxes' side of the hand-off: committed records go to the publisher at once.
-#[derive(Debug, Clone)]
-pub struct Handoff {
-    queue: mpsc::Sender<OutboxRow>,
-    shared: Arc<Shared>,
-}
-
-#[derive(Debug)]
-struct Shared {
-    /// The table may hold records that the queue does not.
-    behind: AtomicBool,
-    wake: Notify,
-}
-
-/// The publisher's side of the hand-off.
-#[derive(Debug)]
-pub struct Inbox {
-    queue: mpsc::Receiver<OutboxRow>,
-    shared: Arc<Shared>,
-}
-
-/// A connected hand-off. The publisher starts by catching up on the table.
-pub fn handoff() -> (Handoff, Inbox) {
-    let (tx, rx) = mpsc::channel(QUEUE);
-    let shared = Arc::new(Shared {
-        behind: AtomicBool::new(true),
-        wake: Notify::new(),
-    });
-    (
-        Handoff {
-            queue: tx,
-            shared: shared.clone(),
-        },
-        Inbox { queue: rx, shared },
-    )
-}
-
-impl Handoff {
-    /// A record just committed to the outbox. Never waits: when the queue is full the
-    /// publisher reads the record from the table instead.
-    pub fn committed(&self, row: OutboxRow) {
-        if self.queue.try_send(row).is_err() {
-            self.poke();
-        }
-    }
-
-    /// The table holds records the queue does not: have the publisher read it.
-    pub fn poke(&self) {
-        self.shared.behind.store(true, Ordering::SeqCst);
-        self.shared.wake.notify_one();
+/// The publisher's retry schedule: from `[backoff] initial`, capped at `[redis] retry_max`
+/// ([`DEFAULT_PUBLISH_RETRY_MAX`] without `[redis]`), never at `[backoff] max`, whose minutes
+/// suit reconnecting mailboxes but would keep records waiting that long after Redis returns.
+pub fn retry_schedule(backoff: &BackoffConfig, redis: Option<&RedisConfig>) -> BackoffConfig {
+    let max = redis.map_or(DEFAULT_PUBLISH_RETRY_MAX, |r| r.retry_max);
+    BackoffConfig {
+        initial: backoff.initial.min(max),
+        max,
+        ..backoff.clone()
     }
 }
 
@@ -210,7 +171,7 @@ pub struct Publisher {
     pub inbox: Inbox,
     /// Per-mailbox published counters and latency histograms.
     pub board: Arc<StatusBoard>,
-    /// Retry schedule while the sink or the database fails.
+    /// Retry schedule while the sink or the database fails ([`retry_schedule`]).
     pub backoff: BackoffConfig,
     /// Bounds on what waits.
     pub bounds: OutboxConfig,
@@ -223,22 +184,24 @@ impl Publisher {
         let mut drained = Remembered::default();
         enforce_bounds(&self.store, &self.bounds).await;
         while !cancel.is_cancelled() {
-            let result = if self.inbox.shared.behind.swap(false, Ordering::SeqCst) {
+            let result = if self.inbox.take_behind() {
                 self.catch_up(&cancel, &mut drained).await
             } else {
                 let row = tokio::select! {
-                    row = self.inbox.queue.recv() => row,
-                    _ = self.inbox.shared.wake.notified() => continue,
+                    wait = self.inbox.wait() => match wait {
+                        Wait::Row(row) => row,
+                        Wait::Poked => continue,
+                        Wait::Closed => break,
+                    },
                     _ = cancel.cancelled() => break,
                 };
-                let Some(row) = row else { break };
                 self.live(row, &drained).await
             };
             match result {
                 Ok(()) => schedule.reset(),
                 Err(e) => {
                     // The failed record and everything after it wait in the table.
-                    self.inbox.shared.behind.store(true, Ordering::SeqCst);
+                    self.inbox.mark_behind();
                     // Only a failing sink or database makes the outbox grow: bound it here.
                     enforce_bounds(&self.store, &self.bounds).await;
                     let delay = schedule.next_delay();
@@ -262,12 +225,20 @@ impl Publisher {
         }
     }
 
-    /// Live mode: publishes `first` and whatever else is queued, then deletes them.
+    /// Live mode: publishes `first` and whatever else is queued, then deletes them. Stops as
+    /// soon as the table holds records the queue does not (an overflow): queued records are
+    /// newer than those, and publishing them first would break the order. The caller then
+    /// catches up, and the table has every record the queue had.
     async fn live(&mut self, first: OutboxRow, drained: &Remembered) -> Result<(), DrainError> {
         let mut done = Vec::new();
         let mut next = Some(first);
         let mut failure = None;
         while let Some(row) = next.take() {
+            // A record handed over after an overflow sees the mark: the mailbox set it before
+            // handing its next record over, and the queue orders the two.
+            if self.inbox.is_behind() {
+                break;
+            }
             if !drained.contains(row.id) {
                 if let Err(e) = self.sink.publish(&row.payload).await {
                     failure = Some(e);
@@ -277,7 +248,7 @@ impl Publisher {
                 done.push(row.id);
             }
             if done.len() < PAGE as usize {
-                next = self.inbox.queue.try_recv().ok();
+                next = self.inbox.try_recv();
             }
         }
         self.store.outbox_delete(&done).await?;
@@ -294,7 +265,7 @@ impl Publisher {
         cancel: &CancellationToken,
         drained: &mut Remembered,
     ) -> Result<(), DrainError> {
-        while self.inbox.queue.try_recv().is_ok() {}
+        self.inbox.clear();
         loop {
             let rows = self.store.outbox_pending(PAGE).await?;
             let mut done: Vec<i64> = Vec::with_capacity(rows.len());
@@ -413,15 +384,29 @@ async fn report_depth(store: &Store) {
 mod tests {
     use super::*;
 
-    fn row(id: i64) -> OutboxRow {
-        OutboxRow {
-            id,
-            account_id: "a".into(),
-            mailbox: "INBOX".into(),
-            payload: "{}".into(),
-            exists_at_us: None,
-            created_at: 0,
-        }
+    #[test]
+    fn publisher_retries_are_capped_by_redis_retry_max_not_backoff_max() {
+        let backoff = BackoffConfig::default();
+        assert_eq!(backoff.max, Duration::from_secs(300));
+        let s = retry_schedule(&backoff, None);
+        assert_eq!(
+            (s.initial, s.max),
+            (backoff.initial, DEFAULT_PUBLISH_RETRY_MAX)
+        );
+        let redis = RedisConfig {
+            url: "redis://127.0.0.1".into(),
+            channel: "c".into(),
+            stream: None,
+            stream_maxlen: 1,
+            retry_max: Duration::from_millis(200),
+        };
+        let s = retry_schedule(&backoff, Some(&redis));
+        assert_eq!(s.max, Duration::from_millis(200));
+        assert_eq!(
+            s.initial,
+            Duration::from_millis(200),
+            "initial never above the cap"
+        );
     }
 
     #[test]
@@ -434,24 +419,5 @@ mod tests {
         assert_eq!(r.set.len(), REMEMBER);
         r.extend(&[10]);
         assert_eq!(r.order.len(), REMEMBER);
-    }
-
-    #[tokio::test]
-    async fn a_full_queue_sends_the_publisher_to_the_table() {
-        let (h, mut inbox) = handoff();
-        assert!(
-            inbox.shared.behind.swap(false, Ordering::SeqCst),
-            "starts behind"
-        );
-        for id in 0..QUEUE as i64 {
-            h.committed(row(id));
-        }
-        assert!(!inbox.shared.behind.load(Ordering::SeqCst));
-        h.committed(row(-1));
-        assert!(
-            inbox.shared.behind.load(Ordering::SeqCst),
-            "overflow marks the table"
-        );
-        assert_eq!(inbox.queue.recv().await.map(|r| r.id), Some(0));
     }
 }

@@ -25,11 +25,11 @@ use tracing::Instrument;
 
 use crate::backoff::{ErrorClass, Retry};
 use crate::config::{Account, BackoffConfig, ImapTimers};
+use crate::handoff::Handoff;
 use crate::imap::connect::Endpoint;
 use crate::imap::ImapError;
 use crate::limiter::ConnectLimiter;
 use crate::mailbox::{self, MailboxCtx};
-use crate::publish::Handoff;
 use crate::status::{MailboxState, Reporter, StatusBoard};
 use crate::store::Store;
 

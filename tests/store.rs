@@ -295,3 +295,39 @@ async fn postgres_compresses_with_lz4_and_plans_per_run() -> Result<()> {
     ensure!(mode == "force_custom_plan", "plan_cache_mode {mode}");
     Ok(())
 }
+
+/// A broken constraint is told apart from an unreachable database: its own error kind, and
+/// not transient (retrying the same write fails the same way).
+async fn store_errors_are_classified_by_cause(kind: Kind) -> Result<()> {
+    use idlesync::store::{Store, StoreError};
+    let db = common::db::TestDb::new(kind).await?;
+    let store = Store::connect(&storage(&db)).await?;
+    store.migrate().await?;
+    let insert = || {
+        sqlx::query(
+            "INSERT INTO mailbox_state (account_id, mailbox, uidvalidity, last_uid, updated_at) \
+             VALUES ('acc-kinds', 'INBOX', 1, 0, 0)",
+        )
+        .execute(store.pool())
+    };
+    insert().await?;
+    let dup = StoreError::from(insert().await.err().context("a duplicate key")?);
+    ensure!(
+        (dup.kind(), dup.is_transient()) == ("database_constraint", false),
+        "{kind:?}: {} {}",
+        dup.kind(),
+        dup.is_transient()
+    );
+    store.pool().close().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_errors_are_classified_by_cause_sqlite() -> Result<()> {
+    store_errors_are_classified_by_cause(Kind::Sqlite).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_errors_are_classified_by_cause_postgres() -> Result<()> {
+    store_errors_are_classified_by_cause(Kind::Postgres).await
+}

@@ -108,6 +108,18 @@ pub struct RedisConfig {
     /// Approximate MAXLEN of the stream (`XADD … MAXLEN ~ n`).
     #[serde(default = "default_stream_maxlen")]
     pub stream_maxlen: u64,
+    /// Longest wait between two publish attempts while Redis (or the database) fails, so that
+    /// records flow again at most this long after Redis returns. The publisher's own cap:
+    /// `[backoff] max` is for reconnecting mailboxes.
+    #[serde(default = "default_retry_max", deserialize_with = "duration")]
+    pub retry_max: Duration,
+}
+
+/// `redis.retry_max` when not set, and the publisher's cap without `[redis]`.
+pub const DEFAULT_PUBLISH_RETRY_MAX: Duration = Duration::from_secs(30);
+
+fn default_retry_max() -> Duration {
+    DEFAULT_PUBLISH_RETRY_MAX
 }
 
 fn default_channel() -> String {

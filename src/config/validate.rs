@@ -40,6 +40,12 @@ impl Config {
                     "must not be empty".into(),
                 ));
             }
+            if redis.retry_max.is_zero() {
+                out.push((
+                    vec![Seg::Key("redis"), Seg::Key("retry_max")],
+                    "must be at least 1ms".into(),
+                ));
+            }
         }
         let t = &self.imap;
         if t.idle_renew.is_zero() || t.idle_renew > Duration::from_secs(29 * 60) {

@@ -2,8 +2,8 @@
 //! inserts, split by row count and by bytes, built here and run with the batch's other writes.
 
 use super::chunk::{insert_sql, runs};
-use super::messages::NewRow;
 use super::stmt::Stmt;
+use super::NewRow;
 use crate::message::Attachment;
 
 /// Bytes of content per statement (a few parts, or one big one).

@@ -1,6 +1,9 @@
 //! Multi-row statement building: `VALUES` lists, `IN` lists, and splitting a batch so that one
 //! statement stays under both backends' parameter limits (SQLite: 32,766) and a sane size.
 
+/// Values per `IN (…)` or `VALUES` statement.
+pub(super) const PER_STATEMENT: usize = 1000;
+
 /// Splits `items` into runs of at most `max_rows` items and, past the first item of a run,
 /// at most about `max_bytes` by `size`.
 pub(super) fn runs<T>(

@@ -5,23 +5,28 @@
 //! folders, `migrations/postgres` and `migrations/sqlite`, picked at run time. `$N` placeholders
 //! work on both.
 //!
-//! - [`messages`]: sync state and the batch transaction.
+//! - [`batch`]: sync state and the batch transaction.
 //! - [`attachments`]: attachment and raw-message rows of a batch.
 //! - [`threads`]: conversation assignment inside the batch transaction ([`thread_model`]: the
 //!   in-memory aggregates and grouping; [`thread_writes`]: its multi-row writes).
 //! - [`outbox`]: records waiting to be published.
 //! - [`stmt`]: statements built first and run grouped (one round trip on PostgreSQL).
+//!
+//! Imports between the files go one way (batch → threads → thread_writes → thread_model;
+//! everything → stmt and chunk), with one cycle kept on purpose: each file adds its
+//! `impl Store` methods and uses the shared [`Store`], [`StoreError`] and row types from this
+//! one, while this one only declares the files and re-exports their public types.
 
 mod attachments;
+mod batch;
 mod chunk;
-mod messages;
 mod outbox;
 mod stmt;
 mod thread_model;
 mod thread_writes;
 mod threads;
 
-pub use messages::{BatchTarget, BatchTx, Committed, SyncState};
+pub use batch::{BatchTarget, BatchTx, Committed, SyncState};
 pub use outbox::OutboxRow;
 
 use std::time::Duration;
@@ -30,10 +35,10 @@ use sqlx::any::AnyPoolOptions;
 use sqlx::AnyPool;
 
 use crate::config::StorageConfig;
-use crate::message::ExtractOptions;
+use crate::message::{ExtractOptions, MessageRecord};
 
-/// Database failures. All are retryable from a mailbox's point of view: it pauses without
-/// advancing `last_uid` and tries again.
+/// Database failures. A mailbox meeting one pauses without advancing `last_uid` and tries
+/// again; [`StoreError::is_transient`] says whether trying again soon can help.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// Connecting, querying or committing failed.
@@ -45,9 +50,55 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// A bounded label for metrics.
+    /// A bounded label for metrics, by cause (never the error text):
+    /// - `database_pool_timeout`: no pooled connection within the acquire timeout (10 s):
+    ///   every one stayed busy, or the database is unreachable (sqlx keeps retrying a refused
+    ///   connect until then, and reports only the timeout);
+    /// - `database_connection`: an open connection broke (reset, TLS, protocol);
+    /// - `database_constraint`: a write broke a constraint (a bug or a schema mismatch);
+    /// - `database_schema`: a column or type the code expects is missing or undecodable;
+    /// - `migration`: the embedded migrations failed;
+    /// - `database`: any other error the database reported (a deadlock, a full disk, …).
     pub fn kind(&self) -> &'static str {
-        "database"
+        let StoreError::Db(e) = self else {
+            return "migration";
+        };
+        match e {
+            sqlx::Error::PoolTimedOut => "database_pool_timeout",
+            sqlx::Error::Migrate(_) => "migration",
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed
+            | sqlx::Error::BeginFailed => "database_connection",
+            sqlx::Error::Database(db) if db.kind() != sqlx::error::ErrorKind::Other => {
+                "database_constraint"
+            }
+            sqlx::Error::TypeNotFound { .. }
+            | sqlx::Error::ColumnNotFound(_)
+            | sqlx::Error::ColumnIndexOutOfBounds { .. }
+            | sqlx::Error::ColumnDecode { .. }
+            | sqlx::Error::Decode(_) => "database_schema",
+            _ => "database",
+        }
+    }
+
+    /// Whether the same work may succeed if tried again soon: an unreachable or overloaded
+    /// database, a broken connection, a deadlock. Not a broken constraint, a schema that does
+    /// not match the code, a bad URL or a failed migration: those fail the same way every
+    /// time until someone changes the code, the schema or the config.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Migrate(_) => false,
+            StoreError::Db(sqlx::Error::Configuration(_) | sqlx::Error::InvalidArgument(_)) => {
+                false
+            }
+            StoreError::Db(_) => !matches!(
+                self.kind(),
+                "database_constraint" | "database_schema" | "migration"
+            ),
+        }
     }
 }
 
@@ -69,6 +120,15 @@ pub struct Store {
     extract: ExtractOptions,
     /// `storage.thread_by_subject`: subject may link messages that no Message-ID links.
     thread_by_subject: bool,
+}
+
+/// A message row this batch inserted: its `messages.id` and its record.
+#[derive(Debug, Clone, Copy)]
+struct NewRow<'a> {
+    /// `messages.id`.
+    pub id: i64,
+    /// What was inserted.
+    pub rec: &'a MessageRecord,
 }
 
 /// Unix milliseconds now.
@@ -167,4 +227,37 @@ impl Store {
 /// UIDs and UIDVALIDITY are u32 on the wire and BIGINT in the database.
 pub(crate) fn to_u32(v: i64) -> u32 {
     u32::try_from(v).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_errors_have_bounded_kinds_by_cause() {
+        let cases = [
+            (sqlx::Error::PoolTimedOut, "database_pool_timeout", true),
+            (
+                sqlx::Error::Io(std::io::ErrorKind::ConnectionRefused.into()),
+                "database_connection",
+                true,
+            ),
+            (sqlx::Error::PoolClosed, "database_connection", true),
+            (
+                sqlx::Error::ColumnNotFound("x".into()),
+                "database_schema",
+                false,
+            ),
+            (sqlx::Error::RowNotFound, "database", true),
+            (
+                sqlx::Error::Configuration("bad url".into()),
+                "database",
+                false,
+            ),
+        ];
+        for (e, kind, transient) in cases {
+            let e = StoreError::from(e);
+            assert_eq!((e.kind(), e.is_transient()), (kind, transient), "{e}");
+        }
+    }
 }

@@ -91,12 +91,16 @@ impl Store {
             .execute(&self.pool)
             .await?
             .rows_affected();
-        // Keeps the newest `max_rows`: ids are increasing, so the cut is an id.
-        let over = sqlx::query("DELETE FROM outbox WHERE id <= (SELECT MAX(id) FROM outbox) - $1")
-            .bind(max_rows)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
+        // Keeps the newest `max_rows` by count: the cut is the id of the first record past
+        // them (none when fewer wait). Not `MAX(id) - max_rows`: published records leave gaps.
+        let over = sqlx::query(
+            "DELETE FROM outbox WHERE id <= \
+             (SELECT id FROM outbox ORDER BY id DESC LIMIT 1 OFFSET $1)",
+        )
+        .bind(max_rows.max(0))
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
         Ok(old + over)
     }
 

@@ -13,10 +13,12 @@
 
 use sqlx::any::{AnyArguments, AnyRow};
 use sqlx::query::Query;
-use sqlx::{Any, AssertSqlSafe};
+use sqlx::{Any, AssertSqlSafe, Transaction};
 
-use super::threads::Tx;
 use super::Backend;
+
+/// The transaction every store write runs in.
+pub(super) type Tx<'c> = Transaction<'c, sqlx::Any>;
 
 /// One bound value. Borrowed where the batch already holds the data.
 #[derive(Debug, Clone)]

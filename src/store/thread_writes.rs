@@ -6,11 +6,10 @@ use std::collections::HashMap;
 
 use sqlx::AssertSqlSafe;
 
-use super::chunk::{insert_sql, placeholders};
-use super::messages::NewRow;
-use super::stmt::Stmt;
+use super::chunk::{insert_sql, placeholders, PER_STATEMENT};
+use super::stmt::{Stmt, Tx};
 use super::thread_model::Thread;
-use super::threads::{Tx, PER_STATEMENT};
+use super::NewRow;
 use crate::message::address;
 
 /// Moves messages and nodes of merged threads to the thread they merged into, and deletes the

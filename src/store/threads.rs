@@ -19,19 +19,14 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
-use sqlx::{AssertSqlSafe, Row, Transaction};
+use sqlx::{AssertSqlSafe, Row};
 
-use super::chunk::placeholders;
-use super::messages::NewRow;
-use super::stmt::Stmt;
+use super::chunk::{placeholders, PER_STATEMENT};
+use super::stmt::{Stmt, Tx};
 use super::thread_model::{Group, Thread, UnionFind};
 use super::thread_writes::{merge, set_message_threads, upsert_refs, upsert_threads};
+use super::NewRow;
 use crate::message::address;
-
-pub(super) type Tx<'c> = Transaction<'c, sqlx::Any>;
-
-/// Values per `IN (…)` or `VALUES` statement.
-pub(super) const PER_STATEMENT: usize = 1000;
 
 /// Gives every new row its `thread_id`, creating, extending and merging threads. Reads and
 /// merges run at once; the writes that remain are returned, to run with the batch's last

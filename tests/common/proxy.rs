@@ -3,8 +3,8 @@
 //!
 //! It listens on `127.0.0.1:0` and opens one upstream connection per accepted client. It records
 //! every chunk the client sends (time, connection, bytes), so a test can assert "the client sent
-//! nothing for 60 s" exactly, or count IMAP commands on a plain (non-TLS) session. [`Mode`] and
-//! [`Proxy::cut_all`] inject faults. Dropping the proxy stops the listener and every connection.
+//! nothing for 60 s" exactly, or count IMAP commands on a plain (non-TLS) session. [`Mode`],
+//! [`Proxy::cut_all`] and [`Proxy::set_server_pace`] inject faults. Dropping the proxy stops the listener and every connection.
 //!
 //! The `wait_*` helpers use tokio timers for their deadlines; under `tokio::time::pause()` those
 //! fire as soon as the runtime waits for real network IO, so don't pause time around them.
@@ -75,6 +75,17 @@ struct Shared {
     server_bytes: AtomicU64,
     /// Every chunk read from clients, in order. Never locked across an await.
     chunks: Mutex<Vec<Chunk>>,
+    /// Server-to-client pacing, see [`Proxy::set_server_pace`]. Never locked across an await.
+    pace: Mutex<Option<Pace>>,
+}
+
+/// A slow server: at most `bytes` passed on to the client, then a pause of `every`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pace {
+    /// Bytes per step (at least 1).
+    pub bytes: usize,
+    /// Pause after each step.
+    pub every: Duration,
 }
 
 impl Shared {
@@ -84,6 +95,10 @@ impl Shared {
 
     fn mode(&self) -> Mode {
         *self.mode.borrow()
+    }
+
+    fn pace(&self) -> Option<Pace> {
+        *self.pace.lock().expect("pace")
     }
 }
 
@@ -102,6 +117,7 @@ impl Proxy {
             client_bytes: AtomicU64::new(0),
             server_bytes: AtomicU64::new(0),
             chunks: Mutex::new(Vec::new()),
+            pace: Mutex::new(None),
         });
         let task = tokio::spawn(accept_loop(listener, shared.clone()));
         Ok(Proxy { addr, shared, task })
@@ -206,6 +222,12 @@ impl Proxy {
     pub fn set_mode(&self, mode: Mode) {
         self.shared.mode.send_replace(mode);
         self.shared.notify();
+    }
+
+    /// Slows what servers send, on open and new connections alike (`None`: full speed). The
+    /// pauses are tokio timers: don't pause time while a pace is set.
+    pub fn set_server_pace(&self, pace: Option<Pace>) {
+        *self.shared.pace.lock().expect("pace") = pace;
     }
 
     /// Resets every open connection (RST to both sides, as a dropped NAT entry or a crashed host
@@ -322,6 +344,8 @@ async fn connection(
     let mut from_server = vec![0u8; 64 * 1024];
     let (mut client_open, mut server_open) = (true, true);
     loop {
+        let pace = shared.pace();
+        let step = pace.map_or(from_server.len(), |p| p.bytes.clamp(1, from_server.len()));
         tokio::select! {
             read = client.read(&mut from_client), if client_open => match read {
                 Ok(n) if n > 0 => {
@@ -342,7 +366,7 @@ async fn connection(
                 }
                 _ => client_open = false,
             },
-            read = server.read(&mut from_server), if server_open => match read {
+            read = server.read(&mut from_server[..step]), if server_open => match read {
                 Ok(n) if n > 0 => {
                     let data = &from_server[..n];
                     shared.server_bytes.fetch_add(n as u64, Ordering::SeqCst);
@@ -350,6 +374,12 @@ async fn connection(
                     if shared.mode() != Mode::Blackhole {
                         tokio::select! {
                             written = client.write_all(data) => client_open &= written.is_ok(),
+                            _ = cut.changed() => return reset(&client, &server),
+                        }
+                    }
+                    if let Some(pace) = pace {
+                        tokio::select! {
+                            _ = tokio::time::sleep(pace.every) => {}
                             _ = cut.changed() => return reset(&client, &server),
                         }
                     }
