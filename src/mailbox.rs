@@ -73,12 +73,15 @@ impl MailboxError {
         }
     }
 
-    /// Which retry schedule this error calls for. A database error is transient: the
-    /// mailbox reconnects and fetches again from the last committed UID.
+    /// Which retry schedule this error calls for. A database that is down or busy is
+    /// transient: the mailbox reconnects and fetches again from the last committed UID. One
+    /// that fails the same way every time (a schema mismatch, a broken constraint) waits in
+    /// `failed` for an operator instead of being hammered.
     pub fn class(&self) -> ErrorClass {
         match self {
             MailboxError::Imap(e) => e.class(),
-            MailboxError::Store(_) => ErrorClass::Transient,
+            MailboxError::Store(e) if e.is_transient() => ErrorClass::Transient,
+            MailboxError::Store(_) => ErrorClass::ConfigOrServer,
         }
     }
 
