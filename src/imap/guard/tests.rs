@@ -425,3 +425,29 @@ fn literal_announcements() {
     assert_eq!(literal_announced(b"* OK 12}\r\n"), None);
     assert_eq!(literal_announced(b"* OK {12}\n"), None);
 }
+
+#[test]
+fn server_text_in_errors_is_bounded_and_escaped() {
+    use crate::imap::ImapError;
+    let e = ImapError::Closed(format!("{}\r\n\x1b[31mforged", "B".repeat(100_000)));
+    let text = e.to_string();
+    assert!(text.len() <= 1100, "{} bytes", text.len());
+    assert!(text.ends_with('…'));
+    let e = ImapError::Closed("bye\r\nforged".into());
+    assert_eq!(
+        e.to_string(),
+        "server closed the connection: bye\\r\\nforged"
+    );
+}
+
+#[test]
+fn guard_and_parse_errors_are_protocol_a_stall_is_timeout() {
+    use crate::imap::ImapError;
+    let io = |e: io::Error| ImapError::Protocol(async_imap::error::Error::Io(e)).kind();
+    let refused = GuardError::TooManyLiterals { limit: 1 };
+    assert_eq!(io(io::Error::other(refused)), "protocol");
+    assert_eq!(io(io::Error::other(GuardError::Stalled(T))), "timeout");
+    // async-imap's own parse error and its 512 MiB cap are `io::Error::other`.
+    assert_eq!(io(io::Error::other("incoming data too large")), "protocol");
+    assert_eq!(io(io::ErrorKind::ConnectionReset.into()), "io");
+}
