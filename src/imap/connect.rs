@@ -4,9 +4,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_imap::imap_proto::{MailboxDatum, Response, ResponseCode, Status};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use super::auth::Credentials;
+use super::guard::{Guard, Limits};
 use super::{bye, deadline, mailbox_name, received, throttle, ImapError, Io, Session};
 use crate::config::{Account, TlsMode};
 
@@ -96,18 +98,18 @@ pub async fn open(
                     }
                 }
             }
-            let mut client = async_imap::Client::new(Box::new(tcp) as Box<dyn Io>);
+            let mut client = async_imap::Client::new(guarded(tcp, t));
             read_greeting(&mut client, t).await?;
             Ok(client)
         }
         TlsMode::Implicit => {
             let tls = handshake(ep, tcp, t).await?;
-            let mut client = async_imap::Client::new(Box::new(tls) as Box<dyn Io>);
+            let mut client = async_imap::Client::new(guarded(tls, t));
             read_greeting(&mut client, t).await?;
             Ok(client)
         }
         TlsMode::Starttls => {
-            let mut plain = async_imap::Client::new(tcp);
+            let mut plain = async_imap::Client::new(Guard::new(tcp, Limits::new(t)));
             read_greeting(&mut plain, t).await?;
             match tokio::time::timeout(t, plain.run_command_and_check_ok("STARTTLS", None)).await {
                 Ok(Ok(())) => {}
@@ -119,11 +121,16 @@ pub async fn open(
             }
             // into_inner drops anything buffered after the OK: plaintext injected before the
             // handshake must never be read as if it came over TLS.
-            let tls = handshake(ep, plain.into_inner(), t).await?;
+            let tls = handshake(ep, plain.into_inner().into_inner(), t).await?;
             // No greeting follows STARTTLS.
-            Ok(async_imap::Client::new(Box::new(tls) as Box<dyn Io>))
+            Ok(async_imap::Client::new(guarded(tls, t)))
         }
     }
+}
+
+/// The session's stream: `io` under a [`Guard`] whose stall deadline is `t`.
+fn guarded<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(io: S, t: Duration) -> Box<dyn Io> {
+    Box::new(Guard::new(io, Limits::new(t)))
 }
 
 async fn handshake(

@@ -10,6 +10,7 @@ use std::borrow::Cow;
 use std::time::Duration;
 
 use async_imap::imap_proto::{AttributeValue, MailboxDatum, RequestId, Response, Status};
+use tokio_util::sync::CancellationToken;
 
 use super::{ImapError, Session};
 use crate::message::ImapMeta;
@@ -42,6 +43,9 @@ pub async fn start(
     max_bytes: usize,
     t: Duration,
 ) -> Result<FetchRun<'_>, ImapError> {
+    // The guard under the session refuses any literal larger than what is asked for here.
+    let limit = max_bytes.saturating_add(super::guard::LITERAL_SLACK);
+    super::guard::set_max_literal(&mut **session.as_mut(), limit);
     let command = format!(
         "UID FETCH {}:* {}",
         last_uid.saturating_add(1),
@@ -61,19 +65,25 @@ pub async fn start(
 
 impl FetchRun<'_> {
     /// The next new message, handed to `take` with its IMAP facts while its bytes are still in
-    /// the read buffer (no copy). `Ok(None)` is the tagged OK. Each response must come within
-    /// `t`, or the connection is dead.
-    pub async fn next<T>(
+    /// the read buffer (no copy). `Ok(None)` is the tagged OK. A stalled server is bounded by
+    /// the guard under the session (no bytes for the stall deadline while the FETCH is in
+    /// flight); a response that cannot be parsed is refused by it at once. `cancel` ends the
+    /// wait with [`ImapError::Cancelled`]: the connection is then mid-response and must be
+    /// dropped, not logged out.
+    pub async fn next_until<T>(
         &mut self,
-        t: Duration,
+        cancel: &CancellationToken,
         take: impl FnOnce(&[u8], ImapMeta) -> T,
     ) -> Result<Option<T>, ImapError> {
         loop {
-            let resp = match tokio::time::timeout(t, self.session.read_response()).await {
-                Err(_) => return Err(ImapError::Dead),
-                Ok(Err(e)) => return Err(ImapError::Protocol(e.into())),
-                Ok(Ok(None)) => return Err(ImapError::Closed("EOF during UID FETCH".into())),
-                Ok(Ok(Some(resp))) => resp,
+            let read = tokio::select! {
+                r = self.session.read_response() => r,
+                _ = cancel.cancelled() => return Err(ImapError::Cancelled),
+            };
+            let resp = match read {
+                Err(e) => return Err(ImapError::Protocol(e.into())),
+                Ok(None) => return Err(ImapError::Closed("EOF during UID FETCH".into())),
+                Ok(Some(resp)) => resp,
             };
             match resp.parsed() {
                 Response::Fetch(_, attrs) => {

@@ -11,6 +11,7 @@
 pub mod auth;
 pub mod connect;
 pub mod fetch;
+pub mod guard;
 pub mod idle;
 pub mod mailbox_name;
 pub mod throttle;
@@ -25,8 +26,9 @@ use crate::backoff::ErrorClass;
 use crate::secrets::SecretError;
 
 /// Any byte stream a session can run over: TLS or, for loopback test servers, plain TCP.
-pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + fmt::Debug {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send + fmt::Debug> Io for T {}
+/// `Any`, so that [`guard::set_max_literal`] can reach the guard under a session.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + fmt::Debug + std::any::Any {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + fmt::Debug + 'static> Io for T {}
 
 /// A logged-in IMAP session.
 pub type Session = async_imap::Session<Box<dyn Io>>;
@@ -51,7 +53,7 @@ pub enum ImapError {
         source: std::io::Error,
     },
     /// The server refused `STARTTLS`; we never continue in plaintext.
-    #[error("server refused STARTTLS ({0}); refusing to continue without TLS")]
+    #[error("server refused STARTTLS ({}); refusing to continue without TLS", bounded(.0))]
     StarttlsRefused(String),
     /// `tls = "none"` to a peer that is not loopback, without `allow_insecure = true`.
     #[error(
@@ -75,27 +77,27 @@ pub enum ImapError {
     #[error("connection silent for longer than the dead_after deadline")]
     Dead,
     /// The server rejected the credentials (tagged NO to LOGIN/AUTHENTICATE).
-    #[error("authentication failed: {0}")]
+    #[error("authentication failed: {}", bounded(.0))]
     Auth(String),
     /// The password could not be read.
     #[error("password unavailable: {0}")]
     Secret(#[from] SecretError),
     /// The server said `* BYE` or closed the connection.
-    #[error("server closed the connection: {0}")]
+    #[error("server closed the connection: {}", bounded(.0))]
     Closed(String),
     /// The server answered `UID FETCH` with a tagged NO or BAD. What arrived before it is
     /// stored; the rest is fetched again after a reconnect.
-    #[error("server refused UID FETCH: {0}")]
+    #[error("server refused UID FETCH: {}", bounded(.0))]
     FetchRefused(String),
     /// SELECT answered without UIDVALIDITY, so UIDs cannot be trusted.
     #[error("server sent no UIDVALIDITY for the mailbox")]
     NoUidValidity,
     /// The server rejected SELECT (usually: the mailbox does not exist).
-    #[error("cannot select mailbox: {0}")]
+    #[error("cannot select mailbox: {}", bounded(.0))]
     Select(String),
     /// The server is throttling us (RFC 5530 `[UNAVAILABLE]` or `[LIMIT]`, or Microsoft 365's
     /// "Request is throttled"; see [`throttle`]). Retry after `delay` when it suggested one.
-    #[error("server is throttling {command}: {text}")]
+    #[error("server is throttling {command}: {}", bounded(.text))]
     Throttled {
         /// The command refused.
         command: &'static str,
@@ -104,8 +106,11 @@ pub enum ImapError {
         /// The server's text.
         text: String,
     },
+    /// Shutdown was requested while a command was in flight; the connection is dropped.
+    #[error("shutdown requested during a command")]
+    Cancelled,
     /// Any other protocol or IO failure.
-    #[error("IMAP: {0}")]
+    #[error("IMAP: {}", bounded(.0))]
     Protocol(#[from] async_imap::error::Error),
 }
 
@@ -120,14 +125,15 @@ impl ImapError {
             | ImapError::CaFile(_) => "tls",
             ImapError::Timeout(_) => "timeout",
             ImapError::Dead => "dead_connection",
+            ImapError::Cancelled => "cancelled",
             ImapError::Auth(_) => "auth",
             ImapError::Secret(_) => "secret",
             ImapError::Closed(_) => "closed",
             ImapError::FetchRefused(_) => "fetch_refused",
             ImapError::Throttled { .. } => "throttled",
             ImapError::NoUidValidity | ImapError::Select(_) => "select",
-            ImapError::Protocol(async_imap::error::Error::Io(_))
-            | ImapError::Protocol(async_imap::error::Error::ConnectionLost) => "io",
+            ImapError::Protocol(async_imap::error::Error::Io(e)) => io_kind(e),
+            ImapError::Protocol(async_imap::error::Error::ConnectionLost) => "io",
             ImapError::Protocol(_) => "protocol",
         }
     }
@@ -164,6 +170,7 @@ impl ImapError {
             | ImapError::Closed(_)
             | ImapError::FetchRefused(_)
             | ImapError::Throttled { .. }
+            | ImapError::Cancelled
             | ImapError::Protocol(_) => ErrorClass::Transient,
         }
     }
@@ -204,6 +211,67 @@ pub(crate) fn received<T>(
 /// The error for `* BYE`: the server is closing the connection.
 pub(crate) fn bye(outcome: &async_imap::imap_proto::Outcome<'_>) -> ImapError {
     ImapError::Closed(outcome.information.as_deref().unwrap_or("BYE").to_string())
+}
+
+/// An IO error's label: the guard's refusals and async-imap's own parse errors and size cap
+/// (both `io::Error::other`, the only `Other` errors under a session) are `protocol`.
+fn io_kind(e: &std::io::Error) -> &'static str {
+    match guard::GuardError::find(e) {
+        Some(guard::GuardError::Stalled(_)) => "timeout",
+        Some(_) => "protocol",
+        None if e.kind() == std::io::ErrorKind::Other => "protocol",
+        None => "io",
+    }
+}
+
+/// Server text in an error line: at most [`MAX_SERVER_TEXT`] characters, control characters
+/// escaped, so a server cannot fill a log line or forge one.
+pub(crate) struct Bounded<'a, T: ?Sized>(&'a T);
+
+/// See [`Bounded`].
+pub const MAX_SERVER_TEXT: usize = 1024;
+
+pub(crate) fn bounded<T: fmt::Display + ?Sized>(t: &T) -> Bounded<'_, T> {
+    Bounded(t)
+}
+
+impl<T: fmt::Display + ?Sized> fmt::Display for Bounded<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        struct Cut<'a, 'b> {
+            f: &'a mut fmt::Formatter<'b>,
+            left: usize,
+            cut: bool,
+        }
+        impl fmt::Write for Cut<'_, '_> {
+            fn write_str(&mut self, s: &str) -> fmt::Result {
+                for c in s.chars() {
+                    if self.left == 0 {
+                        self.cut = true;
+                        return Ok(());
+                    }
+                    if c.is_control() {
+                        let escaped = c.escape_default();
+                        self.left = self.left.saturating_sub(escaped.len());
+                        write!(self.f, "{escaped}")?;
+                    } else {
+                        self.left -= 1;
+                        fmt::Write::write_char(self.f, c)?;
+                    }
+                }
+                Ok(())
+            }
+        }
+        let mut w = Cut {
+            f,
+            left: MAX_SERVER_TEXT,
+            cut: false,
+        };
+        fmt::write(&mut w, format_args!("{}", self.0))?;
+        if w.cut {
+            w.f.write_str("…")?;
+        }
+        Ok(())
+    }
 }
 
 /// Runs `fut` with a deadline, mapping expiry to [`ImapError::Timeout`].

@@ -80,7 +80,6 @@ async fn fetch_round(
     exists_at_us: Option<i64>,
     cancel: &CancellationToken,
 ) -> Result<Fetched, MailboxError> {
-    let item_timeout = ctx.timers.dead_after;
     let opts = *ctx.store.extract_options();
     let mut run = fetch::start(
         session,
@@ -98,19 +97,14 @@ async fn fetch_round(
     let mut first = true;
     let mut cancelled = false;
     let outcome = loop {
-        let next = run.next(item_timeout, |body, meta| {
+        // A stalled server is bounded by the guard's progress deadline, shutdown by `cancel`.
+        let read = run.next_until(cancel, |body, meta| {
             if body.len() <= PARSE_INLINE_MAX {
                 Parsed::Done(extract(body, &meta, &opts))
             } else {
                 Parsed::Later(body.to_vec(), meta)
             }
         });
-        let read = async {
-            tokio::select! {
-                r = next => r,
-                () = cancel.cancelled() => Err(ImapError::Timeout("cancelled")),
-            }
-        };
         let next = if std::mem::take(&mut first) {
             read_while_beginning(read, &ctx.store, &mut early).await
         } else if let Some(commit) = pending.take() {
@@ -128,7 +122,7 @@ async fn fetch_round(
         } else {
             read_holding(read, &mut early).await
         };
-        if cancel.is_cancelled() {
+        if cancel.is_cancelled() || matches!(next, Err(ImapError::Cancelled)) {
             // Whatever the read gave: the batch so far is committed below, and no more is read.
             cancelled = true;
             break Ok(());
