@@ -41,7 +41,16 @@ fn unit_and_pm2_command_lines_are_accepted() {
     let pm2 = read("deploy/ecosystem.config.js");
     assert!(pm2.contains(r#"args: ["--log-format", "json", "run", "--config""#));
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.example.toml");
-    for line in unit.lines().filter(|l| l.starts_with("ExecStart")) {
+    let exec_lines: Vec<&str> = unit
+        .lines()
+        .filter(|l| l.starts_with("ExecStart"))
+        .collect();
+    // Without this, a unit that lost its ExecStart lines would pass the loop below unchecked.
+    assert!(
+        exec_lines.iter().any(|l| l.starts_with("ExecStart=")),
+        "deploy/idlesync.service has no ExecStart= line"
+    );
+    for line in exec_lines {
         let (_, cmd) = line.split_once('=').unwrap();
         let mut words: Vec<&str> = cmd.split_whitespace().skip(1).collect();
         assert_eq!(words.last(), Some(&"/etc/idlesync/idlesync.toml"), "{line}");
