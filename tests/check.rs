@@ -347,3 +347,116 @@ fn the_example_config_checks_with_its_password_set() -> Result<()> {
     ensure!(missing.status.code() == Some(2));
     Ok(())
 }
+
+/// A config `run` accepts: SQLite in the fixture's directory, no Redis (records to stdout), the
+/// admin listener on a free port, and one account on a closed loopback port (no network).
+const RUN_BASE: &str = r#"[storage]
+url = "sqlite://STORE"
+
+[metrics]
+listen = "127.0.0.1:0"
+
+[[accounts]]
+id = "r1"
+email = "r@example.com"
+host = "127.0.0.1"
+port = 1
+tls = "none"
+username = "r"
+password_file = "PWFILE"
+mailboxes = ["INBOX"]
+"#;
+
+/// Runs `idlesync ARGS --config path`, killed if it is still running after a generous
+/// deadline (a daemon that started instead of refusing its config never exits by itself).
+async fn run_binary(args: &[&str], path: &Path) -> Result<Option<Output>> {
+    let child = tokio::process::Command::new(BIN)
+        .args(args)
+        .arg("--config")
+        .arg(path)
+        .env_remove("RUST_LOG")
+        .env_remove("IDLESYNC_CHECK_UNSET_VAR")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .context("spawning idlesync")?;
+    match tokio::time::timeout(std::time::Duration::from_secs(30), child.wait_with_output()).await {
+        Ok(out) => Ok(Some(out?)),
+        Err(_) => Ok(None),
+    }
+}
+
+/// #12 item 15: `run` exited 1 on an invalid config, so PM2 (`stop_exit_codes: [2]`, no
+/// `check` step first) restarted it forever. `run` and `migrate` must exit 2 on every config
+/// error `check` reports, naming file, line and key the same way.
+#[tokio::test]
+async fn run_exits_2_on_any_config_error() -> Result<()> {
+    let fx = Fixture::new()?;
+    // (name, replace this, with that, what stderr must name)
+    let cases: &[(&str, &str, &str, &str)] = &[
+        (
+            "unknown key",
+            "port = 1\n",
+            "prot = 1\n",
+            ":11: key `accounts[0].prot`",
+        ),
+        (
+            "port zero",
+            "port = 1\n",
+            "port = 0\n",
+            ":11: key `accounts[0].port`",
+        ),
+        ("bad TOML", "[metrics]", "[metrics", ":4:"),
+        (
+            "unset password_env",
+            "password_file = \"PWFILE\"",
+            "password_env = \"IDLESYNC_CHECK_UNSET_VAR\"",
+            ":14: key `accounts[0].password_env`",
+        ),
+        (
+            "missing password_file",
+            "\"PWFILE\"",
+            "\"/nonexistent/pw\"",
+            ":14: key `accounts[0].password_file`",
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (i, (name, from, to, want)) in cases.iter().enumerate() {
+        ensure!(
+            RUN_BASE.contains(from),
+            "case {name:?}: {from:?} not in the base"
+        );
+        let path = fx.path(&format!("run{i}.toml"));
+        std::fs::write(&path, fx.render(&RUN_BASE.replacen(from, to, 1)))?;
+        let want = format!("{}{want}", path.display());
+        let mut commands = vec!["run"];
+        // `migrate` reads no secrets; it refuses only what the file itself gets wrong.
+        if !name.contains("password") {
+            commands.push("migrate");
+        }
+        for command in commands {
+            match run_binary(&[command], &path).await? {
+                None => failures.push(format!("{command}, {name}: still running after 30 s")),
+                Some(out) => {
+                    let stderr = String::from_utf8_lossy(&out.stderr);
+                    if out.status.code() != Some(2) || !stderr.contains(&want) {
+                        failures.push(format!(
+                            "{command}, {name}: exit {:?}, wanted 2 and {want:?} in:\n{stderr}",
+                            out.status.code()
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    for command in ["run", "migrate"] {
+        match run_binary(&[command], Path::new("/nonexistent/idlesync.toml")).await? {
+            Some(out) if out.status.code() == Some(2) => {}
+            other => failures.push(format!("{command}, a missing file: {other:?}")),
+        }
+    }
+    ensure!(failures.is_empty(), "{}", failures.join("\n\n"));
+    Ok(())
+}
