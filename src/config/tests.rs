@@ -106,3 +106,36 @@ fn bad_duration() {
     assert_eq!(e.0[0].line, Some(2), "{e}");
     assert!(e.to_string().contains("invalid duration"), "{e}");
 }
+
+#[test]
+fn addr_specs() {
+    for ok in [
+        "a@example.com",
+        "joe.bloggs+tag@mail.example.co.uk",
+        "joe@localhost",
+        "\"joe bloggs\"@example.com",
+        "\"a@b\"@example.com",
+        "user@[192.0.2.1]",
+        "jörg@bücher.example",
+    ] {
+        assert!(validate::is_addr_spec(ok), "{ok}");
+    }
+    for bad in [
+        "joe at example dot com",
+        "joe",
+        "@example.com",
+        "joe@",
+        "a@b@example.com",
+        "joe smith@example.com",
+        "joe@example..com",
+        ".joe@example.com",
+        "joe.@example.com",
+        "joe@exa mple.com",
+        "joe@example.com ",
+        "\"unterminated@example.com",
+        "joe@[bad[literal]",
+        "joe\n@example.com",
+    ] {
+        assert!(!validate::is_addr_spec(bad), "{bad:?}");
+    }
+}
