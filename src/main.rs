@@ -166,22 +166,11 @@ async fn migrate(path: PathBuf) -> Result<(), Failure> {
         .await
         .map_err(anyhow::Error::from)?;
     store.migrate().await.map_err(anyhow::Error::from)?;
-    println!("migrations applied to {}", redact_url(&config.storage.url));
+    println!(
+        "migrations applied to {}",
+        idlesync::config::redact_url(&config.storage.url)
+    );
     Ok(())
-}
-
-/// Hides a password in a database URL.
-fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            match creds.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
-                None => url.to_string(),
-            }
-        }
-        _ => url.to_string(),
-    }
 }
 
 async fn shutdown_signal() {

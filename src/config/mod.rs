@@ -46,8 +46,8 @@ pub struct Config {
     pub accounts: Vec<Account>,
 }
 
-/// `[storage]`
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+/// `[storage]`. Its `Debug` hides the URL's password.
+#[derive(Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageConfig {
     /// `sqlite://PATH` (created when missing) or `postgres://user@host/db`.
@@ -92,8 +92,8 @@ impl Default for StorageConfig {
     }
 }
 
-/// `[redis]`
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+/// `[redis]`. Its `Debug` hides the URL's password.
+#[derive(Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
     /// `redis://host:port[/db]`.
@@ -107,6 +107,71 @@ pub struct RedisConfig {
     /// Approximate MAXLEN of the stream (`XADD … MAXLEN ~ n`).
     #[serde(default = "default_stream_maxlen")]
     pub stream_maxlen: u64,
+}
+
+impl fmt::Debug for StorageConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StorageConfig")
+            .field("url", &redact_url(&self.url))
+            .field("max_connections", &self.max_connections)
+            .field("raw", &self.raw)
+            .field("raw_max_bytes", &self.raw_max_bytes)
+            .field("attachment_max_bytes", &self.attachment_max_bytes)
+            .field("max_message_size", &self.max_message_size)
+            .field("thread_by_subject", &self.thread_by_subject)
+            .finish()
+    }
+}
+
+impl fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &redact_url(&self.url))
+            .field("channel", &self.channel)
+            .field("stream", &self.stream)
+            .field("stream_maxlen", &self.stream_maxlen)
+            .finish()
+    }
+}
+
+/// Query parameters that carry a password (`postgres://…?password=…` is sqlx's).
+const SECRET_PARAMS: [&str; 3] = ["password", "passwd", "pass"];
+
+/// `url` with its password replaced by `***`, both the userinfo's (`postgres://u:***@host/db`,
+/// `redis://:***@host`) and a `password=` query parameter's. For `Debug` and log lines; never
+/// parsed back.
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return url.to_string();
+    };
+    let (head, rest) = url.split_at(scheme_end);
+    let query_at = rest.find(['?', '#']).unwrap_or(rest.len());
+    let (before_query, query) = rest.split_at(query_at);
+    // The last `@` before the query ends the userinfo, even if the password holds an `@`.
+    let before_query = match before_query.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{user}:***@{host}"),
+            None => before_query.to_string(),
+        },
+        None => before_query.to_string(),
+    };
+    let query = match query.strip_prefix('?') {
+        Some(q) => {
+            let (params, fragment) = q.split_at(q.find('#').unwrap_or(q.len()));
+            let params: Vec<String> = params
+                .split('&')
+                .map(|kv| match kv.split_once('=') {
+                    Some((k, _)) if SECRET_PARAMS.iter().any(|s| k.eq_ignore_ascii_case(s)) => {
+                        format!("{k}=***")
+                    }
+                    _ => kv.to_string(),
+                })
+                .collect();
+            format!("?{}{fragment}", params.join("&"))
+        }
+        None => query.to_string(),
+    };
+    format!("{head}{before_query}{query}")
 }
 
 fn default_channel() -> String {

@@ -139,3 +139,61 @@ fn addr_specs() {
         assert!(!validate::is_addr_spec(bad), "{bad:?}");
     }
 }
+
+#[test]
+fn url_passwords_are_redacted_in_debug() {
+    let text = format!(
+        "{}\n[redis]\nurl = \"redis://:redis-SECRET-1@127.0.0.1:6379/0\"\n",
+        OK.replace(
+            "sqlite://x.db",
+            "postgres://u:pg-SECRET-2@db.example:5432/x?sslmode=require&password=pg-SECRET-3"
+        )
+    );
+    let c = parse(&text).unwrap();
+    let pg = "postgres://u:***@db.example:5432/x?sslmode=require&password=***";
+    let redis = "redis://:***@127.0.0.1:6379/0";
+    for (dbg, shown) in [
+        (format!("{c:?}"), vec![pg, redis]),
+        (format!("{c:#?}"), vec![pg, redis]),
+        (format!("{:?}", c.storage), vec![pg]),
+        (format!("{:?}", c.redis), vec![redis]),
+    ] {
+        assert!(!dbg.contains("SECRET"), "{dbg}");
+        for url in shown {
+            assert!(dbg.contains(url), "{url} not in {dbg}");
+        }
+    }
+}
+
+#[test]
+fn redact_url_hides_only_passwords() {
+    for (url, want) in [
+        ("postgres://u:secret@db/x", "postgres://u:***@db/x"),
+        (
+            "postgresql://u:p@ss@db:5432/x",
+            "postgresql://u:***@db:5432/x",
+        ),
+        (
+            "redis://:secret@127.0.0.1:6379/0",
+            "redis://:***@127.0.0.1:6379/0",
+        ),
+        (
+            "rediss://default:secret@cache",
+            "rediss://default:***@cache",
+        ),
+        (
+            "postgres://u@db/x?password=secret&sslmode=require",
+            "postgres://u@db/x?password=***&sslmode=require",
+        ),
+        ("postgres://u@db/x", "postgres://u@db/x"),
+        ("redis://127.0.0.1:6379", "redis://127.0.0.1:6379"),
+        ("sqlite://idlesync.db", "sqlite://idlesync.db"),
+        (
+            "sqlite:///var/lib/idlesync/a.db?mode=rwc",
+            "sqlite:///var/lib/idlesync/a.db?mode=rwc",
+        ),
+        ("not a url", "not a url"),
+    ] {
+        assert_eq!(redact_url(url), want, "{url}");
+    }
+}
