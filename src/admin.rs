@@ -41,14 +41,8 @@ pub struct AdminState {
 /// Serves until `cancel`.
 pub async fn serve(listener: TcpListener, state: AdminState, cancel: CancellationToken) {
     loop {
-        let stream = tokio::select! {
-            r = listener.accept() => match r {
-                Ok((s, _)) => s,
-                Err(e) => {
-                    tracing::debug!(error = %e, "admin accept failed");
-                    continue;
-                }
-            },
+        let (stream, _) = tokio::select! {
+            accepted = accept(|| listener.accept()) => accepted,
             _ = cancel.cancelled() => return,
         };
         let state = state.clone();
@@ -65,6 +59,23 @@ pub async fn serve(listener: TcpListener, state: AdminState, cancel: Cancellatio
                 _ = cancel.cancelled() => {}
             }
         });
+    }
+}
+
+/// The next connection from `attempt` (the listener's `accept`), retrying on errors.
+async fn accept<T, A, F>(mut attempt: A) -> T
+where
+    A: FnMut() -> F,
+    F: std::future::Future<Output = std::io::Result<T>>,
+{
+    loop {
+        match attempt().await {
+            Ok(accepted) => return accepted,
+            Err(e) => {
+                tracing::debug!(error = %e, "admin accept failed");
+                continue;
+            }
+        }
     }
 }
 
