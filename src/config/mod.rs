@@ -254,8 +254,9 @@ pub struct ImapTimers {
     pub connect_timeout: Duration,
     /// Most messages committed in one transaction (and announced in one record).
     pub fetch_batch: usize,
-    /// New connections per second to one host, across all its mailboxes, so that a start-up
-    /// or a server restart does not log in a thousand mailboxes in the same second.
+    /// New connections per second to one host, across all its mailboxes, for providers that
+    /// throttle logins. 0 (the default): no rate; `max_connecting` alone paces a start-up or a
+    /// server restart, at the speed the server answers.
     pub connects_per_second: u32,
     /// Connection attempts to one host under way at once (connect through SELECT). More would
     /// only queue at the server's login processes and run into `connect_timeout`.
@@ -270,7 +271,7 @@ impl Default for ImapTimers {
             done_timeout: Duration::from_secs(15),
             connect_timeout: Duration::from_secs(30),
             fetch_batch: 500,
-            connects_per_second: 20,
+            connects_per_second: 0,
             max_connecting: 50,
         }
     }

@@ -57,16 +57,11 @@ impl Config {
                 out.push((vec![Seg::Key("imap"), Seg::Key(key)], "must be > 0".into()));
             }
         }
-        for (key, n) in [
-            ("connects_per_second", t.connects_per_second),
-            ("max_connecting", t.max_connecting),
-        ] {
-            if n == 0 {
-                out.push((
-                    vec![Seg::Key("imap"), Seg::Key(key)],
-                    "must be at least 1".into(),
-                ));
-            }
+        if t.max_connecting == 0 {
+            out.push((
+                vec![Seg::Key("imap"), Seg::Key("max_connecting")],
+                "must be at least 1".into(),
+            ));
         }
         if t.fetch_batch == 0 {
             out.push((
