@@ -99,6 +99,50 @@ fn json(line: &str) -> Option<serde_json::Value> {
     serde_json::from_str(line).ok()
 }
 
+/// Spawns `idlesync --log-format json run --config CONFIG` at `RUST_LOG=trace`, with one
+/// extra environment variable; its stderr and stdout followed.
+fn spawn_traced(
+    config: &Path,
+    (var, value): (&str, &str),
+) -> Result<(tokio::process::Child, Lines, Lines)> {
+    let mut child = tokio::process::Command::new(BIN)
+        .args(["--log-format", "json", "run", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "trace")
+        .env(var, value)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let stderr = Lines::follow(child.stderr.take().context("stderr")?);
+    let stdout = Lines::follow(child.stdout.take().context("stdout")?);
+    Ok((child, stderr, stdout))
+}
+
+/// SIGTERM, then a clean exit and the daemon's last log line.
+async fn stop(child: &mut tokio::process::Child, stderr: &Lines) -> Result<()> {
+    let pid = child.id().context("child pid")?;
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()?;
+    ensure!(killed.success());
+    let exit = tokio::time::timeout(Duration::from_secs(15), child.wait()).await??;
+    ensure!(
+        exit.success(),
+        "exit {exit:?}:\n{}",
+        tail(&stderr.snapshot())
+    );
+    stderr
+        .wait_for("the last line", |l| {
+            l.iter()
+                .any(|l| l.contains("idlesync stopped"))
+                .then_some(())
+        })
+        .await?;
+    Ok(())
+}
+
 /// (account, mailbox) of every mailbox that logged a transition to `state`.
 fn reached(lines: &[String], state: &str) -> BTreeSet<(String, String)> {
     lines
@@ -235,18 +279,8 @@ ca_file = "{ca}"
     let config_path = dir.path().join("idlesync.toml");
     std::fs::write(&config_path, &config)?;
 
-    let mut child = tokio::process::Command::new(BIN)
-        .args(["--log-format", "json", "run", "--config"])
-        .arg(&config_path)
-        .env("RUST_LOG", "trace")
-        .env("IDLESYNC_ADMIN_TEST_BAD_PW", WRONG_PASSWORD)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()?;
-    let stderr = Lines::follow(child.stderr.take().context("stderr")?);
-    let stdout = Lines::follow(child.stdout.take().context("stdout")?);
+    let (mut child, stderr, stdout) =
+        spawn_traced(&config_path, ("IDLESYNC_ADMIN_TEST_BAD_PW", WRONG_PASSWORD))?;
 
     let admin: SocketAddr = stderr
         .wait_for("the start-up line", |lines| {
@@ -389,24 +423,7 @@ ca_file = "{ca}"
     );
 
     // SIGTERM: a clean stop.
-    let pid = child.id().context("child pid")?;
-    let killed = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()?;
-    ensure!(killed.success());
-    let exit = tokio::time::timeout(Duration::from_secs(15), child.wait()).await??;
-    ensure!(
-        exit.success(),
-        "exit {exit:?}:\n{}",
-        tail(&stderr.snapshot())
-    );
-    stderr
-        .wait_for("the last line", |l| {
-            l.iter()
-                .any(|l| l.contains("idlesync stopped"))
-                .then_some(())
-        })
-        .await?;
+    stop(&mut child, &stderr).await?;
 
     // --log-format json: every line on stderr is a JSON object with the usual fields.
     let lines = stderr.snapshot();
@@ -626,18 +643,8 @@ ca_file = "{ca}"
 
     // The daemon at trace: start-up, a delivery, Redis refusing the password, shutdown.
     std::fs::write(&path, config(&pg_url, &redis_url))?;
-    let mut child = tokio::process::Command::new(BIN)
-        .args(["--log-format", "json", "run", "--config"])
-        .arg(&path)
-        .env("RUST_LOG", "trace")
-        .env("IDLESYNC_ADMIN_TEST_URL_PW", "dave-pw")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()?;
-    let stderr = Lines::follow(child.stderr.take().context("stderr")?);
-    let stdout = Lines::follow(child.stdout.take().context("stdout")?);
+    let (mut child, stderr, stdout) =
+        spawn_traced(&path, ("IDLESYNC_ADMIN_TEST_URL_PW", "dave-pw"))?;
     stderr
         .wait_for("the mailbox idling", |lines| {
             (!reached(lines, "idling").is_empty()).then_some(())
@@ -659,20 +666,7 @@ ca_file = "{ca}"
                 .then_some(())
         })
         .await?;
-    let pid = child.id().context("child pid")?;
-    ensure!(std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()?
-        .success());
-    let exit = tokio::time::timeout(Duration::from_secs(15), child.wait()).await??;
-    ensure!(exit.success(), "exit {exit:?}");
-    stderr
-        .wait_for("the last line", |l| {
-            l.iter()
-                .any(|l| l.contains("idlesync stopped"))
-                .then_some(())
-        })
-        .await?;
+    stop(&mut child, &stderr).await?;
     everything.push(stderr.snapshot().join("\n"));
     everything.push(stdout.snapshot().join("\n"));
 
