@@ -7,7 +7,7 @@
 //! `cargo run --example demo [-- N]` (N messages, default 5). Needs `dovecot-imapd` (the README's
 //! `scripts/demo` installs it).
 
-#[path = "../tests/common/dovecot.rs"]
+#[path = "../tests/common/dovecot/mod.rs"]
 #[allow(dead_code)]
 mod dovecot;
 

@@ -187,7 +187,7 @@ th {{ background: #f4f4f4; }}
 .idling, .fetching {{ color: #17803d; }}
 .connecting, .authenticating, .syncing {{ color: #2b5fb4; }}
 .backoff {{ color: #b36b00; }}
-.auth_failed, .stopping {{ color: #c0262d; }}
+.auth_failed, .failed, .stopping {{ color: #c0262d; }}
 </style></head>
 <body>
 <h1>idlesync</h1>
@@ -286,6 +286,7 @@ mod tests {
             last_uid: Some(7),
             last_message_at: None,
             last_error: Some("tls"),
+            error_class: Some("config_or_server"),
             reconnects: 2,
             next_retry_at: None,
         };

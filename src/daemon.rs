@@ -1,11 +1,13 @@
-//! The daemon as a whole: what starts in which order, live reload, and how it stops.
+//! The daemon as a whole: what starts in which order, and how it stops.
 //!
-//! Start: store (+ migrations) → metrics → admin listener → publisher → one supervised task per
-//! mailbox. Reload (SIGHUP or a changed file): the account list is diffed and only what changed
-//! is touched. Stop: cancel the mailboxes (they leave IDLE with DONE and LOGOUT), wait up to a
-//! grace period, abort what remains, then let the publisher make a last pass.
+//! Start: store (+ migrations) → metrics → everything that can fail (the admin listener's
+//! bind, the Redis URL, every account's TLS setup) → then the tasks: mailboxes (through the
+//! [`Supervisor`]), publisher, admin listener. Nothing is spawned before the last fallible
+//! step, and every task hangs off one root token, so a failed start leaves nothing running.
+//! Reload: [`crate::reload`] says when, the [`Supervisor`] applies the new account list.
+//! Stop: the supervisor stops the mailboxes (DONE, LOGOUT, bounded by a grace period), then
+//! the publisher makes a last pass, then the admin listener closes.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -15,15 +17,14 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, AdminState};
-use crate::config::{Account, Config};
-use crate::imap::connect::Endpoint;
+use crate::config::Config;
 use crate::imap::ImapError;
 use crate::limiter::ConnectLimiter;
-use crate::mailbox::MailboxCtx;
-use crate::publish::{Handoff, PublishError, Publisher, Sink};
-use crate::status::{Reporter, StatusBoard};
+use crate::publish::{PublishError, Publisher, Sink};
+use crate::reload::{Trigger, Triggers};
+use crate::status::StatusBoard;
 use crate::store::{Store, StoreError};
-use crate::supervisor;
+use crate::supervisor::{Shared, Stopped, Supervisor};
 
 /// How long mailboxes get to leave IDLE and log out on shutdown (and on removal).
 const MAILBOX_GRACE: Duration = Duration::from_secs(6);
@@ -55,12 +56,6 @@ pub enum DaemonError {
     },
 }
 
-/// One running mailbox task.
-struct Running {
-    cancel: CancellationToken,
-    handle: JoinHandle<()>,
-}
-
 /// What a reload changed.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ReloadOutcome {
@@ -76,12 +71,9 @@ pub struct ReloadOutcome {
 pub struct Daemon {
     /// The config in force: accounts as last reloaded, everything else as started.
     config: Config,
-    mailboxes: BTreeMap<(String, String), Running>,
-    endpoints: HashMap<String, Arc<Endpoint>>,
+    supervisor: Supervisor,
     store: Store,
-    handoff: Handoff,
     board: Arc<StatusBoard>,
-    limiter: Arc<ConnectLimiter>,
     publisher: JoinHandle<()>,
     publisher_cancel: CancellationToken,
     admin_cancel: CancellationToken,
@@ -90,13 +82,19 @@ pub struct Daemon {
 
 impl Daemon {
     /// Starts everything. Returns once the admin listener is bound and every mailbox task is
-    /// spawned (not yet connected: see [`Daemon::board`]).
+    /// spawned (not yet connected: see [`Daemon::board`]). On error nothing is left running.
     pub async fn start(config: Config) -> Result<Daemon, DaemonError> {
+        Self::start_with_grace(config, MAILBOX_GRACE).await
+    }
+
+    /// [`Daemon::start`] with another grace period for mailboxes to stop (tests).
+    pub async fn start_with_grace(config: Config, grace: Duration) -> Result<Daemon, DaemonError> {
         let store = Store::connect(&config.storage).await?;
         store.migrate().await?;
         let metrics = crate::metrics::install();
         let board = Arc::new(StatusBoard::default());
 
+        // Every fallible step before the first task.
         let listen = config.metrics.listen;
         let bind_error = |source| DaemonError::Listen {
             addr: listen,
@@ -106,7 +104,41 @@ impl Daemon {
             .await
             .map_err(bind_error)?;
         let admin_addr = listener.local_addr().map_err(bind_error)?;
-        let admin_cancel = CancellationToken::new();
+        let sink = Sink::from_config(config.redis.as_ref())?;
+        let (handoff, inbox) = crate::publish::handoff();
+        let root = CancellationToken::new();
+        let mut supervisor = Supervisor::new(
+            Shared {
+                store: store.clone(),
+                handoff,
+                board: board.clone(),
+                limiter: Arc::new(ConnectLimiter::new(
+                    config.imap.connects_per_second,
+                    config.imap.max_connecting,
+                )),
+                imap: config.imap.clone(),
+                backoff: config.backoff.clone(),
+                grace,
+            },
+            root.child_token(),
+        );
+        supervisor
+            .start(&config.accounts)
+            .map_err(|(account, source)| DaemonError::Account { account, source })?;
+
+        let publisher_cancel = root.child_token();
+        let publisher = tokio::spawn(
+            Publisher {
+                store: store.clone(),
+                sink,
+                inbox,
+                board: board.clone(),
+                backoff: config.backoff.clone(),
+                bounds: config.outbox.clone(),
+            }
+            .run(publisher_cancel.clone()),
+        );
+        let admin_cancel = root.child_token();
         tokio::spawn(admin::serve(
             listener,
             AdminState {
@@ -116,51 +148,17 @@ impl Daemon {
             },
             admin_cancel.clone(),
         ));
-
-        let (handoff, inbox) = crate::publish::handoff();
-        let publisher_cancel = CancellationToken::new();
-        let publisher = tokio::spawn(
-            Publisher {
-                store: store.clone(),
-                sink: Sink::from_config(config.redis.as_ref())?,
-                inbox,
-                board: board.clone(),
-                backoff: config.backoff.clone(),
-                bounds: config.outbox.clone(),
-            }
-            .run(publisher_cancel.clone()),
-        );
-
-        let mut daemon = Daemon {
-            limiter: Arc::new(ConnectLimiter::new(
-                config.imap.connects_per_second,
-                config.imap.max_connecting,
-            )),
-            config: config.clone(),
-            mailboxes: BTreeMap::new(),
-            endpoints: HashMap::new(),
+        tracing::info!(mailboxes = supervisor.len(), admin = %admin_addr, "idlesync started");
+        Ok(Daemon {
+            config,
+            supervisor,
             store,
-            handoff,
             board,
             publisher,
             publisher_cancel,
             admin_cancel,
             admin_addr,
-        };
-        for account in &config.accounts {
-            let endpoint = Arc::new(Endpoint::from_account(account).map_err(|source| {
-                DaemonError::Account {
-                    account: account.id.clone(),
-                    source,
-                }
-            })?);
-            daemon.endpoints.insert(account.id.clone(), endpoint);
-            for mailbox in &account.mailboxes {
-                daemon.spawn_mailbox(account, mailbox);
-            }
-        }
-        tracing::info!(mailboxes = daemon.mailboxes.len(), admin = %admin_addr, "idlesync started");
-        Ok(daemon)
+        })
     }
 
     /// Where `/metrics`, `/healthz`, `/readyz` and `/status` are served.
@@ -178,144 +176,42 @@ impl Daemon {
         &self.store
     }
 
-    fn spawn_mailbox(&mut self, account: &Account, mailbox: &str) {
-        let Some(endpoint) = self.endpoints.get(&account.id).cloned() else {
-            return;
-        };
-        let cancel = CancellationToken::new();
-        let ctx = MailboxCtx {
-            account_id: account.id.clone(),
-            email: account.email.clone(),
-            mailbox: mailbox.to_string(),
-            endpoint,
-            timers: self.config.imap.clone(),
-            store: self.store.clone(),
-            handoff: self.handoff.clone(),
-            reporter: Reporter::new(self.board.clone(), &account.id, mailbox),
-            limiter: self.limiter.clone(),
-        };
-        let handle = supervisor::spawn_mailbox(ctx, self.config.backoff.clone(), cancel.clone());
-        self.mailboxes.insert(
-            (account.id.clone(), mailbox.to_string()),
-            Running { cancel, handle },
-        );
-    }
-
-    /// Stops these mailboxes together (DONE, LOGOUT), bounded by the grace period, and takes
-    /// them off the board and out of `/metrics`.
-    async fn stop_mailboxes(&mut self, keys: &[(String, String)]) {
-        let mut handles = Vec::new();
-        for key in keys {
-            if let Some(r) = self.mailboxes.remove(key) {
-                r.cancel.cancel();
-                handles.push(r.handle);
-            }
-        }
-        let aborts: Vec<_> = handles.iter().map(JoinHandle::abort_handle).collect();
-        let all = futures::future::join_all(handles);
-        if tokio::time::timeout(MAILBOX_GRACE, all).await.is_err() {
-            tracing::warn!("mailboxes did not stop in time; aborting them");
-            aborts.iter().for_each(|a| a.abort());
-        }
-        for (account, mailbox) in keys {
-            self.board.remove(account, mailbox);
-        }
-    }
-
-    /// Applies a new config: accounts added, removed or changed are started, stopped or
-    /// restarted; mailboxes added to or removed from an unchanged account are started or
-    /// stopped alone; everything else keeps its connection. Sections that only a restart can
-    /// change are reported, and otherwise ignored.
+    /// Applies a new config: the account list through the supervisor; sections that only a
+    /// restart can change are reported, and otherwise ignored.
     pub async fn reload(&mut self, new: Config) -> ReloadOutcome {
-        let mut outcome = ReloadOutcome::default();
         let old = &self.config;
-        for (name, changed) in [
+        let restart_required: Vec<&'static str> = [
             ("storage", old.storage != new.storage),
             ("redis", old.redis != new.redis),
             ("metrics", old.metrics != new.metrics),
             ("imap", old.imap != new.imap),
             ("backoff", old.backoff != new.backoff),
             ("outbox", old.outbox != new.outbox),
-        ] {
-            if changed {
-                outcome.restart_required.push(name);
-            }
-        }
-        let old_accounts: HashMap<&str, &Account> =
-            old.accounts.iter().map(|a| (a.id.as_str(), a)).collect();
-        let new_ids: BTreeSet<&str> = new.accounts.iter().map(|a| a.id.as_str()).collect();
-
-        let mut to_stop: Vec<(String, String)> = Vec::new();
-        let mut to_start: Vec<(Account, String)> = Vec::new();
-        let mut new_endpoints: Vec<(String, Option<Endpoint>)> = Vec::new();
-        for a in &old.accounts {
-            if !new_ids.contains(a.id.as_str()) {
-                to_stop.extend(a.mailboxes.iter().map(|m| (a.id.clone(), m.clone())));
-                new_endpoints.push((a.id.clone(), None));
-            }
-        }
-        for a in &new.accounts {
-            match old_accounts.get(a.id.as_str()) {
-                Some(o) if *o == a => {}
-                Some(o) if same_but_mailboxes(o, a) => {
-                    let before: BTreeSet<&String> = o.mailboxes.iter().collect();
-                    let after: BTreeSet<&String> = a.mailboxes.iter().collect();
-                    to_stop.extend(
-                        before
-                            .difference(&after)
-                            .map(|m| (a.id.clone(), (*m).clone())),
-                    );
-                    to_start.extend(after.difference(&before).map(|m| (a.clone(), (*m).clone())));
-                }
-                previous => {
-                    if let Some(o) = previous {
-                        to_stop.extend(o.mailboxes.iter().map(|m| (o.id.clone(), m.clone())));
-                    }
-                    match Endpoint::from_account(a) {
-                        Ok(ep) => {
-                            new_endpoints.push((a.id.clone(), Some(ep)));
-                            to_start.extend(a.mailboxes.iter().map(|m| (a.clone(), m.clone())));
-                        }
-                        Err(e) => {
-                            tracing::error!(account = %a.id, error = %format!("{e:#}"), "account not started");
-                            new_endpoints.push((a.id.clone(), None));
-                        }
-                    }
-                }
-            }
-        }
-
-        self.stop_mailboxes(&to_stop).await;
-        for (id, ep) in new_endpoints {
-            match ep {
-                Some(ep) => self.endpoints.insert(id, Arc::new(ep)),
-                None => self.endpoints.remove(&id),
-            };
-        }
-        for (account, mailbox) in &to_start {
-            self.spawn_mailbox(account, mailbox);
-        }
+        ]
+        .into_iter()
+        .filter_map(|(name, changed)| changed.then_some(name))
+        .collect();
+        let applied = self.supervisor.apply(new.accounts.clone()).await;
         self.config.accounts = new.accounts;
-        outcome.stopped = to_stop.iter().map(|(a, m)| format!("{a}/{m}")).collect();
-        outcome.started = to_start
-            .iter()
-            .map(|(a, m)| format!("{}/{m}", a.id))
-            .collect();
         metrics::gauge!(crate::metrics::CONFIG_RESTART_REQUIRED).set(
-            if outcome.restart_required.is_empty() {
+            if restart_required.is_empty() {
                 0.0
             } else {
                 1.0
             },
         );
-        if !outcome.restart_required.is_empty() {
+        if !restart_required.is_empty() {
             tracing::warn!(
-                sections = ?outcome.restart_required,
+                sections = ?restart_required,
                 "config changes in these sections need a restart; the running values stay"
             );
         }
-        tracing::info!(started = ?outcome.started, stopped = ?outcome.stopped, "config reloaded");
-        outcome
+        tracing::info!(started = ?applied.started, stopped = ?applied.stopped, "config reloaded");
+        ReloadOutcome {
+            started: applied.started,
+            stopped: applied.stopped,
+            restart_required,
+        }
     }
 
     /// Reads `path` and reloads it. An invalid file changes nothing: the error is logged with
@@ -339,114 +235,37 @@ impl Daemon {
         shutdown: impl std::future::Future<Output = ()>,
     ) {
         tokio::pin!(shutdown);
-        let interval = self.config.reload.watch_interval;
-        let mut watch = config_path
-            .as_deref()
-            .filter(|_| !interval.is_zero())
-            .map(|p| FileWatch::new(p, interval));
-        let mut hup = hangup_signal();
+        let mut triggers = Triggers::new(config_path.as_deref(), self.config.reload.watch_interval);
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
-                Some(()) = recv_hangup(&mut hup) => {
-                    if let Some(p) = &config_path {
-                        tracing::info!("SIGHUP: reloading the config");
-                        self.reload_file(p).await;
+                trigger = triggers.next() => {
+                    let Some(p) = &config_path else { continue };
+                    match trigger {
+                        Trigger::Hangup => tracing::info!("SIGHUP: reloading the config"),
+                        Trigger::FileChanged => tracing::info!("config file changed: reloading"),
                     }
-                }
-                Some(()) = changed(&mut watch) => {
-                    if let Some(p) = &config_path {
-                        tracing::info!("config file changed: reloading");
-                        self.reload_file(p).await;
-                    }
+                    self.reload_file(p).await;
                 }
             }
         }
         self.shutdown().await;
     }
 
-    /// Stops everything, within about 10 s whatever the servers do.
-    pub async fn shutdown(mut self) {
-        let keys: Vec<_> = self.mailboxes.keys().cloned().collect();
-        self.stop_mailboxes(&keys).await;
+    /// Stops everything, within about 10 s whatever the servers do. Returns how the mailboxes
+    /// stopped.
+    pub async fn shutdown(mut self) -> Stopped {
+        let stopped = self.supervisor.shutdown().await;
         self.publisher_cancel.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(3), &mut self.publisher).await;
-        self.publisher.abort();
+        if tokio::time::timeout(Duration::from_secs(3), &mut self.publisher)
+            .await
+            .is_err()
+        {
+            self.publisher.abort();
+            let _ = (&mut self.publisher).await;
+        }
         self.admin_cancel.cancel();
         tracing::info!("idlesync stopped");
-    }
-}
-
-/// Whether two accounts differ only in their mailbox lists.
-fn same_but_mailboxes(a: &Account, b: &Account) -> bool {
-    let mut b = b.clone();
-    b.mailboxes.clone_from(&a.mailboxes);
-    *a == b
-}
-
-/// Watches a path by its metadata (mtime, size, inode), so a save by rename is seen. A change
-/// is reported once it has been stable for one interval, so a half-written file is not read.
-struct FileWatch {
-    path: PathBuf,
-    tick: tokio::time::Interval,
-    seen: Option<Fingerprint>,
-    pending: Option<Fingerprint>,
-}
-
-type Fingerprint = (Option<std::time::SystemTime>, u64, u64);
-
-impl FileWatch {
-    fn new(path: &Path, every: Duration) -> Self {
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        Self {
-            path: path.to_path_buf(),
-            tick,
-            seen: fingerprint(path),
-            pending: None,
-        }
-    }
-
-    async fn changed(&mut self) {
-        loop {
-            self.tick.tick().await;
-            let now = fingerprint(&self.path);
-            if now == self.seen {
-                self.pending = None;
-            } else if self.pending.is_some() && now == self.pending {
-                self.seen = now;
-                self.pending = None;
-                return;
-            } else {
-                self.pending = now;
-            }
-        }
-    }
-}
-
-fn fingerprint(path: &Path) -> Option<Fingerprint> {
-    use std::os::unix::fs::MetadataExt;
-    let m = std::fs::metadata(path).ok()?;
-    Some((m.modified().ok(), m.len(), m.ino()))
-}
-
-async fn changed(watch: &mut Option<FileWatch>) -> Option<()> {
-    match watch {
-        Some(w) => {
-            w.changed().await;
-            Some(())
-        }
-        None => std::future::pending().await,
-    }
-}
-
-fn hangup_signal() -> Option<tokio::signal::unix::Signal> {
-    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok()
-}
-
-async fn recv_hangup(sig: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
-    match sig {
-        Some(s) => s.recv().await,
-        None => std::future::pending().await,
+        stopped
     }
 }

@@ -3,7 +3,9 @@
 //! # Layout
 //! - [`config`]: the operator's TOML file, validation with file/line/key, secrets.
 //! - [`daemon`]: start-up and shutdown of the whole: store, publisher, admin listener, mailboxes.
-//! - [`supervisor`]: one task per (account, mailbox), restarts with backoff, panics caught.
+//! - [`supervisor`]: owns the mailbox tasks: spawn, reload diff, stop; restarts, panics caught.
+//! - [`backoff`]: error classes and their retry schedules (pure).
+//! - [`reload`]: SIGHUP and the config file watch.
 //! - [`mailbox`]: one connection's life: connect → select → catch up → idle ⇄ fetch → commit.
 //! - [`imap`]: TLS, login, IDLE with its timers, `UID FETCH`.
 //! - [`message`]: raw bytes → [`message::MessageRecord`] (pure).
@@ -16,6 +18,7 @@
 //! - [`limiter`]: connection attempts per host; [`fault`]: test-only fault injection.
 
 pub mod admin;
+pub mod backoff;
 pub mod config;
 pub mod daemon;
 pub mod event;
@@ -26,6 +29,7 @@ pub mod mailbox;
 pub mod message;
 pub mod metrics;
 pub mod publish;
+pub mod reload;
 pub mod secrets;
 pub mod status;
 pub mod store;

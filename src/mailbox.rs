@@ -14,6 +14,7 @@ use futures::future::Either;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::backoff::ErrorClass;
 use crate::config::ImapTimers;
 use crate::event::{timestamp_now, RecordKind, SyncRecord};
 use crate::imap::connect::{self, Endpoint, Selected};
@@ -72,9 +73,21 @@ impl MailboxError {
         }
     }
 
-    /// Credentials refused: retry on the slow schedule.
-    pub fn is_auth(&self) -> bool {
-        matches!(self, MailboxError::Imap(e) if e.is_auth())
+    /// Which retry schedule this error calls for. A database error is transient: the
+    /// mailbox reconnects and fetches again from the last committed UID.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            MailboxError::Imap(e) => e.class(),
+            MailboxError::Store(_) => ErrorClass::Transient,
+        }
+    }
+
+    /// The server's suggested delay before the next attempt, if any.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            MailboxError::Imap(e) => e.retry_after(),
+            MailboxError::Store(_) => None,
+        }
     }
 }
 
@@ -102,7 +115,11 @@ pub async fn run(ctx: &MailboxCtx, cancel: &CancellationToken) -> Result<(), Mai
         match event {
             IdleEvent::NewMail { at } => {
                 ctx.reporter.set_state(MailboxState::Fetching);
-                Box::pin(fetch_new(ctx, &mut session, &mut state, Some(at))).await?;
+                let fetched = fetch_new(ctx, &mut session, &mut state, Some(at), cancel);
+                if Box::pin(fetched).await? == Fetched::Interrupted {
+                    interrupted(ctx, session);
+                    return Ok(());
+                }
             }
             IdleEvent::Changed | IdleEvent::Renew => {}
             IdleEvent::Shutdown => break,
@@ -111,6 +128,15 @@ pub async fn run(ctx: &MailboxCtx, cancel: &CancellationToken) -> Result<(), Mai
     ctx.reporter.set_state(MailboxState::Stopping);
     Box::pin(connect::logout(session, ctx.timers.done_timeout)).await;
     Ok(())
+}
+
+/// Shutdown came while a `UID FETCH` was being answered. What was read is committed; the
+/// rest of the answer cannot be cut short in IMAP (a LOGOUT would only be answered after it),
+/// so the connection is closed without one.
+fn interrupted(ctx: &MailboxCtx, session: Session) {
+    ctx.reporter.set_state(MailboxState::Stopping);
+    tracing::info!("shutdown during a fetch: stored what was read, closing without LOGOUT");
+    drop(session);
 }
 
 /// Connect, log in, select, and fetch what arrived while we were away. `None` when shutdown
@@ -136,14 +162,21 @@ async fn open_and_catch_up(
         return Ok(None);
     };
     ctx.reporter.set_state(MailboxState::Syncing);
-    let selected = connect::select(&mut session, &ctx.mailbox, t).await?;
+    let Some(selected) =
+        until_cancelled(cancel, connect::select(&mut session, &ctx.mailbox, t)).await?
+    else {
+        return Ok(None);
+    };
     drop(permit);
     let (exists, uid_next) = (selected.exists, selected.uid_next);
     let mut state = establish_epoch(ctx, selected).await?;
     crate::fault::panic_point(&ctx.account_id, &ctx.mailbox);
     ctx.reporter.set_last_uid(state.last_uid);
-    if may_hold_new(exists, uid_next, state.last_uid) {
-        fetch_new(ctx, &mut session, &mut state, None).await?;
+    if may_hold_new(exists, uid_next, state.last_uid)
+        && fetch_new(ctx, &mut session, &mut state, None, cancel).await? == Fetched::Interrupted
+    {
+        interrupted(ctx, session);
+        return Ok(None);
     }
     Ok(Some((session, state)))
 }
@@ -215,22 +248,38 @@ async fn establish_epoch(ctx: &MailboxCtx, sel: Selected) -> Result<SyncState, S
     }
 }
 
+/// How a fetch ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fetched {
+    /// Everything announced is stored; the session can go on.
+    Done,
+    /// Shutdown was requested in the middle of a `UID FETCH` answer: what was read is stored,
+    /// the session is unusable (the answer is still coming).
+    Interrupted,
+    /// The round ended and the server announced more mail meanwhile.
+    More,
+}
+
 /// Fetches everything above `state.last_uid` and commits it in batches, again while the
 /// server announces more mail during the fetch (bounded). What was stored before an error
-/// stays stored and counted; the rest is fetched again on the next connection.
+/// stays stored and counted; the rest is fetched again on the next connection. Shutdown is
+/// watched between messages: a first import of 100,000 messages stops at once, with what was
+/// read committed.
 async fn fetch_new(
     ctx: &MailboxCtx,
     session: &mut Session,
     state: &mut SyncState,
     exists_at: Option<Instant>,
-) -> Result<(), MailboxError> {
+    cancel: &CancellationToken,
+) -> Result<Fetched, MailboxError> {
     let exists_at_us = exists_at.map(unix_micros);
     for _ in 0..MAX_FETCH_ROUNDS {
-        if !fetch_round(ctx, session, state, exists_at_us).await? {
-            break;
+        match fetch_round(ctx, session, state, exists_at_us, cancel).await? {
+            Fetched::More => {}
+            done => return Ok(done),
         }
     }
-    Ok(())
+    Ok(Fetched::Done)
 }
 
 /// Most `UID FETCH` rounds in a row while EXISTS keeps arriving; then IDLE picks up the rest.
@@ -247,7 +296,7 @@ enum Parsed {
 /// A full batch being committed while the next one is read. Resolves to its highest UID.
 type Pending<'a> = Pin<Box<dyn Future<Output = Result<u32, StoreError>> + Send + 'a>>;
 
-/// One `UID FETCH last_uid+1:*`. Returns whether EXISTS arrived meanwhile.
+/// One `UID FETCH last_uid+1:*`: [`Fetched::More`] when EXISTS arrived meanwhile.
 ///
 /// A full batch commits while the next one is read (at most one commit in flight, so
 /// `last_uid` still advances in order): reading from the server and writing to the database
@@ -257,7 +306,8 @@ async fn fetch_round(
     session: &mut Session,
     state: &mut SyncState,
     exists_at_us: Option<i64>,
-) -> Result<bool, MailboxError> {
+    cancel: &CancellationToken,
+) -> Result<Fetched, MailboxError> {
     let item_timeout = ctx.timers.dead_after;
     let opts = *ctx.store.extract_options();
     let mut run = fetch::start(
@@ -274,14 +324,21 @@ async fn fetch_round(
     // BEGIN is a round trip of its own, hidden this way.
     let mut early = None;
     let mut first = true;
+    let mut cancelled = false;
     let outcome = loop {
-        let read = run.next(item_timeout, |body, meta| {
+        let next = run.next(item_timeout, |body, meta| {
             if body.len() <= PARSE_INLINE_MAX {
                 Parsed::Done(extract(body, &meta, &opts))
             } else {
                 Parsed::Later(body.to_vec(), meta)
             }
         });
+        let read = async {
+            tokio::select! {
+                r = next => r,
+                () = cancel.cancelled() => Err(ImapError::Timeout("cancelled")),
+            }
+        };
         let next = if std::mem::take(&mut first) {
             let (next, tx) = tokio::join!(read, ctx.store.begin_early());
             early = tx;
@@ -301,6 +358,11 @@ async fn fetch_round(
         } else {
             read.await
         };
+        if cancel.is_cancelled() {
+            // Whatever the read gave: the batch so far is committed below, and no more is read.
+            cancelled = true;
+            break Ok(());
+        }
         let rec = match next {
             Ok(Some(Parsed::Done(rec))) => rec,
             Ok(Some(Parsed::Later(body, meta))) => parse_blocking(body, meta, opts).await,
@@ -334,7 +396,13 @@ async fn fetch_round(
     let last = commit(ctx, state.uidvalidity, batch, exists_at_us, early.take()).await?;
     settle(ctx, state, last);
     outcome?;
-    Ok(more)
+    Ok(if cancelled {
+        Fetched::Interrupted
+    } else if more {
+        Fetched::More
+    } else {
+        Fetched::Done
+    })
 }
 
 /// Advances `last_uid` past a committed batch.

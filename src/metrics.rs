@@ -19,8 +19,6 @@ use std::sync::OnceLock;
 use metrics::{describe_counter, describe_gauge};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
-use crate::status::{MailboxState, MailboxStatus};
-
 /// 1 for the mailbox's current state, 0 for the others.
 pub const MAILBOX_STATE: &str = "idlesync_mailbox_state";
 /// Connection attempts after the first.
@@ -127,6 +125,8 @@ impl Histogram {
 /// The counters of one mailbox, kept beside its status on the board.
 #[derive(Debug, Clone, Default)]
 pub struct MailboxSeries {
+    /// Connection attempts after a failure.
+    pub reconnects: u64,
     /// Messages inserted.
     pub stored: u64,
     /// Records published.
@@ -139,14 +139,29 @@ pub struct MailboxSeries {
     pub latency: Histogram,
 }
 
-/// Renders the per-mailbox series of `mailboxes` in Prometheus text format.
-pub fn render_mailboxes(mailboxes: &[(&MailboxStatus, &MailboxSeries)]) -> String {
+/// One mailbox as `/metrics` sees it: its labels, its current state and its series. Neutral:
+/// the status board builds these, so this module knows nothing of the board's types.
+#[derive(Debug, Clone, Copy)]
+pub struct MailboxRow<'a> {
+    /// `account` label.
+    pub account: &'a str,
+    /// `mailbox` label.
+    pub mailbox: &'a str,
+    /// The current state's label value.
+    pub state: &'static str,
+    /// The mailbox's counters.
+    pub series: &'a MailboxSeries,
+}
+
+/// Renders the per-mailbox series of `mailboxes` in Prometheus text format. `states` lists
+/// every state's label value: the state gauge has one series per state, 1 for the current one.
+pub fn render_mailboxes(mailboxes: &[MailboxRow<'_>], states: &[&str]) -> String {
     let mut out = String::new();
-    let labels = |s: &MailboxStatus| {
+    let labels = |s: &MailboxRow<'_>| {
         format!(
             "account=\"{}\",mailbox=\"{}\"",
-            escape(&s.account),
-            escape(&s.mailbox)
+            escape(s.account),
+            escape(s.mailbox)
         )
     };
     family(
@@ -155,14 +170,13 @@ pub fn render_mailboxes(mailboxes: &[(&MailboxStatus, &MailboxSeries)]) -> Strin
         "gauge",
         "1 for the mailbox's current state, 0 for the others",
     );
-    for (s, _) in mailboxes {
-        for state in MailboxState::ALL {
-            let v = u8::from(s.state == state);
+    for s in mailboxes {
+        for state in states {
+            let v = u8::from(s.state == *state);
             let _ = writeln!(
                 out,
-                "{MAILBOX_STATE}{{{},state=\"{}\"}} {v}",
-                labels(s),
-                state.as_str()
+                "{MAILBOX_STATE}{{{},state=\"{state}\"}} {v}",
+                labels(s)
             );
         }
     }
@@ -172,8 +186,8 @@ pub fn render_mailboxes(mailboxes: &[(&MailboxStatus, &MailboxSeries)]) -> Strin
         "counter",
         "Connection attempts after a failure",
     );
-    for (s, _) in mailboxes {
-        let _ = writeln!(out, "{RECONNECTS}{{{}}} {}", labels(s), s.reconnects);
+    for s in mailboxes {
+        let _ = writeln!(out, "{RECONNECTS}{{{}}} {}", labels(s), s.series.reconnects);
     }
     family(
         &mut out,
@@ -181,7 +195,8 @@ pub fn render_mailboxes(mailboxes: &[(&MailboxStatus, &MailboxSeries)]) -> Strin
         "counter",
         "Messages inserted into the database",
     );
-    for (s, m) in mailboxes {
+    for s in mailboxes {
+        let m = s.series;
         let _ = writeln!(out, "{MESSAGES_STORED}{{{}}} {}", labels(s), m.stored);
     }
     family(
@@ -190,7 +205,8 @@ pub fn render_mailboxes(mailboxes: &[(&MailboxStatus, &MailboxSeries)]) -> Strin
         "counter",
         "email:sync records published",
     );
-    for (s, m) in mailboxes {
+    for s in mailboxes {
+        let m = s.series;
         let _ = writeln!(out, "{RECORDS_PUBLISHED}{{{}}} {}", labels(s), m.published);
     }
     family(
@@ -199,13 +215,15 @@ pub fn render_mailboxes(mailboxes: &[(&MailboxStatus, &MailboxSeries)]) -> Strin
         "gauge",
         "Unix time of the newest stored message's INTERNALDATE",
     );
-    for (s, m) in mailboxes {
+    for s in mailboxes {
+        let m = s.series;
         if let Some(t) = m.last_message {
             let _ = writeln!(out, "{LAST_MESSAGE}{{{}}} {t}", labels(s));
         }
     }
     family(&mut out, ERRORS, "counter", "Errors by kind");
-    for (s, m) in mailboxes {
+    for s in mailboxes {
+        let m = s.series;
         for (kind, n) in &m.errors {
             let _ = writeln!(out, "{ERRORS}{{{},error_type=\"{kind}\"}} {n}", labels(s));
         }
@@ -216,7 +234,8 @@ pub fn render_mailboxes(mailboxes: &[(&MailboxStatus, &MailboxSeries)]) -> Strin
         "histogram",
         "EXISTS read off the socket until PUBLISH is acknowledged",
     );
-    for (s, m) in mailboxes {
+    for s in mailboxes {
+        let m = s.series;
         let l = labels(s);
         let mut cumulative = 0;
         for (i, le) in LATENCY_BUCKETS.iter().enumerate() {
@@ -254,14 +273,21 @@ mod tests {
 
     #[test]
     fn histogram_buckets_are_cumulative_and_labels_escaped() {
-        let mut status = crate::status::MailboxStatus::new("a\"b", "INBOX");
-        status.reconnects = 2;
-        let mut series = MailboxSeries::default();
+        let mut series = MailboxSeries {
+            reconnects: 2,
+            ..MailboxSeries::default()
+        };
         series.latency.observe(0.0015);
         series.latency.observe(0.004);
         series.latency.observe(20.0);
         series.errors.insert("io", 3);
-        let text = render_mailboxes(&[(&status, &series)]);
+        let row = MailboxRow {
+            account: "a\"b",
+            mailbox: "INBOX",
+            state: "connecting",
+            series: &series,
+        };
+        let text = render_mailboxes(&[row], &["connecting", "idling"]);
         let l = r#"account="a\"b",mailbox="INBOX""#;
         assert!(
             text.contains(&format!("{EXISTS_TO_PUBLISH}_bucket{{{l},le=\"0.001\"}} 0")),

@@ -219,7 +219,7 @@ pub struct Publisher {
 impl Publisher {
     /// Publishes until `cancel`, then makes one last bounded pass over the table.
     pub async fn run(mut self, cancel: CancellationToken) {
-        let mut schedule = crate::supervisor::Schedule::new(&self.backoff);
+        let mut schedule = crate::backoff::Schedule::new(self.backoff.initial, self.backoff.max);
         let mut drained = Remembered::default();
         enforce_bounds(&self.store, &self.bounds).await;
         while !cancel.is_cancelled() {

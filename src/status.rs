@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::metrics::MailboxSeries;
+use crate::metrics::{MailboxRow, MailboxSeries};
 
 /// Where a mailbox task is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -31,13 +31,16 @@ pub enum MailboxState {
     Backoff,
     /// Waiting (long) after the server refused the credentials.
     AuthFailed,
+    /// Waiting (long) after an error that retrying cannot fix: the mailbox does not exist, the
+    /// certificate does not verify, TLS is refused. An operator must act.
+    Failed,
     /// Shutting down.
     Stopping,
 }
 
 impl MailboxState {
     /// Every state, for registering gauges.
-    pub const ALL: [MailboxState; 8] = [
+    pub const ALL: [MailboxState; 9] = [
         MailboxState::Connecting,
         MailboxState::Authenticating,
         MailboxState::Syncing,
@@ -45,6 +48,7 @@ impl MailboxState {
         MailboxState::Fetching,
         MailboxState::Backoff,
         MailboxState::AuthFailed,
+        MailboxState::Failed,
         MailboxState::Stopping,
     ];
 
@@ -58,6 +62,7 @@ impl MailboxState {
             MailboxState::Fetching => "fetching",
             MailboxState::Backoff => "backoff",
             MailboxState::AuthFailed => "auth_failed",
+            MailboxState::Failed => "failed",
             MailboxState::Stopping => "stopping",
         }
     }
@@ -74,6 +79,7 @@ impl MailboxStatus {
             last_uid: None,
             last_message_at: None,
             last_error: None,
+            error_class: None,
             reconnects: 0,
             next_retry_at: None,
         }
@@ -82,14 +88,15 @@ impl MailboxStatus {
     /// Whether `/readyz` counts this mailbox as ready: idling (or fetching what IDLE
     /// announced), or in an expected backoff: waiting to retry after a transient error, or
     /// connecting again after one. Not ready: the first connection and catch-up still under way,
-    /// credentials refused (`auth_failed`: the operator must act), or stopping.
+    /// credentials refused (`auth_failed`) or a permanent error (`failed`): the operator must
+    /// act; or stopping.
     pub fn is_ready(&self) -> bool {
         match self.state {
             MailboxState::Idling | MailboxState::Fetching | MailboxState::Backoff => true,
             MailboxState::Connecting | MailboxState::Authenticating | MailboxState::Syncing => {
                 self.reconnects > 0
             }
-            MailboxState::AuthFailed | MailboxState::Stopping => false,
+            MailboxState::AuthFailed | MailboxState::Failed | MailboxState::Stopping => false,
         }
     }
 }
@@ -116,10 +123,13 @@ pub struct MailboxStatus {
     pub last_message_at: Option<String>,
     /// Kind of the last error, if any (the metrics' bounded `error_type`).
     pub last_error: Option<&'static str>,
+    /// Class of the last error (`transient`, `credentials`, `secret_source`,
+    /// `config_or_server`): which retry schedule is in force.
+    pub error_class: Option<&'static str>,
     /// Reconnects since start.
     pub reconnects: u64,
-    /// When (RFC 3339 UTC) the next connection attempt is due, while in `backoff` or
-    /// `auth_failed`.
+    /// When (RFC 3339 UTC) the next connection attempt is due, while in `backoff`,
+    /// `auth_failed` or `failed`.
     pub next_retry_at: Option<String>,
 }
 
@@ -128,6 +138,16 @@ pub struct MailboxStatus {
 struct Entry {
     status: MailboxStatus,
     series: MailboxSeries,
+}
+
+impl Entry {
+    /// The `/status` view, with the counters that live in the series.
+    fn status(&self) -> MailboxStatus {
+        MailboxStatus {
+            reconnects: self.series.reconnects,
+            ..self.status.clone()
+        }
+    }
 }
 
 /// Shared by all mailbox tasks of a daemon.
@@ -149,7 +169,7 @@ impl Default for StatusBoard {
 impl StatusBoard {
     /// A copy of every mailbox's status, ordered by account and mailbox.
     pub fn snapshot(&self) -> Vec<MailboxStatus> {
-        self.lock().values().map(|e| e.status.clone()).collect()
+        self.lock().values().map(Entry::status).collect()
     }
 
     /// How many mailboxes are in each state (every state listed, zeros included).
@@ -165,8 +185,17 @@ impl StatusBoard {
     /// The per-mailbox series in Prometheus text format.
     pub fn render_metrics(&self) -> String {
         let map = self.lock();
-        let entries: Vec<_> = map.values().map(|e| (&e.status, &e.series)).collect();
-        crate::metrics::render_mailboxes(&entries)
+        let rows: Vec<_> = map
+            .values()
+            .map(|e| MailboxRow {
+                account: &e.status.account,
+                mailbox: &e.status.mailbox,
+                state: e.status.state.as_str(),
+                series: &e.series,
+            })
+            .collect();
+        let states = MailboxState::ALL.map(MailboxState::as_str);
+        crate::metrics::render_mailboxes(&rows, &states)
     }
 
     /// A record of this mailbox was published; `latency_s` is EXISTS → PUBLISH acknowledged.
@@ -211,15 +240,28 @@ impl StatusBoard {
         self.update_entry(key, |e| f(&mut e.status));
     }
 
+    /// Updates an entry that is on the board. A mailbox that was removed stays removed: a late
+    /// report from its task never brings it back into `/status` and `/metrics`.
     fn update_entry(&self, key: &(String, String), f: impl FnOnce(&mut Entry)) {
         {
             let mut map = self.lock();
-            let entry = map.entry(key.clone()).or_insert_with(|| Entry {
-                status: MailboxStatus::new(&key.0, &key.1),
-                series: MailboxSeries::default(),
-            });
+            let Some(entry) = map.get_mut(key) else {
+                return;
+            };
             f(entry);
         }
+        self.changed.send_modify(|v| *v += 1);
+    }
+
+    /// Puts a mailbox on the board (afresh, if it was there).
+    fn register(&self, key: &(String, String)) {
+        self.lock().insert(
+            key.clone(),
+            Entry {
+                status: MailboxStatus::new(&key.0, &key.1),
+                series: MailboxSeries::default(),
+            },
+        );
         self.changed.send_modify(|v| *v += 1);
     }
 
@@ -246,7 +288,7 @@ impl Reporter {
             board,
             key: (account.to_string(), mailbox.to_string()),
         };
-        r.board.update(&r.key, |_| {});
+        r.board.register(&r.key);
         r
     }
 
@@ -259,7 +301,10 @@ impl Reporter {
                 s.state_since = rfc3339(SystemTime::now());
             }
             s.state = state;
-            if !matches!(state, MailboxState::Backoff | MailboxState::AuthFailed) {
+            if !matches!(
+                state,
+                MailboxState::Backoff | MailboxState::AuthFailed | MailboxState::Failed
+            ) {
                 s.next_retry_at = None;
             }
         });
@@ -277,7 +322,7 @@ impl Reporter {
         self.board
             .lock()
             .get(&self.key)
-            .map_or(MailboxState::Connecting, |e| e.status.state)
+            .map_or(MailboxState::Stopping, |e| e.status.state)
     }
 
     /// Records the highest stored UID. When it grows past a known one, a new message was
@@ -299,17 +344,19 @@ impl Reporter {
             .update(&self.key, |s| s.next_retry_at = at.map(rfc3339));
     }
 
-    /// Records an error of a bounded kind (board and metric).
-    pub fn error(&self, kind: &'static str) {
+    /// Records an error of a bounded kind and its retry class (board and metric).
+    pub fn error(&self, kind: &'static str, class: &'static str) {
         self.board.update_entry(&self.key, |e| {
             e.status.last_error = Some(kind);
+            e.status.error_class = Some(class);
             *e.series.errors.entry(kind).or_insert(0) += 1;
         });
     }
 
     /// Records a reconnect.
     pub fn reconnect(&self) {
-        self.board.update(&self.key, |s| s.reconnects += 1);
+        self.board
+            .update_entry(&self.key, |e| e.series.reconnects += 1);
     }
 
     /// `n` messages stored, the newest having arrived (INTERNALDATE) at `newest_ms`.
@@ -353,6 +400,25 @@ mod tests {
 
         r.set_state(MailboxState::AuthFailed);
         assert!(!snap().is_ready());
+    }
+
+    #[test]
+    fn ghost_entries_late_reports_do_not_bring_a_removed_mailbox_back() {
+        let board = Arc::new(StatusBoard::default());
+        let r = Reporter::new(board.clone(), "status-unit-3", "INBOX");
+        board.remove("status-unit-3", "INBOX");
+        // What a task that has not yet seen its cancellation may still report.
+        r.set_state(MailboxState::Backoff);
+        r.error("io", "transient");
+        r.set_last_uid(9);
+        r.stored(1, None);
+        r.reconnect();
+        assert!(board.snapshot().is_empty(), "{:?}", board.snapshot());
+        assert!(!board.render_metrics().contains("status-unit-3"));
+        // Registering again (a reload that adds it back) starts it afresh.
+        let again = Reporter::new(board.clone(), "status-unit-3", "INBOX");
+        assert_eq!(board.snapshot().len(), 1);
+        assert_eq!(again.state(), MailboxState::Connecting);
     }
 
     #[test]

@@ -1,67 +1,320 @@
-//! Supervision: one task per (account, mailbox), restarted with backoff after errors and panics.
+//! Supervision: the set of mailbox tasks, each restarted with its error class's schedule after
+//! errors and panics.
+//!
+//! The [`Supervisor`] owns every mailbox task: it spawns them under one root
+//! `CancellationToken` (each task gets a child token) and a `TaskTracker`, applies the reload
+//! diff, and stops them: cancel, let them leave IDLE with `DONE` and `LOGOUT`, wait up to a
+//! grace period, then abort what remains and await it, so no task outlives its entry on the
+//! status board.
 //!
 //! A panic in a mailbox is caught here (`catch_unwind`) and treated like any other failure: it is
 //! a bug, never a crash of the daemon, and it never touches the other mailboxes.
 
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
 use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use futures::FutureExt;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::config::BackoffConfig;
+use crate::backoff::{ErrorClass, Retry};
+use crate::config::{Account, BackoffConfig, ImapTimers};
+use crate::imap::connect::Endpoint;
+use crate::imap::ImapError;
+use crate::limiter::ConnectLimiter;
 use crate::mailbox::{self, MailboxCtx};
-use crate::status::MailboxState;
+use crate::publish::Handoff;
+use crate::status::{MailboxState, Reporter, StatusBoard};
+use crate::store::Store;
 
-/// The reconnect schedule: exponential from `initial`, doubled each time, with jitter of up to
-/// the delay itself (backon's), capped at `max`.
-#[derive(Debug)]
-pub struct Schedule {
-    builder: ExponentialBuilder,
-    current: <ExponentialBuilder as BackoffBuilder>::Backoff,
-    max: Duration,
+/// What every mailbox task shares.
+#[derive(Debug, Clone)]
+pub struct Shared {
+    /// Where batches go.
+    pub store: Store,
+    /// Takes committed records to the publisher.
+    pub handoff: Handoff,
+    /// Status board (and per-mailbox metrics).
+    pub board: Arc<StatusBoard>,
+    /// Connection attempts per host.
+    pub limiter: Arc<ConnectLimiter>,
+    /// Protocol timers, as started.
+    pub imap: ImapTimers,
+    /// Retry schedules, as started.
+    pub backoff: BackoffConfig,
+    /// How long mailboxes get to leave IDLE and log out when stopped.
+    pub grace: Duration,
 }
 
-impl Schedule {
-    /// A fresh schedule.
-    pub fn new(cfg: &BackoffConfig) -> Self {
-        let builder = ExponentialBuilder::default()
-            .with_min_delay(cfg.initial)
-            .with_max_delay(cfg.max)
-            .with_factor(2.0)
-            .with_jitter()
-            .without_max_times();
+/// A mailbox, by account id and mailbox name.
+pub type Key = (String, String);
+
+/// One running mailbox task.
+struct Running {
+    cancel: CancellationToken,
+    handle: JoinHandle<()>,
+}
+
+/// What a stop did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Stopped {
+    /// Tasks that ended on their own within the grace period.
+    pub clean: usize,
+    /// Tasks that had to be aborted after it.
+    pub aborted: usize,
+}
+
+/// What applying a new account list changed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Applied {
+    /// Mailboxes started, as `account/mailbox`.
+    pub started: Vec<String>,
+    /// Mailboxes stopped.
+    pub stopped: Vec<String>,
+}
+
+/// The set of mailbox tasks.
+pub struct Supervisor {
+    shared: Shared,
+    root: CancellationToken,
+    tracker: TaskTracker,
+    tasks: BTreeMap<Key, Running>,
+    endpoints: HashMap<String, Arc<Endpoint>>,
+    accounts: Vec<Account>,
+}
+
+impl Supervisor {
+    /// A supervisor with no mailboxes; `root` cancels them all.
+    pub fn new(shared: Shared, root: CancellationToken) -> Self {
         Self {
-            builder,
-            current: builder.build(),
-            max: cfg.max,
+            shared,
+            root,
+            tracker: TaskTracker::new(),
+            tasks: BTreeMap::new(),
+            endpoints: HashMap::new(),
+            accounts: Vec::new(),
         }
     }
 
-    /// The next delay.
-    pub fn next_delay(&mut self) -> Duration {
-        self.current.next().unwrap_or(self.max).min(self.max)
+    /// Builds every account's endpoint (reads its `ca_file`) and only then spawns the mailboxes:
+    /// an unusable account fails the start before any task runs.
+    pub fn start(&mut self, accounts: &[Account]) -> Result<(), (String, ImapError)> {
+        let mut endpoints = HashMap::new();
+        for a in accounts {
+            let ep = Endpoint::from_account(a).map_err(|e| (a.id.clone(), e))?;
+            endpoints.insert(a.id.clone(), Arc::new(ep));
+        }
+        self.endpoints = endpoints;
+        self.accounts = accounts.to_vec();
+        for a in accounts {
+            for m in &a.mailboxes {
+                self.spawn(a, m);
+            }
+        }
+        Ok(())
     }
 
-    /// Back to `initial`, after a healthy stretch.
-    pub fn reset(&mut self) {
-        self.current = self.builder.build();
+    /// How many mailbox tasks run.
+    pub fn len(&self) -> usize {
+        self.tasks.len()
+    }
+
+    /// Whether no mailbox task runs.
+    pub fn is_empty(&self) -> bool {
+        self.tasks.is_empty()
+    }
+
+    /// The account list in force.
+    pub fn accounts(&self) -> &[Account] {
+        &self.accounts
+    }
+
+    fn spawn(&mut self, account: &Account, mailbox: &str) {
+        let Some(endpoint) = self.endpoints.get(&account.id).cloned() else {
+            return;
+        };
+        let key = (account.id.clone(), mailbox.to_string());
+        if self.tasks.contains_key(&key) {
+            return;
+        }
+        let s = &self.shared;
+        let ctx = MailboxCtx {
+            account_id: account.id.clone(),
+            email: account.email.clone(),
+            mailbox: mailbox.to_string(),
+            endpoint,
+            timers: s.imap.clone(),
+            store: s.store.clone(),
+            handoff: s.handoff.clone(),
+            reporter: Reporter::new(s.board.clone(), &account.id, mailbox),
+            limiter: s.limiter.clone(),
+        };
+        let cancel = self.root.child_token();
+        let span =
+            tracing::info_span!("mailbox", account = %ctx.account_id, mailbox = %ctx.mailbox);
+        let handle = self
+            .tracker
+            .spawn(supervise(ctx, s.backoff.clone(), cancel.clone()).instrument(span));
+        self.tasks.insert(key, Running { cancel, handle });
+    }
+
+    /// Stops these mailboxes together (DONE, LOGOUT), bounded by the grace period; aborts and
+    /// awaits what is left, and only then takes them off the board and out of `/metrics`.
+    pub async fn stop(&mut self, keys: &[Key]) -> Stopped {
+        let mut handles = Vec::new();
+        for key in keys {
+            if let Some(r) = self.tasks.remove(key) {
+                r.cancel.cancel();
+                handles.push(r.handle);
+            }
+        }
+        let stopped = stop_all(handles, self.shared.grace).await;
+        for (account, mailbox) in keys {
+            self.shared.board.remove(account, mailbox);
+        }
+        stopped
+    }
+
+    /// Applies a new account list: accounts added, removed or changed are started, stopped or
+    /// restarted; mailboxes added to or removed from an otherwise unchanged account are started
+    /// or stopped alone; everything else keeps its connection. An account whose endpoint cannot
+    /// be built (unreadable `ca_file`) is logged and left stopped.
+    pub async fn apply(&mut self, new: Vec<Account>) -> Applied {
+        let plan = plan(&self.accounts, &new);
+        self.stop(&plan.stop).await;
+        for id in &plan.forget {
+            self.endpoints.remove(id);
+        }
+        let mut started = Vec::new();
+        for a in &new {
+            let Some(mailboxes) = plan.start.get(&a.id) else {
+                continue;
+            };
+            if plan.rebuild.contains(&a.id) {
+                match Endpoint::from_account(a) {
+                    Ok(ep) => {
+                        self.endpoints.insert(a.id.clone(), Arc::new(ep));
+                    }
+                    Err(e) => {
+                        tracing::error!(account = %a.id, error = %format!("{e:#}"), "account not started");
+                        self.endpoints.remove(&a.id);
+                        continue;
+                    }
+                }
+            }
+            for m in mailboxes {
+                self.spawn(a, m);
+                started.push(format!("{}/{m}", a.id));
+            }
+        }
+        self.accounts = new;
+        Applied {
+            started,
+            stopped: plan.stop.iter().map(|(a, m)| format!("{a}/{m}")).collect(),
+        }
+    }
+
+    /// Stops every mailbox (see [`Supervisor::stop`]) and waits for the tracker to drain.
+    pub async fn shutdown(mut self) -> Stopped {
+        self.root.cancel();
+        let keys: Vec<Key> = self.tasks.keys().cloned().collect();
+        let stopped = self.stop(&keys).await;
+        self.tracker.close();
+        self.tracker.wait().await;
+        stopped
     }
 }
 
-/// Spawns the supervised task of one mailbox; it ends once `cancel` fires and it has logged out.
-pub fn spawn_mailbox(
-    ctx: MailboxCtx,
-    backoff: BackoffConfig,
-    cancel: CancellationToken,
-) -> JoinHandle<()> {
-    let span = tracing::info_span!("mailbox", account = %ctx.account_id, mailbox = %ctx.mailbox);
-    tokio::spawn(supervise(ctx, backoff, cancel).instrument(span))
+/// Waits for cancelled tasks up to `grace`, then aborts the rest and awaits them too.
+async fn stop_all(mut handles: Vec<JoinHandle<()>>, grace: Duration) -> Stopped {
+    let total = handles.len();
+    let all = futures::future::join_all(handles.iter_mut());
+    if tokio::time::timeout(grace, all).await.is_ok() {
+        return Stopped {
+            clean: total,
+            aborted: 0,
+        };
+    }
+    let late: Vec<_> = handles.into_iter().filter(|h| !h.is_finished()).collect();
+    tracing::warn!(
+        count = late.len(),
+        "mailboxes did not stop in time; aborting them"
+    );
+    for h in &late {
+        h.abort();
+    }
+    let aborted = late.len();
+    futures::future::join_all(late).await;
+    Stopped {
+        clean: total - aborted,
+        aborted,
+    }
+}
+
+/// What a reload must do, worked out from the old and new account lists alone.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Plan {
+    /// Mailboxes to stop.
+    stop: Vec<Key>,
+    /// Mailboxes to start, by account id.
+    start: BTreeMap<String, Vec<String>>,
+    /// Accounts whose endpoint is (re)built before their mailboxes start.
+    rebuild: BTreeSet<String>,
+    /// Accounts whose endpoint goes away.
+    forget: Vec<String>,
+}
+
+fn plan(old: &[Account], new: &[Account]) -> Plan {
+    let mut p = Plan::default();
+    let old_by_id: HashMap<&str, &Account> = old.iter().map(|a| (a.id.as_str(), a)).collect();
+    let new_ids: BTreeSet<&str> = new.iter().map(|a| a.id.as_str()).collect();
+    for a in old {
+        if !new_ids.contains(a.id.as_str()) {
+            p.stop
+                .extend(a.mailboxes.iter().map(|m| (a.id.clone(), m.clone())));
+            p.forget.push(a.id.clone());
+        }
+    }
+    for a in new {
+        match old_by_id.get(a.id.as_str()) {
+            Some(o) if *o == a => {}
+            Some(o) if same_but_mailboxes(o, a) => {
+                let before: BTreeSet<&String> = o.mailboxes.iter().collect();
+                let after: BTreeSet<&String> = a.mailboxes.iter().collect();
+                p.stop.extend(
+                    before
+                        .difference(&after)
+                        .map(|m| (a.id.clone(), (*m).clone())),
+                );
+                let added: Vec<String> = after.difference(&before).map(|m| (*m).clone()).collect();
+                if !added.is_empty() {
+                    p.start.insert(a.id.clone(), added);
+                }
+            }
+            previous => {
+                if let Some(o) = previous {
+                    p.stop
+                        .extend(o.mailboxes.iter().map(|m| (o.id.clone(), m.clone())));
+                }
+                p.rebuild.insert(a.id.clone());
+                p.start.insert(a.id.clone(), a.mailboxes.clone());
+            }
+        }
+    }
+    p
+}
+
+/// Whether two accounts differ only in their mailbox lists.
+fn same_but_mailboxes(a: &Account, b: &Account) -> bool {
+    let mut b = b.clone();
+    b.mailboxes.clone_from(&a.mailboxes);
+    *a == b
 }
 
 /// An async block rather than an async fn: an async fn's future keeps its arguments twice (as
@@ -76,7 +329,7 @@ fn supervise(
     cancel: CancellationToken,
 ) -> impl Future<Output = ()> {
     async move {
-        let mut schedule = Schedule::new(&cfg);
+        let mut retry = Retry::new(&cfg);
         let mut first = true;
         loop {
             if !first {
@@ -91,43 +344,38 @@ fn supervise(
                 break;
             }
             if started.elapsed() >= cfg.reset_after {
-                schedule.reset();
+                retry.reset();
             }
-            let previous = ctx.reporter.state();
-            let (delay, state, kind) = match result {
-                Ok(Err(e)) if e.is_auth() => {
-                    if previous != MailboxState::AuthFailed {
-                        tracing::warn!(error = %format!("{e:#}"), retry_in = ?cfg.auth_failed, "authentication failed");
-                    } else {
-                        tracing::debug!(error = %format!("{e:#}"), "authentication failed again");
-                    }
-                    (cfg.auth_failed, MailboxState::AuthFailed, e.kind())
-                }
-                Ok(Err(e)) => {
-                    let delay = schedule.next_delay();
-                    tracing::warn!(error = %format!("{e:#}"), kind = e.kind(), retry_in = ?delay, "mailbox connection failed");
-                    (delay, MailboxState::Backoff, e.kind())
-                }
+            let (class, kind, suggested) = match &result {
+                Ok(Err(e)) => (e.class(), e.kind(), e.retry_after()),
+                // run() returns Ok only on shutdown; anything else is a logic error. Retry.
+                Ok(Ok(())) => (ErrorClass::Transient, "protocol", None),
+                Err(_) => (ErrorClass::Transient, "panic", None),
+            };
+            let delay = retry.after(class, suggested);
+            match result {
+                Ok(Err(e)) => tracing::warn!(
+                    error = %format!("{e:#}"),
+                    kind,
+                    class = class.as_str(),
+                    retry_in = ?delay,
+                    "mailbox connection failed"
+                ),
                 Ok(Ok(())) => {
-                    // run() returns Ok only on shutdown; anything else is a logic error. Retry.
-                    let delay = schedule.next_delay();
-                    tracing::warn!(retry_in = ?delay, "mailbox loop ended without shutdown");
-                    (delay, MailboxState::Backoff, "protocol")
+                    tracing::warn!(retry_in = ?delay, "mailbox loop ended without shutdown")
                 }
                 Err(panic) => {
-                    let delay = schedule.next_delay();
                     let what = panic
                         .downcast_ref::<&str>()
                         .map(|s| s.to_string())
                         .or_else(|| panic.downcast_ref::<String>().cloned())
                         .unwrap_or_default();
                     tracing::error!(panic = %what, retry_in = ?delay, "mailbox task panicked (a bug); restarting it");
-                    (delay, MailboxState::Backoff, "panic")
                 }
-            };
+            }
             // State first, then the error: a watcher woken by the error sees the new state.
-            ctx.reporter.set_state(state);
-            ctx.reporter.error(kind);
+            ctx.reporter.set_state(class.waiting_state());
+            ctx.reporter.error(kind, class.as_str());
             ctx.reporter
                 .set_next_retry(Some(std::time::SystemTime::now() + delay));
             tokio::select! {
@@ -143,46 +391,61 @@ fn supervise(
 mod tests {
     use super::*;
 
-    fn cfg() -> BackoffConfig {
-        BackoffConfig {
-            initial: Duration::from_secs(1),
-            max: Duration::from_secs(300),
-            reset_after: Duration::from_secs(300),
-            auth_failed: Duration::from_secs(900),
-        }
+    fn account(id: &str, mailboxes: &[&str]) -> Account {
+        let toml = format!(
+            "[[accounts]]\nid = \"{id}\"\nemail = \"{id}@example.com\"\nhost = \"127.0.0.1\"\n\
+             tls = \"none\"\nport = 143\nusername = \"{id}\"\npassword = \"x\"\nmailboxes = [{}]\n",
+            mailboxes
+                .iter()
+                .map(|m| format!("\"{m}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let config: crate::Config = toml::from_str(&toml).expect("test account parses");
+        config.accounts.into_iter().next().expect("one account")
     }
 
     #[test]
-    fn grows_with_jitter_and_caps() {
-        let mut s = Schedule::new(&cfg());
-        let delays: Vec<_> = (0..20).map(|_| s.next_delay()).collect();
-        // attempt n waits between 2^n and 2^(n+1) seconds (jitter), until the cap.
-        for (n, d) in delays.iter().take(8).enumerate() {
-            let base = Duration::from_secs(1 << n);
-            assert!(
-                *d >= base && *d <= (base * 2).min(cfg().max),
-                "attempt {n}: {d:?}"
-            );
-        }
-        assert!(delays.iter().all(|d| *d <= cfg().max));
-        assert!(delays[19] >= Duration::from_secs(256), "{:?}", delays[19]);
+    fn plan_touches_only_what_changed() {
+        let a = account("a", &["INBOX", "Sent"]);
+        let b = account("b", &["INBOX"]);
+        let c = account("c", &["INBOX"]);
+        let mut b2 = b.clone();
+        b2.host = "localhost".into();
+        let a2 = account("a", &["INBOX", "Archive"]);
+        let p = plan(&[a, b, c.clone()], &[a2, b2, c]);
+        assert_eq!(
+            p.stop,
+            vec![
+                ("a".to_string(), "Sent".to_string()),
+                ("b".to_string(), "INBOX".to_string())
+            ]
+        );
+        assert_eq!(p.start.get("a"), Some(&vec!["Archive".to_string()]));
+        assert_eq!(p.start.get("b"), Some(&vec!["INBOX".to_string()]));
+        assert!(!p.start.contains_key("c"), "unchanged account untouched");
+        assert_eq!(p.rebuild, BTreeSet::from(["b".to_string()]));
+        let gone = plan(&[account("d", &["INBOX"])], &[]);
+        assert_eq!(gone.forget, vec!["d".to_string()]);
+        assert_eq!(gone.stop.len(), 1);
     }
 
-    #[test]
-    fn reset_starts_over() {
-        let mut s = Schedule::new(&cfg());
-        for _ in 0..10 {
-            s.next_delay();
-        }
-        s.reset();
-        assert!(s.next_delay() <= Duration::from_secs(2));
-    }
-
-    #[test]
-    fn jitter_spreads_delays() {
-        let firsts: std::collections::HashSet<_> = (0..20)
-            .map(|_| Schedule::new(&cfg()).next_delay().as_millis())
-            .collect();
-        assert!(firsts.len() > 1, "no jitter: {firsts:?}");
+    #[tokio::test]
+    async fn stop_aborts_and_awaits_what_ignores_its_token() {
+        let polite = CancellationToken::new();
+        let p = polite.clone();
+        let handles = vec![
+            tokio::spawn(async move { p.cancelled().await }),
+            tokio::spawn(std::future::pending::<()>()),
+        ];
+        polite.cancel();
+        let done = stop_all(handles, Duration::from_millis(50)).await;
+        assert_eq!(
+            done,
+            Stopped {
+                clean: 1,
+                aborted: 1
+            }
+        );
     }
 }

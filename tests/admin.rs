@@ -343,7 +343,7 @@ ca_file = "{ca}"
     let states = summary["states"].as_object().context("states")?;
     ensure!(
         summary["mailboxes"] == 4
-            && states.len() == 8
+            && states.len() == idlesync::status::MailboxState::ALL.len()
             && states.values().filter_map(|v| v.as_u64()).sum::<u64>() == 4
             && states["auth_failed"].as_u64() >= Some(1),
         "{summary}"

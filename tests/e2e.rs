@@ -11,7 +11,7 @@ use common::daemon::{config_toml, mail, start, wait_idling, AccountSpec};
 use common::db::{Kind, TestDb};
 use common::dovecot::Dovecot;
 use common::proxy::Proxy;
-use common::redis;
+use common::setup::Setup;
 
 /// Generous: Dovecot itself takes ~0.5 s to announce a delivery.
 const WAIT: Duration = Duration::from_secs(10);
@@ -41,35 +41,30 @@ fn assert_record(rec: &serde_json::Value, account: &str, email: &str, uids: &[u3
 
 /// (a) APPEND → row in `messages` and a record on Redis, within 10 s.
 async fn append_is_stored_and_announced(kind: Kind, tls: &str) -> Result<()> {
-    let dc = Dovecot::start(&[("alice", "secret-pw-1")])?;
-    let db = TestDb::new(kind).await?;
-    let channel = redis::unique_channel("append");
-    let mut sub = redis::subscribe(&redis::url(), &channel).await?;
+    let s = Setup::new(&[("alice", "secret-pw-1")], kind, "append").await?;
+    let mut sub = s.subscribe().await?;
     let port = if tls == "implicit" {
-        dc.imaps_port()
+        s.dc.imaps_port()
     } else {
-        dc.imap_port()
+        s.dc.imap_port()
     };
     // Metrics are process-wide: a distinct account id per test keeps their series apart.
     let id = format!("acc-a-{kind:?}-{tls}");
-    let toml = config_toml(
-        &db.url,
-        Some((&redis::url(), &channel)),
-        dc.ca_file(),
-        &[account(&id, "alice", tls, port)],
-    );
+    let toml = s
+        .implicit(s.config(), &account(&id, "alice", tls, port))
+        .render();
     let d = start(&toml).await?;
     wait_idling(&d, 1, WAIT).await?;
 
-    let uid = dc.append("alice", "INBOX", &mail("hello-1")).await?;
+    let uid = s.dc.append("alice", "INBOX", &mail("hello-1")).await?;
     let rec = sub.next(WAIT).await?;
     assert_record(&rec, &id, "alice@example.test", &[uid]);
     assert_eq!(
-        db.messages(&id).await?,
+        s.db.messages(&id).await?,
         vec![(i64::from(uid), Some("hello-1".into()))]
     );
 
-    let uid2 = dc.append("alice", "INBOX", &mail("hello-2")).await?;
+    let uid2 = s.dc.append("alice", "INBOX", &mail("hello-2")).await?;
     let rec = sub.next(WAIT).await?;
     assert_record(&rec, &id, "alice@example.test", &[uid2]);
 
@@ -113,24 +108,26 @@ async fn append_sqlite_starttls() -> Result<()> {
 /// (b) Mail appended while idlesync is stopped is stored exactly once and announced at start;
 /// what was announced before is not announced again.
 async fn catch_up_after_stop(kind: Kind) -> Result<()> {
-    let dc = Dovecot::start(&[("bob", "secret-pw-1")])?;
-    let db = TestDb::new(kind).await?;
-    let channel = redis::unique_channel("catchup");
-    let mut sub = redis::subscribe(&redis::url(), &channel).await?;
-    let toml = config_toml(
-        &db.url,
-        Some((&redis::url(), &channel)),
-        dc.ca_file(),
-        &[account("acc-b", "bob", "implicit", dc.imaps_port())],
-    );
+    let s = Setup::new(&[("bob", "secret-pw-1")], kind, "catchup").await?;
+    let mut sub = s.subscribe().await?;
+    let toml = s
+        .implicit(
+            s.config(),
+            &account("acc-b", "bob", "implicit", s.dc.imaps_port()),
+        )
+        .render();
     let d = start(&toml).await?;
     wait_idling(&d, 1, WAIT).await?;
-    let u1 = dc.append("bob", "INBOX", &mail("before-stop")).await?;
+    let u1 = s.dc.append("bob", "INBOX", &mail("before-stop")).await?;
     assert_record(&sub.next(WAIT).await?, "acc-b", "bob@example.test", &[u1]);
     d.shutdown().await;
 
-    let u2 = dc.append("bob", "INBOX", &mail("while-stopped-1")).await?;
-    let u3 = dc.append("bob", "INBOX", &mail("while-stopped-2")).await?;
+    let u2 =
+        s.dc.append("bob", "INBOX", &mail("while-stopped-1"))
+            .await?;
+    let u3 =
+        s.dc.append("bob", "INBOX", &mail("while-stopped-2"))
+            .await?;
 
     let d = start(&toml).await?;
     let rec = sub.next(WAIT).await?;
@@ -139,7 +136,7 @@ async fn catch_up_after_stop(kind: Kind) -> Result<()> {
     // Nothing else is announced: u1 was announced before the stop.
     sub.expect_silence(Duration::from_secs(1)).await?;
     assert_eq!(
-        db.messages("acc-b").await?,
+        s.db.messages("acc-b").await?,
         vec![
             (i64::from(u1), Some("before-stop".into())),
             (i64::from(u2), Some("while-stopped-1".into())),
@@ -163,40 +160,40 @@ async fn catch_up_after_stop_postgres() -> Result<()> {
 /// (d) Dovecot restarted mid-run: idlesync reconnects, and every message delivered before,
 /// during (straight into the Maildir) and after the restart is stored once.
 async fn dovecot_restart(kind: Kind) -> Result<()> {
-    let mut dc = Dovecot::start(&[("carol", "secret-pw-1")])?;
-    let db = TestDb::new(kind).await?;
-    let channel = redis::unique_channel("restart");
-    let mut sub = redis::subscribe(&redis::url(), &channel).await?;
-    let toml = config_toml(
-        &db.url,
-        Some((&redis::url(), &channel)),
-        dc.ca_file(),
-        &[account("acc-c", "carol", "implicit", dc.imaps_port())],
-    );
+    let mut s = Setup::new(&[("carol", "secret-pw-1")], kind, "restart").await?;
+    let mut sub = s.subscribe().await?;
+    let toml = s
+        .implicit(
+            s.config(),
+            &account("acc-c", "carol", "implicit", s.dc.imaps_port()),
+        )
+        .render();
     let d = start(&toml).await?;
     wait_idling(&d, 1, WAIT).await?;
-    dc.append("carol", "INBOX", &mail("before-restart")).await?;
+    s.dc.append("carol", "INBOX", &mail("before-restart"))
+        .await?;
     sub.collect_messages(1, WAIT).await?;
 
-    dc.stop()?;
+    s.dc.stop()?;
     // Delivered while the server is down, as an MDA would: straight into Maildir/new.
-    let new_dir = dc.maildir("carol").join("new");
+    let new_dir = s.dc.maildir("carol").join("new");
     let file = new_dir.join("1700000000.M1P1.idlesync-test");
     std::fs::write(&file, mail("during-restart"))?;
     chown(&file, Some(8), Some(8))?;
-    dc.restart()?;
+    s.dc.restart()?;
 
     sub.collect_messages(1, WAIT).await?;
     wait_idling(&d, 1, WAIT).await?;
-    dc.append("carol", "INBOX", &mail("after-restart")).await?;
+    s.dc.append("carol", "INBOX", &mail("after-restart"))
+        .await?;
     sub.collect_messages(1, WAIT).await?;
 
-    let subjects: Vec<_> = db
-        .messages("acc-c")
-        .await?
-        .into_iter()
-        .map(|(_, s)| s.unwrap_or_default())
-        .collect();
+    let subjects: Vec<_> =
+        s.db.messages("acc-c")
+            .await?
+            .into_iter()
+            .map(|(_, s)| s.unwrap_or_default())
+            .collect();
     assert_eq!(
         subjects,
         vec!["before-restart", "during-restart", "after-restart"]
@@ -221,17 +218,15 @@ async fn dovecot_restart_sqlite() -> Result<()> {
 /// by a proxy between the two. The connection is then still alive and delivers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_sends_no_command_for_60s() -> Result<()> {
-    let dc = Dovecot::start(&[("dave", "secret-pw-1")])?;
-    let proxy = Proxy::start(dc.imaps_addr()).await?;
-    let db = TestDb::sqlite()?;
-    let channel = redis::unique_channel("silence");
-    let mut sub = redis::subscribe(&redis::url(), &channel).await?;
-    let toml = config_toml(
-        &db.url,
-        Some((&redis::url(), &channel)),
-        dc.ca_file(),
-        &[account("acc-d", "dave", "implicit", proxy.addr().port())],
-    );
+    let s = Setup::new(&[("dave", "secret-pw-1")], Kind::Sqlite, "silence").await?;
+    let proxy = Proxy::start(s.dc.imaps_addr()).await?;
+    let mut sub = s.subscribe().await?;
+    let toml = s
+        .implicit(
+            s.config(),
+            &account("acc-d", "dave", "implicit", proxy.addr().port()),
+        )
+        .render();
     let d = start(&toml).await?;
     wait_idling(&d, 1, WAIT).await?;
     let before = proxy.client_bytes();
@@ -246,7 +241,7 @@ async fn idle_sends_no_command_for_60s() -> Result<()> {
         "idlesync wrote to the server while idle"
     );
     assert_eq!(proxy.connections(), 1, "no reconnect happened");
-    let uid = dc.append("dave", "INBOX", &mail("after-silence")).await?;
+    let uid = s.dc.append("dave", "INBOX", &mail("after-silence")).await?;
     assert_record(&sub.next(WAIT).await?, "acc-d", "dave@example.test", &[uid]);
     d.shutdown().await;
     Ok(())

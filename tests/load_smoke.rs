@@ -5,7 +5,7 @@
 #[path = "common/db.rs"]
 #[allow(dead_code)]
 mod db;
-#[path = "common/dovecot.rs"]
+#[path = "common/dovecot/mod.rs"]
 #[allow(dead_code)]
 mod dovecot;
 #[path = "../examples/load/rig.rs"]

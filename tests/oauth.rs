@@ -7,10 +7,11 @@ mod common;
 use std::time::Duration;
 
 use anyhow::{ensure, Result};
-use common::daemon::{start, wait_idling};
+use common::daemon::{start, wait_idling, AccountSpec};
 use common::db::TestDb;
 use common::dovecot::{Dovecot, DovecotOptions};
 use common::oauth::{runs, token_script, Introspection};
+use common::setup::ConfigToml;
 use idlesync::status::MailboxState;
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -33,17 +34,17 @@ fn config(
     user: &str,
     auth: &str,
     command: &str,
-    mailboxes: &str,
+    mailboxes: &[&str],
 ) -> String {
-    format!(
-        "[storage]\nurl = \"{db}\"\n\n[metrics]\nlisten = \"127.0.0.1:0\"\n\n\
-         [backoff]\ninitial = \"100ms\"\nmax = \"1s\"\nauth_failed = \"1h\"\n\n\
-         [[accounts]]\nid = \"{id}\"\nemail = \"{user}@example.test\"\nhost = \"127.0.0.1\"\n\
-         port = {port}\ntls = \"implicit\"\nusername = \"{user}\"\nauth = \"{auth}\"\n\
-         oauth2_token_command = \"{command}\"\nmailboxes = [{mailboxes}]\nca_file = \"{ca}\"\n",
-        port = dc.imaps_port(),
-        ca = dc.ca_file().display(),
-    )
+    let account = AccountSpec::implicit(id, user, "", dc.imaps_port(), mailboxes);
+    ConfigToml::new(db)
+        .set("backoff", "max", "1s")
+        .set("backoff", "auth_failed", "1h")
+        .account(&account, Some(dc.ca_file()))
+        .account_unset("password")
+        .account_set("auth", auth)
+        .account_set("oauth2_token_command", command)
+        .render()
 }
 
 /// XOAUTH2: two mailboxes share one token (the command runs once); when the server stops
@@ -66,7 +67,7 @@ async fn xoauth2_token_command_is_cached_and_refreshed_after_a_refusal() -> Resu
         "carol",
         "xoauth2",
         &script.display().to_string(),
-        "\"INBOX\", \"Work\"",
+        &["INBOX", "Work"],
     );
     let d = start(&toml).await?;
     wait_idling(&d, 2, WAIT).await?;
@@ -145,7 +146,7 @@ async fn oauthbearer_bare_token_and_a_refused_token() -> Result<()> {
         "dave",
         "oauthbearer",
         &script.display().to_string(),
-        "\"INBOX\"",
+        &["INBOX"],
     );
     let d = start(&toml).await?;
     wait_idling(&d, 1, WAIT).await?;

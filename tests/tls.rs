@@ -9,7 +9,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
+use common::daemon::AccountSpec;
 use common::dovecot::Dovecot;
+use common::setup::ConfigToml;
 use idlesync::imap::connect::{self, Endpoint};
 use idlesync::imap::ImapError;
 use idlesync::status::MailboxState;
@@ -22,16 +24,14 @@ const T: Duration = Duration::from_secs(10);
 const PASSWORD: &str = "tls-test-password-9";
 
 fn account_toml(db: &str, id: &str, port: u16, tls: &str, ca_file: Option<&Path>) -> String {
-    let ca = ca_file.map_or(String::new(), |p| {
-        format!("ca_file = \"{}\"\n", p.display())
-    });
-    format!(
-        "[storage]\nurl = \"{db}\"\n\n[metrics]\nlisten = \"127.0.0.1:0\"\n\n\
-         [backoff]\ninitial = \"100ms\"\nmax = \"1s\"\n\n\
-         [[accounts]]\nid = \"{id}\"\nemail = \"erin@example.test\"\nhost = \"127.0.0.1\"\n\
-         port = {port}\ntls = \"{tls}\"\nusername = \"erin\"\npassword = \"{PASSWORD}\"\n\
-         mailboxes = [\"INBOX\"]\n{ca}"
-    )
+    let erin = AccountSpec {
+        tls,
+        ..AccountSpec::implicit(id, "erin", PASSWORD, port, &["INBOX"])
+    };
+    ConfigToml::new(db)
+        .set("backoff", "max", "1s")
+        .account(&erin, ca_file)
+        .render()
 }
 
 fn endpoint(toml: &str) -> Result<Endpoint> {
@@ -110,7 +110,8 @@ async fn a_certificate_from_the_wrong_ca_is_refused() -> Result<()> {
     ))?;
     connect::open(&ep, T).await.context("with the right CA")?;
 
-    // The daemon reports it as a `tls` error and keeps retrying.
+    // The daemon reports it as a `tls` error of class config_or_server: state `failed`, retried
+    // slowly (retrying soon cannot make the certificate verify).
     let toml = account_toml(
         &db.url,
         "tls-ca-1",
@@ -123,7 +124,7 @@ async fn a_certificate_from_the_wrong_ca_is_refused() -> Result<()> {
         .board()
         .wait_for(T, |s| {
             s.iter()
-                .all(|m| m.last_error == Some("tls") && m.state == MailboxState::Backoff)
+                .all(|m| m.last_error == Some("tls") && m.state == MailboxState::Failed)
         })
         .await;
     ensure!(reported, "{:?}", d.board().snapshot());

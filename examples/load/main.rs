@@ -17,7 +17,7 @@
 #[path = "../../tests/common/db.rs"]
 #[allow(dead_code)]
 mod db;
-#[path = "../../tests/common/dovecot.rs"]
+#[path = "../../tests/common/dovecot/mod.rs"]
 #[allow(dead_code)]
 mod dovecot;
 #[allow(dead_code)]

@@ -3,7 +3,8 @@
 //! process from `/proc`.
 //!
 //! Used by `examples/load/main.rs` and by `tests/load_smoke.rs` (both include it with
-//! `#[path]`, next to `tests/common/dovecot.rs` and `tests/common/db.rs`).
+//! `#[path]`, next to `tests/common/dovecot/` and `tests/common/db.rs`). Its IMAP sessions use
+//! the test helpers' client, `tests/common/dovecot/wire.rs`.
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Write};
@@ -16,7 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, ensure, Context, Result};
 use futures::StreamExt;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufStream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use crate::db::TestDb;
@@ -685,102 +686,6 @@ impl MaildirWriter {
         drop(f);
         chown(&tmp, Some(self.uid), Some(self.gid))?;
         Ok((tmp, maildir.join("new").join(&name)))
-    }
-}
-
-/// One IMAPS session kept open: LOGIN, then APPENDs, or SELECT and IDLE (a latency probe).
-pub struct Wire {
-    io: BufStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
-    tag: u32,
-}
-
-impl Wire {
-    /// Connects and logs in as `user`.
-    pub async fn login(dc: &Dovecot, user: &str) -> Result<Wire> {
-        let mut w = Wire {
-            io: BufStream::new(dc.connect_tls().await?),
-            tag: 0,
-        };
-        let greeting = w.line().await?;
-        ensure!(greeting.starts_with("* OK"), "greeting {greeting:?}");
-        let r = w
-            .command(&format!("LOGIN {user} \"{PASSWORD}\""), None)
-            .await?;
-        ensure!(r.starts_with("OK"), "LOGIN {user}: {r}");
-        Ok(w)
-    }
-
-    /// APPEND to INBOX; returns when the tagged OK has been read.
-    pub async fn append(&mut self, raw: &[u8]) -> Result<()> {
-        let r = self.command("APPEND INBOX", Some(raw)).await?;
-        ensure!(r.starts_with("OK"), "APPEND: {r}");
-        Ok(())
-    }
-
-    /// SELECT INBOX and enter IDLE.
-    pub async fn idle(&mut self) -> Result<()> {
-        let r = self.command("SELECT INBOX", None).await?;
-        ensure!(r.starts_with("OK"), "SELECT: {r}");
-        self.io.write_all(b"i IDLE\r\n").await?;
-        self.io.flush().await?;
-        loop {
-            if self.line().await?.starts_with('+') {
-                return Ok(());
-            }
-        }
-    }
-
-    /// In IDLE: waits for the next `* N EXISTS`; returns when it was read.
-    pub async fn next_exists(&mut self, timeout: Duration) -> Result<Instant> {
-        let work = async {
-            loop {
-                let l = self.line().await?;
-                if l.starts_with("* ") && l.ends_with(" EXISTS") {
-                    return anyhow::Ok(Instant::now());
-                }
-            }
-        };
-        tokio::time::timeout(timeout, work)
-            .await
-            .context("no EXISTS in time")?
-    }
-
-    async fn command(&mut self, cmd: &str, literal: Option<&[u8]>) -> Result<String> {
-        self.tag += 1;
-        let tag = format!("w{}", self.tag);
-        match literal {
-            None => {
-                self.io
-                    .write_all(format!("{tag} {cmd}\r\n").as_bytes())
-                    .await?
-            }
-            Some(data) => {
-                self.io
-                    .write_all(format!("{tag} {cmd} {{{}+}}\r\n", data.len()).as_bytes())
-                    .await?;
-                self.io.write_all(data).await?;
-                self.io.write_all(b"\r\n").await?;
-            }
-        }
-        self.io.flush().await?;
-        let work = async {
-            loop {
-                let l = self.line().await?;
-                if let Some(rest) = l.strip_prefix(&tag).and_then(|r| r.strip_prefix(' ')) {
-                    return anyhow::Ok(rest.to_string());
-                }
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(30), work)
-            .await
-            .context("IMAP command timed out")?
-    }
-
-    async fn line(&mut self) -> Result<String> {
-        let mut l = String::new();
-        let n = self.io.read_line(&mut l).await?;
-        ensure!(n > 0, "server closed the connection");
-        Ok(l.trim_end().to_string())
     }
 }
 

@@ -9,9 +9,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 
+use crate::dovecot::Wire;
 use crate::rig::{
     self, config_toml, message, start_dovecot, unix_us, user, DaemonProc, MachineCpu,
-    MaildirWriter, Sinks, Subscriber, Wire,
+    MaildirWriter, Sinks, Subscriber,
 };
 
 /// Settings shared by the scenarios.
@@ -129,7 +130,7 @@ pub async fn latency(s: &Settings, deliveries: usize) -> Result<Table> {
     let mut appender = Wire::login(&dc, &user(0)).await?;
     let mut probe_appender = Wire::login(&dc, "probe").await?;
     let mut probe = Wire::login(&dc, "probe").await?;
-    probe.idle().await?;
+    probe.idle("INBOX").await?;
 
     const WARMUP: usize = 2;
     let mut e2e = Vec::new(); // APPEND OK → subscriber
@@ -141,7 +142,7 @@ pub async fn latency(s: &Settings, deliveries: usize) -> Result<Table> {
         // The probe, every other round: its own user, mailbox and imap process.
         if i % 2 == 0 {
             probe_appender
-                .append(&message(i, "probe", 2048))
+                .append("INBOX", &message(i, "probe", 2048))
                 .await
                 .context("probe APPEND")?;
             let ok = Instant::now();
@@ -150,7 +151,9 @@ pub async fn latency(s: &Settings, deliveries: usize) -> Result<Table> {
                 floor.push(at.duration_since(ok).as_micros() as i64);
             }
         }
-        appender.append(&message(i, &user(0), 2048)).await?;
+        appender
+            .append("INBOX", &message(i, &user(0), 2048))
+            .await?;
         let ok_us = unix_us();
         let rec = loop {
             let r = sub

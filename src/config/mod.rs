@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+pub mod ca_file;
 mod locate;
 mod validate;
 
@@ -293,6 +294,14 @@ pub struct BackoffConfig {
     /// Delay after the server rejected the credentials. Providers throttle retries hard.
     #[serde(deserialize_with = "duration")]
     pub auth_failed: Duration,
+    /// Longest delay while the password or token cannot be obtained (a token command that
+    /// times out): the account itself is fine, so it is retried sooner than `auth_failed`.
+    #[serde(deserialize_with = "duration")]
+    pub secret_source_max: Duration,
+    /// Delay in state `failed`, after an error retrying cannot fix: a mailbox that does not
+    /// exist, a certificate that does not verify, TLS refused.
+    #[serde(deserialize_with = "duration")]
+    pub failed: Duration,
 }
 
 impl Default for BackoffConfig {
@@ -302,6 +311,8 @@ impl Default for BackoffConfig {
             max: Duration::from_secs(5 * 60),
             reset_after: Duration::from_secs(5 * 60),
             auth_failed: Duration::from_secs(15 * 60),
+            secret_source_max: Duration::from_secs(5 * 60),
+            failed: Duration::from_secs(15 * 60),
         }
     }
 }

@@ -201,7 +201,7 @@ impl Config {
                 }
             }
             if let Some(ca) = &a.ca_file {
-                if let Err(e) = crate::imap::tls::read_ca_file(ca) {
+                if let Err(e) = super::ca_file::read_ca_file(ca) {
                     out.push((at("ca_file"), e.to_string()));
                 }
             }

@@ -1,8 +1,8 @@
 //! The IMAP side: TCP and TLS ([`tls`]), greeting, STARTTLS and login ([`connect`], with SASL
 //! OAuth2 in [`auth`]), IDLE with its timers ([`idle`]) and `UID FETCH` ([`fetch`]).
 //!
-//! Nothing here knows about storage or metrics. Errors are classified by [`ImapError::kind`] and
-//! [`ImapError::is_auth`], never by their text.
+//! Nothing here knows about storage or metrics. Errors are classified by [`ImapError::kind`] (a
+//! bounded label) and [`ImapError::class`] (the retry schedule), never by their text.
 
 pub mod auth;
 pub mod connect;
@@ -14,6 +14,7 @@ use std::fmt;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use crate::backoff::ErrorClass;
 use crate::secrets::SecretError;
 
 /// Any byte stream a session can run over: TLS or, for loopback test servers, plain TCP.
@@ -101,7 +102,8 @@ impl ImapError {
             | ImapError::CaFile(_) => "tls",
             ImapError::Timeout(_) => "timeout",
             ImapError::Dead => "dead_connection",
-            ImapError::Auth(_) | ImapError::Secret(_) => "auth",
+            ImapError::Auth(_) => "auth",
+            ImapError::Secret(_) => "secret",
             ImapError::Closed(_) => "closed",
             ImapError::FetchRefused(_) => "fetch_refused",
             ImapError::NoUidValidity | ImapError::Select(_) => "select",
@@ -111,10 +113,56 @@ impl ImapError {
         }
     }
 
-    /// Credentials were refused or are missing: retry slowly, not on the network schedule.
-    pub fn is_auth(&self) -> bool {
-        matches!(self, ImapError::Auth(_) | ImapError::Secret(_))
+    /// The server's own suggested delay before the next attempt (throttling), if it gave one.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        None
     }
+
+    /// The server refused the credentials.
+    pub fn is_auth(&self) -> bool {
+        matches!(self, ImapError::Auth(_))
+    }
+
+    /// Which retry schedule this error calls for.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            ImapError::Auth(_) => ErrorClass::Credentials,
+            ImapError::Secret(_) => ErrorClass::SecretSource,
+            ImapError::StarttlsRefused(_)
+            | ImapError::InsecureRefused { .. }
+            | ImapError::CaFile(_)
+            | ImapError::NoUidValidity
+            | ImapError::Select(_) => ErrorClass::ConfigOrServer,
+            ImapError::Tls { source, .. } if tls_is_permanent(source) => ErrorClass::ConfigOrServer,
+            ImapError::Connect { .. }
+            | ImapError::Tls { .. }
+            | ImapError::Timeout(_)
+            | ImapError::Dead
+            | ImapError::Closed(_)
+            | ImapError::FetchRefused(_)
+            | ImapError::Protocol(_) => ErrorClass::Transient,
+        }
+    }
+}
+
+/// Whether a failed handshake will fail the same way next time: the certificate does not
+/// verify, the name is unusable, or client and server share no protocol. A reset or an EOF in
+/// the middle of the handshake is the network's, and transient.
+fn tls_is_permanent(e: &std::io::Error) -> bool {
+    if e.kind() == std::io::ErrorKind::InvalidInput {
+        // The host name is not a valid TLS server name.
+        return true;
+    }
+    matches!(
+        e.get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>()),
+        Some(
+            rustls::Error::InvalidCertificate(_)
+                | rustls::Error::NoCertificatesPresented
+                | rustls::Error::UnsupportedNameType
+                | rustls::Error::PeerIncompatible(_)
+        )
+    )
 }
 
 /// Runs `fut` with a deadline, mapping expiry to [`ImapError::Timeout`].

@@ -7,6 +7,8 @@ use anyhow::{Context, Result};
 use idlesync::status::MailboxState;
 use idlesync::{Config, Daemon};
 
+use super::setup::ConfigToml;
+
 /// One `[[accounts]]` entry for a test config.
 pub struct AccountSpec<'a> {
     pub id: &'a str,
@@ -38,39 +40,22 @@ impl<'a> AccountSpec<'a> {
     }
 }
 
-/// A config file's text. `redis` is `(url, channel)`; without it records go to stdout.
+/// A config file's text. `redis` is `(url, channel)`; without it records go to stdout. A
+/// shorthand for [`ConfigToml`], which tests that need other keys use directly.
 pub fn config_toml(
     db_url: &str,
     redis: Option<(&str, &str)>,
     ca_file: &Path,
     accounts: &[AccountSpec<'_>],
 ) -> String {
-    let mut s = format!(
-        "[storage]\nurl = \"{db_url}\"\nmax_connections = 4\n\n\
-         [metrics]\nlisten = \"127.0.0.1:0\"\n\n\
-         [imap]\ndead_after = \"5m\"\nconnect_timeout = \"10s\"\n\n\
-         [backoff]\ninitial = \"100ms\"\nmax = \"2s\"\n\n"
-    );
+    let mut c = ConfigToml::new(db_url);
     if let Some((url, channel)) = redis {
-        s.push_str(&format!(
-            "[redis]\nurl = \"{url}\"\nchannel = \"{channel}\"\n\n"
-        ));
+        c = c.redis(url, channel);
     }
     for a in accounts {
-        let mailboxes: Vec<String> = a.mailboxes.iter().map(|m| format!("\"{m}\"")).collect();
-        s.push_str(&format!(
-            "[[accounts]]\nid = \"{id}\"\nemail = \"{user}@example.test\"\nhost = \"127.0.0.1\"\nport = {port}\n\
-             tls = \"{tls}\"\nusername = \"{user}\"\npassword = \"{pw}\"\nmailboxes = [{mbs}]\nca_file = \"{ca}\"\n\n",
-            id = a.id,
-            user = a.user,
-            port = a.port,
-            tls = a.tls,
-            pw = a.password,
-            mbs = mailboxes.join(", "),
-            ca = AsRef::<Path>::as_ref(&ca_file).display(),
-        ));
+        c = c.account(a, Some(ca_file));
     }
-    s
+    c.render()
 }
 
 /// Parses `toml` exactly as `idlesync run` would, and starts the daemon.

@@ -9,6 +9,7 @@ pub mod proxy;
 pub mod redis;
 pub mod scripted;
 pub mod servers;
+pub mod setup;
 
 /// GET `path` from the admin listener; the body of a 200 answer.
 pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<String> {

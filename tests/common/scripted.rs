@@ -3,6 +3,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Result;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -25,6 +26,25 @@ impl Drop for Scripted {
 /// Serves `messages` (UID = index + 1). On the first connection only, `UID FETCH` sends one
 /// message and then a tagged NO.
 pub async fn start(messages: Vec<Vec<u8>>) -> Result<Scripted> {
+    serve(messages, Behaviour::RefuseFirstFetch).await
+}
+
+/// Serves `messages` (UID = index + 1), writing each FETCH response `delay` after the one
+/// before: a slow first import.
+pub async fn start_slow(messages: Vec<Vec<u8>>, delay: Duration) -> Result<Scripted> {
+    serve(messages, Behaviour::Slow(delay)).await
+}
+
+/// What the server does differently from a plain one.
+#[derive(Debug, Clone, Copy)]
+enum Behaviour {
+    /// On the first connection only, `UID FETCH` sends one message and then a tagged NO.
+    RefuseFirstFetch,
+    /// Every FETCH response waits this long.
+    Slow(Duration),
+}
+
+async fn serve(messages: Vec<Vec<u8>>, behaviour: Behaviour) -> Result<Scripted> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let port = listener.local_addr()?.port();
     let connections = Arc::new(AtomicU64::new(0));
@@ -35,7 +55,12 @@ pub async fn start(messages: Vec<Vec<u8>>) -> Result<Scripted> {
             let n = counter.fetch_add(1, Ordering::SeqCst);
             let messages = messages.clone();
             tokio::spawn(async move {
-                let _ = session(stream, &messages, n == 0).await;
+                let refuse_fetch = matches!(behaviour, Behaviour::RefuseFirstFetch) && n == 0;
+                let delay = match behaviour {
+                    Behaviour::Slow(d) => Some(d),
+                    Behaviour::RefuseFirstFetch => None,
+                };
+                let _ = session(stream, &messages, refuse_fetch, delay).await;
             });
         }
     });
@@ -50,6 +75,7 @@ async fn session(
     stream: tokio::net::TcpStream,
     messages: &[Vec<u8>],
     refuse_fetch: bool,
+    delay: Option<Duration>,
 ) -> Result<()> {
     let (r, mut w) = stream.into_split();
     let mut lines = BufReader::new(r).lines();
@@ -84,6 +110,10 @@ async fn session(
                         "* {uid} FETCH (UID {uid} FLAGS () INTERNALDATE \"14-Nov-2023 22:13:20 +0000\" RFC822.SIZE {len} BODY[]<0> {{{len}}}\r\n{body})\r\n",
                         len = body.len()
                     ));
+                    if let Some(d) = delay {
+                        w.write_all(std::mem::take(&mut out).as_bytes()).await?;
+                        tokio::time::sleep(d).await;
+                    }
                 }
                 if refuse_fetch {
                     out.push_str(&format!("{tag} NO [SERVERBUG] simulated fetch failure\r\n"));
