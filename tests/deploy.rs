@@ -75,3 +75,29 @@ fn unit_and_pm2_command_lines_are_accepted() {
         assert!(unit.contains(key), "the unit lacks {key}");
     }
 }
+
+#[test]
+fn alert_rules_use_only_states_that_exist() {
+    let rules = read("deploy/prometheus/idlesync-alerts.yml");
+    let known: Vec<&str> = idlesync::status::MailboxState::ALL
+        .iter()
+        .map(|s| s.as_str())
+        .collect();
+    // `state="x"` and `state=~"x|y"`.
+    let used: Vec<&str> = rules
+        .split("state=")
+        .skip(1)
+        .filter_map(|rest| rest.trim_start_matches('~').strip_prefix('"'))
+        .filter_map(|rest| rest.split('"').next())
+        .flat_map(|value| value.split('|'))
+        .collect();
+    for state in ["idling", "auth_failed", "failed"] {
+        assert!(used.contains(&state), "no alert uses state {state:?}");
+    }
+    for state in used {
+        assert!(
+            known.contains(&state),
+            "deploy/prometheus/idlesync-alerts.yml uses state {state:?}, which src/status.rs does not define"
+        );
+    }
+}
