@@ -28,7 +28,8 @@ enum LogFormat {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the daemon until SIGINT or SIGTERM.
+    /// Run the daemon until SIGINT or SIGTERM. Exit 2 on a config error (everything `check`
+    /// refuses), 1 if it cannot start otherwise (database, listener).
     Run {
         /// The config file.
         #[arg(long, short)]
@@ -42,7 +43,7 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Apply the database migrations and exit.
+    /// Apply the database migrations and exit (2 on a config error).
     Migrate {
         /// The config file.
         #[arg(long, short)]
