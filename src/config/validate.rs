@@ -4,9 +4,10 @@ use std::collections::HashSet;
 
 use std::time::Duration;
 
-use super::{
-    is_loopback_host, AuthMethod, Config, SecretSource, Seg, TlsMode, MAX_CONNECTIONS_PER_LOGIN,
-};
+use super::{is_loopback_host, AuthMethod, Config, SecretSource, Seg, TlsMode};
+
+/// More connections than this to one user is a warning (Gmail's and Microsoft's limit).
+pub const MAX_CONNECTIONS_PER_LOGIN: usize = 15;
 
 impl Config {
     /// Semantic checks after parsing. Returns (key path, message) pairs.
