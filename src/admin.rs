@@ -12,6 +12,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
@@ -25,7 +26,7 @@ use crate::status::{MailboxState, MailboxStatus, StatusBoard};
 use crate::store::Store;
 
 /// How long `/readyz` waits for the storage to answer.
-const STORAGE_PING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+const STORAGE_PING_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What the handlers read.
 #[derive(Clone)]
@@ -41,14 +42,8 @@ pub struct AdminState {
 /// Serves until `cancel`.
 pub async fn serve(listener: TcpListener, state: AdminState, cancel: CancellationToken) {
     loop {
-        let stream = tokio::select! {
-            r = listener.accept() => match r {
-                Ok((s, _)) => s,
-                Err(e) => {
-                    tracing::debug!(error = %e, "admin accept failed");
-                    continue;
-                }
-            },
+        let (stream, _) = tokio::select! {
+            accepted = accept(|| listener.accept()) => accepted,
             _ = cancel.cancelled() => return,
         };
         let state = state.clone();
@@ -65,6 +60,32 @@ pub async fn serve(listener: TcpListener, state: AdminState, cancel: Cancellatio
                 _ = cancel.cancelled() => {}
             }
         });
+    }
+}
+
+/// First wait after a failed accept; it doubles up to [`ACCEPT_BACKOFF_MAX`].
+const ACCEPT_BACKOFF_FIRST: Duration = Duration::from_secs(1);
+/// Longest wait between failed accepts.
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(64);
+
+/// The next connection from `attempt` (the listener's `accept`). After an error (EMFILE when
+/// descriptors run out, say) it waits 1 s, doubling to 64 s, as mini-redis does, instead of
+/// retrying at once and burning a core; each call starts from 1 s again.
+async fn accept<T, A, F>(mut attempt: A) -> T
+where
+    A: FnMut() -> F,
+    F: std::future::Future<Output = std::io::Result<T>>,
+{
+    let mut wait = ACCEPT_BACKOFF_FIRST;
+    loop {
+        match attempt().await {
+            Ok(accepted) => return accepted,
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?wait, "admin listener cannot accept");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(ACCEPT_BACKOFF_MAX);
+            }
+        }
     }
 }
 
@@ -209,6 +230,51 @@ fn reply(code: StatusCode, content_type: &'static str, body: String) -> Response
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use std::collections::VecDeque;
+    use std::sync::Mutex;
+
+    use tokio::time::Instant;
+
+    /// #12 item 8: on an accept error such as EMFILE the loop retried at once and burnt a core.
+    /// Retries must wait 1 s, doubling to 64 s, and start over at 1 s after a success.
+    #[tokio::test(start_paused = true)]
+    async fn accept_errors_back_off_and_reset_after_a_success() {
+        // 9 failures, a connection, 2 failures, a connection.
+        let script: Vec<bool> = [vec![false; 9], vec![true], vec![false; 2], vec![true]].concat();
+        let script = Arc::new(Mutex::new(VecDeque::from(script)));
+        let attempts = Arc::new(Mutex::new(Vec::new()));
+        let start = Instant::now();
+        let attempt = || {
+            let ok = script.lock().unwrap().pop_front();
+            attempts.lock().unwrap().push(start.elapsed());
+            async move {
+                // A real accept yields to the runtime, which lets paused time move.
+                tokio::task::yield_now().await;
+                match ok {
+                    Some(true) => Ok(()),
+                    Some(false) => Err(std::io::Error::from_raw_os_error(24)), // EMFILE
+                    None => panic!("accepted more often than scripted"),
+                }
+            }
+        };
+        accept(attempt).await;
+        accept(attempt).await;
+        let attempts = attempts.lock().unwrap();
+        let gaps: Vec<u64> = attempts
+            .windows(2)
+            .map(|w| (w[1] - w[0]).as_secs())
+            .collect();
+        assert_eq!(
+            gaps,
+            [1, 2, 4, 8, 16, 32, 64, 64, 64, 0, 1, 2],
+            "seconds between accept attempts"
+        );
+        assert_eq!(attempts.len(), 13);
+        assert!(script.lock().unwrap().is_empty());
+        // Not a wall-clock bound: paused time moves only by the sleeps.
+        assert_eq!(attempts.last().copied(), Some(Duration::from_secs(255 + 3)));
+    }
 
     #[test]
     fn page_escapes_names_and_lists_every_mailbox() {

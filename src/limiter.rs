@@ -1,12 +1,16 @@
-//! Connection attempts per host: spread out in time, and only so many at once.
+//! Connection attempts per host: only so many at once, and optionally spread out in time.
 //!
 //! Every mailbox of a host takes a permit before it connects and keeps it until its mailbox is
-//! selected. Permits are handed out at most `rate` per second, and at most `max_in_flight` are
-//! out at a time. A start-up or a server restart with 10,000 mailboxes on one host then logs in
-//! at the configured rate instead of all in the same second (providers throttle), and never
-//! queues more handshakes at the server than it can answer before `connect_timeout`: past that,
-//! attempts time out, back off and start over, and the whole start takes longer (#5 measured
-//! ~1,000 such retries at 10,000 mailboxes without the cap).
+//! selected. At most `max_in_flight` permits are out at a time, so a start-up or a server
+//! restart with 10,000 mailboxes on one host never queues more handshakes at the server than it
+//! can answer before `connect_timeout`: past that, attempts time out, back off and start over,
+//! and the whole start takes longer (#5 measured ~1,000 such retries at 10,000 mailboxes without
+//! the cap). The server's own pace then sets the start's pace: a permit comes free as soon as a
+//! mailbox is selected.
+//!
+//! An operator whose provider throttles logins can add an open-loop rate, `rate` permits per
+//! second per host. It is off by default (#12 item 14: 20 per second held 1,000 mailboxes back
+//! for 50 s, and 10,000 for over 8 minutes).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -18,7 +22,8 @@ use tokio::time::Instant;
 /// Shared by every mailbox of a daemon.
 #[derive(Debug)]
 pub struct ConnectLimiter {
-    interval: Duration,
+    /// Time between two attempts to one host; `None`: no rate, only `max_in_flight`.
+    interval: Option<Duration>,
     max_in_flight: usize,
     hosts: Mutex<HashMap<String, Host>>,
 }
@@ -36,29 +41,31 @@ pub struct ConnectPermit {
 }
 
 impl ConnectLimiter {
-    /// `per_second` connection attempts per host (at least 1), `max_in_flight` of them at once
+    /// `per_second` connection attempts per host (0: no rate), `max_in_flight` of them at once
     /// (at least 1).
     pub fn new(per_second: u32, max_in_flight: u32) -> Self {
         Self {
-            interval: Duration::from_secs(1) / per_second.max(1),
+            interval: (per_second > 0).then(|| Duration::from_secs(1) / per_second),
             max_in_flight: max_in_flight.max(1) as usize,
             hosts: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Waits until fewer than `max_in_flight` attempts to this host are under way, then for the
-    /// host's next free slot in time.
+    /// Waits until fewer than `max_in_flight` attempts to this host are under way, then, with a
+    /// rate set, for the host's next free slot in time.
     pub async fn acquire(&self, host: &str) -> ConnectPermit {
         let in_flight = self.host(host, |h| Arc::clone(&h.in_flight));
         // The semaphore is never closed, so this is always a permit (`None` would only lift
         // the cap, never fail an attempt).
         let permit = in_flight.acquire_owned().await.ok();
-        let slot = self.host(host, |h| {
-            let slot = h.next.max(Instant::now());
-            h.next = slot + self.interval;
-            slot
-        });
-        tokio::time::sleep_until(slot).await;
+        if let Some(interval) = self.interval {
+            let slot = self.host(host, |h| {
+                let slot = h.next.max(Instant::now());
+                h.next = slot + interval;
+                slot
+            });
+            tokio::time::sleep_until(slot).await;
+        }
         ConnectPermit { _permit: permit }
     }
 
@@ -76,6 +83,26 @@ impl ConnectLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// #12 item 14: the default `connects_per_second = 20` capped a start (or a failover) at
+    /// 20 mailboxes a second, though `max_connecting` already bounds the handshakes in flight.
+    /// With the defaults, a host's first `max_connecting` attempts must all start at once.
+    #[tokio::test(start_paused = true)]
+    async fn coming_online_with_defaults_is_not_paced() {
+        let d = crate::config::ImapTimers::default();
+        let l = ConnectLimiter::new(d.connects_per_second, d.max_connecting);
+        let start = Instant::now();
+        let mut held = Vec::new();
+        for _ in 0..d.max_connecting {
+            held.push(l.acquire("a").await);
+        }
+        assert_eq!(
+            start.elapsed(),
+            Duration::ZERO,
+            "{} attempts were spread out in time",
+            held.len()
+        );
+    }
 
     #[tokio::test(start_paused = true)]
     async fn spreads_attempts_per_host() {

@@ -4,7 +4,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use idlesync::{Config, Daemon};
+use idlesync::publish::PublishError;
+use idlesync::{Config, Daemon, DaemonError};
 
 #[derive(Parser)]
 #[command(
@@ -27,7 +28,8 @@ enum LogFormat {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the daemon until SIGINT or SIGTERM.
+    /// Run the daemon until SIGINT or SIGTERM. Exit 2 on a config error (everything `check`
+    /// refuses), 1 if it cannot start otherwise (database, listener).
     Run {
         /// The config file.
         #[arg(long, short)]
@@ -41,7 +43,7 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Apply the database migrations and exit.
+    /// Apply the database migrations and exit (2 on a config error).
     Migrate {
         /// The config file.
         #[arg(long, short)]
@@ -71,14 +73,30 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-fn load(path: &Path) -> Result<Config, ExitCode> {
-    match Config::load(path) {
-        Ok(c) => Ok(c),
-        Err(errors) => {
-            eprintln!("{errors}");
-            Err(ExitCode::from(2))
-        }
+/// Exit status for a config error, from `check`, `run` and `migrate` alike: process managers
+/// do not restart on it (systemd `RestartPreventExitStatus=2`, PM2 `stop_exit_codes: [2]`).
+const EXIT_CONFIG: u8 = 2;
+
+/// Why a command stopped: a config error (exit 2) or anything else (exit 1).
+enum Failure {
+    /// Already printed, located by file, line and key.
+    Config,
+    /// Anything else: the database unreachable, the listener's address taken, ….
+    Other(anyhow::Error),
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Self {
+        Failure::Other(e)
     }
+}
+
+/// The config as `migrate` needs it: the file itself valid (secrets are not read).
+fn load(path: &Path) -> Result<Config, Failure> {
+    Config::load(path).map_err(|errors| {
+        eprintln!("{errors}");
+        Failure::Config
+    })
 }
 
 /// `idlesync check`: every error on stderr as `file:line: key `…`: why`, exit 2; else the
@@ -88,7 +106,7 @@ fn check(path: &Path) -> ExitCode {
         Ok(checked) => checked,
         Err(errors) => {
             eprintln!("{errors}");
-            return ExitCode::from(2);
+            return ExitCode::from(EXIT_CONFIG);
         }
     };
     for w in warnings {
@@ -104,7 +122,7 @@ fn check(path: &Path) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn with_runtime(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
+fn with_runtime(fut: impl std::future::Future<Output = Result<(), Failure>>) -> ExitCode {
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -114,43 +132,46 @@ fn with_runtime(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> E
     };
     match rt.block_on(fut) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
+        Err(Failure::Config) => ExitCode::from(EXIT_CONFIG),
+        Err(Failure::Other(e)) => {
             eprintln!("idlesync: {e:#}");
             ExitCode::FAILURE
         }
     }
 }
 
-async fn run(path: PathBuf) -> anyhow::Result<()> {
-    let config = load(&path).map_err(|_| anyhow::anyhow!("invalid config"))?;
-    for w in config.warnings() {
+/// `idlesync run`: refuses (exit 2) everything `check` refuses, since PM2 has no check step.
+async fn run(path: PathBuf) -> Result<(), Failure> {
+    let (config, warnings) = Config::check_file(&path).map_err(|errors| {
+        eprintln!("{errors}");
+        Failure::Config
+    })?;
+    for w in warnings {
         tracing::warn!("{w}");
     }
-    let daemon = Daemon::start(config).await?;
+    let daemon = Daemon::start(config).await.map_err(|e| match e {
+        // Only reachable if validation missed something, but a config error all the same.
+        DaemonError::Account { .. } | DaemonError::Publish(PublishError::Config(_)) => {
+            eprintln!("idlesync: {e}");
+            Failure::Config
+        }
+        other => Failure::Other(other.into()),
+    })?;
     daemon.run(Some(path), shutdown_signal()).await;
     Ok(())
 }
 
-async fn migrate(path: PathBuf) -> anyhow::Result<()> {
-    let config = load(&path).map_err(|_| anyhow::anyhow!("invalid config"))?;
-    let store = idlesync::store::Store::connect(&config.storage).await?;
-    store.migrate().await?;
-    println!("migrations applied to {}", redact_url(&config.storage.url));
+async fn migrate(path: PathBuf) -> Result<(), Failure> {
+    let config = load(&path)?;
+    let store = idlesync::store::Store::connect(&config.storage)
+        .await
+        .map_err(anyhow::Error::from)?;
+    store.migrate().await.map_err(anyhow::Error::from)?;
+    println!(
+        "migrations applied to {}",
+        idlesync::config::redact_url(&config.storage.url)
+    );
     Ok(())
-}
-
-/// Hides a password in a database URL.
-fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            match creds.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
-                None => url.to_string(),
-            }
-        }
-        _ => url.to_string(),
-    }
 }
 
 async fn shutdown_signal() {

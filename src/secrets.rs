@@ -143,6 +143,13 @@ pub enum SecretError {
         /// Which command.
         key: CommandKey,
     },
+    /// The source holds nothing: an empty file (`/dev/null`), variable or inline value. No
+    /// server takes an empty password, so `idlesync check` and `run` refuse it.
+    #[error("{what} is empty")]
+    Empty {
+        /// Which source, such as `password file /dev/null` (never its value).
+        what: String,
+    },
     /// The command printed something unusable.
     #[error("{key} printed {problem}")]
     Output {
@@ -177,7 +184,14 @@ impl SecretSource {
     pub fn check(&self) -> Result<(), SecretError> {
         match self {
             SecretSource::Command(cmd) => check_program(CommandKey::Password, cmd),
-            other => other.resolve_local().map(drop),
+            other if other.resolve_local()?.expose().is_empty() => Err(SecretError::Empty {
+                what: match other {
+                    SecretSource::Env(var) => format!("environment variable {var}"),
+                    SecretSource::File(path) => format!("password file {}", path.display()),
+                    _ => "password".into(),
+                },
+            }),
+            _ => Ok(()),
         }
     }
 

@@ -99,6 +99,50 @@ fn json(line: &str) -> Option<serde_json::Value> {
     serde_json::from_str(line).ok()
 }
 
+/// Spawns `idlesync --log-format json run --config CONFIG` at `RUST_LOG=trace`, with one
+/// extra environment variable; its stderr and stdout followed.
+fn spawn_traced(
+    config: &Path,
+    (var, value): (&str, &str),
+) -> Result<(tokio::process::Child, Lines, Lines)> {
+    let mut child = tokio::process::Command::new(BIN)
+        .args(["--log-format", "json", "run", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "trace")
+        .env(var, value)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let stderr = Lines::follow(child.stderr.take().context("stderr")?);
+    let stdout = Lines::follow(child.stdout.take().context("stdout")?);
+    Ok((child, stderr, stdout))
+}
+
+/// SIGTERM, then a clean exit and the daemon's last log line.
+async fn stop(child: &mut tokio::process::Child, stderr: &Lines) -> Result<()> {
+    let pid = child.id().context("child pid")?;
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()?;
+    ensure!(killed.success());
+    let exit = tokio::time::timeout(Duration::from_secs(15), child.wait()).await??;
+    ensure!(
+        exit.success(),
+        "exit {exit:?}:\n{}",
+        tail(&stderr.snapshot())
+    );
+    stderr
+        .wait_for("the last line", |l| {
+            l.iter()
+                .any(|l| l.contains("idlesync stopped"))
+                .then_some(())
+        })
+        .await?;
+    Ok(())
+}
+
 /// (account, mailbox) of every mailbox that logged a transition to `state`.
 fn reached(lines: &[String], state: &str) -> BTreeSet<(String, String)> {
     lines
@@ -235,18 +279,8 @@ ca_file = "{ca}"
     let config_path = dir.path().join("idlesync.toml");
     std::fs::write(&config_path, &config)?;
 
-    let mut child = tokio::process::Command::new(BIN)
-        .args(["--log-format", "json", "run", "--config"])
-        .arg(&config_path)
-        .env("RUST_LOG", "trace")
-        .env("IDLESYNC_ADMIN_TEST_BAD_PW", WRONG_PASSWORD)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()?;
-    let stderr = Lines::follow(child.stderr.take().context("stderr")?);
-    let stdout = Lines::follow(child.stdout.take().context("stdout")?);
+    let (mut child, stderr, stdout) =
+        spawn_traced(&config_path, ("IDLESYNC_ADMIN_TEST_BAD_PW", WRONG_PASSWORD))?;
 
     let admin: SocketAddr = stderr
         .wait_for("the start-up line", |lines| {
@@ -309,7 +343,7 @@ ca_file = "{ca}"
     let states = summary["states"].as_object().context("states")?;
     ensure!(
         summary["mailboxes"] == 4
-            && states.len() == 8
+            && states.len() == idlesync::status::MailboxState::ALL.len()
             && states.values().filter_map(|v| v.as_u64()).sum::<u64>() == 4
             && states["auth_failed"].as_u64() >= Some(1),
         "{summary}"
@@ -389,24 +423,7 @@ ca_file = "{ca}"
     );
 
     // SIGTERM: a clean stop.
-    let pid = child.id().context("child pid")?;
-    let killed = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()?;
-    ensure!(killed.success());
-    let exit = tokio::time::timeout(Duration::from_secs(15), child.wait()).await??;
-    ensure!(
-        exit.success(),
-        "exit {exit:?}:\n{}",
-        tail(&stderr.snapshot())
-    );
-    stderr
-        .wait_for("the last line", |l| {
-            l.iter()
-                .any(|l| l.contains("idlesync stopped"))
-                .then_some(())
-        })
-        .await?;
+    stop(&mut child, &stderr).await?;
 
     // --log-format json: every line on stderr is a JSON object with the usual fields.
     let lines = stderr.snapshot();
@@ -501,4 +518,170 @@ fn base64(bytes: &[u8]) -> String {
         }
     }
     out
+}
+
+/// Output of `idlesync ARGS`, stdout and stderr together.
+async fn binary_output(args: &[&str], config: &Path) -> Result<(Option<i32>, String)> {
+    let out = tokio::process::Command::new(BIN)
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .env("IDLESYNC_ADMIN_TEST_URL_PW", "dave-pw")
+        .env("RUST_LOG", "trace")
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(60), out).await??;
+    Ok((
+        out.status.code(),
+        format!(
+            "{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    ))
+}
+
+/// #12 item 9: passwords in `storage.url` and `redis.url` reach no log line (at trace, through
+/// start-up, a delivery and Redis refusing the password), no error, and no output of `check`
+/// or `migrate`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn url_passwords_never_leak() -> Result<()> {
+    const PG_PW: &str = "pg-LEAKCHECK-url-3";
+    const REDIS_PW: &str = "redis-LEAKCHECK-url-4";
+    let dc = Dovecot::start(&[("dave", "dave-pw")])?;
+    let db = common::db::TestDb::postgres().await?;
+    // Trust auth: PostgreSQL never asks for the password, so the daemon runs with it in its URL.
+    let pg_url = db
+        .url
+        .replacen("://postgres@", &format!("://postgres:{PG_PW}@"), 1);
+    ensure!(
+        pg_url.contains(PG_PW),
+        "unexpected test database URL {}",
+        db.url
+    );
+    // The machine's Redis has no password: it refuses AUTH, so publishing fails and is logged.
+    let redis_url = common::redis::url().replacen("redis://", &format!("redis://:{REDIS_PW}@"), 1);
+    let config = |pg: &str, redis: &str| {
+        format!(
+            r#"[storage]
+url = "{pg}"
+
+[redis]
+url = "{redis}"
+channel = "{channel}"
+
+[metrics]
+listen = "127.0.0.1:0"
+
+[backoff]
+initial = "100ms"
+max = "1s"
+
+[[accounts]]
+id = "adm-url-1"
+email = "dave@example.test"
+host = "127.0.0.1"
+port = {port}
+username = "dave"
+password_env = "IDLESYNC_ADMIN_TEST_URL_PW"
+mailboxes = ["INBOX"]
+ca_file = "{ca}"
+"#,
+            channel = common::redis::unique_channel("url-leak"),
+            port = dc.imaps_port(),
+            ca = dc.ca_file().display(),
+        )
+    };
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("idlesync.toml");
+    let mut everything = Vec::new();
+
+    // check, valid and with URLs its parsers refuse; migrate.
+    for (name, pg, redis, want) in [
+        ("valid", pg_url.clone(), redis_url.clone(), Some(0)),
+        (
+            "bad PostgreSQL port",
+            pg_url.replacen(":5432/", ":99999/", 1),
+            redis_url.clone(),
+            Some(2),
+        ),
+        (
+            "bad Redis port",
+            pg_url.clone(),
+            redis_url.replacen(":6379", ":port", 1),
+            Some(2),
+        ),
+    ] {
+        ensure!(
+            pg.contains(PG_PW) && redis.contains(REDIS_PW),
+            "{name}: {pg} {redis}"
+        );
+        std::fs::write(&path, config(&pg, &redis))?;
+        let (code, out) = binary_output(&["check"], &path).await?;
+        ensure!(code == want, "check, {name}: exit {code:?}: {out}");
+        everything.push(out);
+    }
+    std::fs::write(&path, config(&pg_url, &redis_url))?;
+    let (code, out) = binary_output(&["migrate"], &path).await?;
+    ensure!(
+        code == Some(0) && out.contains("migrations applied to"),
+        "{out}"
+    );
+    everything.push(out);
+
+    // A database that does not exist: start-up fails with a storage error.
+    let missing_db = pg_url.replacen(
+        &format!("/{}", db.url.rsplit('/').next().unwrap_or_default()),
+        "/idlesync_no_such_database",
+        1,
+    );
+    std::fs::write(&path, config(&missing_db, &redis_url))?;
+    let (code, out) = binary_output(&["run"], &path).await?;
+    ensure!(code == Some(1) && out.contains("storage"), "{code:?} {out}");
+    everything.push(out);
+
+    // The daemon at trace: start-up, a delivery, Redis refusing the password, shutdown.
+    std::fs::write(&path, config(&pg_url, &redis_url))?;
+    let (mut child, stderr, stdout) =
+        spawn_traced(&path, ("IDLESYNC_ADMIN_TEST_URL_PW", "dave-pw"))?;
+    stderr
+        .wait_for("the mailbox idling", |lines| {
+            (!reached(lines, "idling").is_empty()).then_some(())
+        })
+        .await?;
+    dc.append("dave", "INBOX", &common::daemon::mail("url-leak-1"))
+        .await?;
+    stderr
+        .wait_for("publishing paused on Redis refusing AUTH", |lines| {
+            lines
+                .iter()
+                .filter_map(|l| json(l))
+                .any(|v| {
+                    v["level"] == "WARN"
+                        && v["fields"]["message"]
+                            .as_str()
+                            .is_some_and(|m| m.starts_with("publishing paused"))
+                })
+                .then_some(())
+        })
+        .await?;
+    stop(&mut child, &stderr).await?;
+    everything.push(stderr.snapshot().join("\n"));
+    everything.push(stdout.snapshot().join("\n"));
+
+    let everything = everything.join("\n");
+    for secret in [PG_PW, REDIS_PW, "LEAKCHECK"] {
+        ensure!(
+            !everything.contains(secret),
+            "{secret:?} leaked:\n{}",
+            everything
+                .lines()
+                .filter(|l| l.contains(secret))
+                .take(5)
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+    Ok(())
 }

@@ -167,6 +167,10 @@ const CASES: &[Case] = &[
     ("idle_renew above RFC 2177's 29 minutes", "idle_renew = \"25m\"", "idle_renew = \"45m\"", "imap.idle_renew", 13),
     ("duplicate key", "tls = \"implicit\"", "tls = \"implicit\"\ntls = \"starttls\"", "accounts[0].tls", 21),
     ("empty email", "email = \"a@example.com\"", "email = \"\"", "accounts[0].email", 17),
+    ("email that is not an addr-spec", "email = \"a@example.com\"", "email = \"joe at example dot com\"", "accounts[0].email", 17),
+    ("email with two @", "email = \"a@example.com\"", "email = \"a@b@example.com\"", "accounts[0].email", 17),
+    ("empty password_file", "\"PWFILE\"", "\"/dev/null\"", "accounts[1].password_file", 32),
+    ("empty inline password", "password_env = \"IDLESYNC_CHECK_TEST_PW\"", "password = \"\"", "accounts[0].password", 22),
 ];
 
 #[test]
@@ -345,5 +349,228 @@ fn the_example_config_checks_with_its_password_set() -> Result<()> {
         .args(["check", "--config", "/nonexistent/idlesync.toml"])
         .output()?;
     ensure!(missing.status.code() == Some(2));
+    Ok(())
+}
+
+/// A config `run` accepts: SQLite in the fixture's directory, no Redis (records to stdout), the
+/// admin listener on a free port, and one account on a closed loopback port (no network).
+const RUN_BASE: &str = r#"[storage]
+url = "sqlite://STORE"
+
+[metrics]
+listen = "127.0.0.1:0"
+
+[[accounts]]
+id = "r1"
+email = "r@example.com"
+host = "127.0.0.1"
+port = 1
+tls = "none"
+username = "r"
+password_file = "PWFILE"
+mailboxes = ["INBOX"]
+"#;
+
+/// Runs `idlesync ARGS --config path`, killed if it is still running after a generous
+/// deadline (a daemon that started instead of refusing its config never exits by itself).
+async fn run_binary(args: &[&str], path: &Path) -> Result<Option<Output>> {
+    let child = tokio::process::Command::new(BIN)
+        .args(args)
+        .arg("--config")
+        .arg(path)
+        .env_remove("RUST_LOG")
+        .env_remove("IDLESYNC_CHECK_UNSET_VAR")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .context("spawning idlesync")?;
+    match tokio::time::timeout(std::time::Duration::from_secs(30), child.wait_with_output()).await {
+        Ok(out) => Ok(Some(out?)),
+        Err(_) => Ok(None),
+    }
+}
+
+/// #12 item 15: `run` exited 1 on an invalid config, so PM2 (`stop_exit_codes: [2]`, no
+/// `check` step first) restarted it forever. `run` and `migrate` must exit 2 on every config
+/// error `check` reports, naming file, line and key the same way.
+#[tokio::test]
+async fn run_exits_2_on_any_config_error() -> Result<()> {
+    let fx = Fixture::new()?;
+    // (name, replace this, with that, what stderr must name)
+    let cases: &[(&str, &str, &str, &str)] = &[
+        (
+            "unknown key",
+            "port = 1\n",
+            "prot = 1\n",
+            ":11: key `accounts[0].prot`",
+        ),
+        (
+            "port zero",
+            "port = 1\n",
+            "port = 0\n",
+            ":11: key `accounts[0].port`",
+        ),
+        ("bad TOML", "[metrics]", "[metrics", ":4:"),
+        (
+            "unset password_env",
+            "password_file = \"PWFILE\"",
+            "password_env = \"IDLESYNC_CHECK_UNSET_VAR\"",
+            ":14: key `accounts[0].password_env`",
+        ),
+        (
+            "missing password_file",
+            "\"PWFILE\"",
+            "\"/nonexistent/pw\"",
+            ":14: key `accounts[0].password_file`",
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (i, (name, from, to, want)) in cases.iter().enumerate() {
+        ensure!(
+            RUN_BASE.contains(from),
+            "case {name:?}: {from:?} not in the base"
+        );
+        let path = fx.path(&format!("run{i}.toml"));
+        std::fs::write(&path, fx.render(&RUN_BASE.replacen(from, to, 1)))?;
+        let want = format!("{}{want}", path.display());
+        let mut commands = vec!["run"];
+        // `migrate` reads no secrets; it refuses only what the file itself gets wrong.
+        if !name.contains("password") {
+            commands.push("migrate");
+        }
+        for command in commands {
+            match run_binary(&[command], &path).await? {
+                None => failures.push(format!("{command}, {name}: still running after 30 s")),
+                Some(out) => {
+                    let stderr = String::from_utf8_lossy(&out.stderr);
+                    if out.status.code() != Some(2) || !stderr.contains(&want) {
+                        failures.push(format!(
+                            "{command}, {name}: exit {:?}, wanted 2 and {want:?} in:\n{stderr}",
+                            out.status.code()
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    for command in ["run", "migrate"] {
+        match run_binary(&[command], Path::new("/nonexistent/idlesync.toml")).await? {
+            Some(out) if out.status.code() == Some(2) => {}
+            other => failures.push(format!("{command}, a missing file: {other:?}")),
+        }
+    }
+    ensure!(failures.is_empty(), "{}", failures.join("\n\n"));
+    Ok(())
+}
+
+/// Reads a child's stderr line by line until `pred` matches one, within a generous deadline.
+async fn wait_for_line(
+    lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStderr>>,
+    seen: &mut Vec<String>,
+    what: &str,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> Result<serde_json::Value> {
+    let wait = async {
+        while let Some(line) = lines.next_line().await? {
+            seen.push(line.clone());
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                if pred(&v) {
+                    return Ok(v);
+                }
+            }
+        }
+        anyhow::bail!("stderr ended")
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(30), wait).await {
+        Ok(r) => r.with_context(|| format!("waiting for {what}: {}", seen.join("\n"))),
+        Err(_) => anyhow::bail!("no {what} within 30 s:\n{}", seen.join("\n")),
+    }
+}
+
+/// #12 item 11, decided: a file without `[[accounts]]` is valid (a daemon may start empty and
+/// get its accounts by reload), so `check` warns and exits 0, and `run` starts but says so at
+/// WARN level, then picks up accounts that a reload adds. `/readyz` stays as it is: ready.
+#[tokio::test]
+async fn no_accounts_warns_in_check_and_run_and_a_reload_adds_them() -> Result<()> {
+    use tokio::io::AsyncBufReadExt;
+    let fx = Fixture::new()?;
+    let full = fx.render(RUN_BASE);
+    let (empty, account) = full
+        .split_once("[[accounts]]")
+        .context("RUN_BASE has an account")?;
+    let (path, out) = fx.check("empty.toml", empty.as_bytes())?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(out.status.code() == Some(0), "{stderr}");
+    ensure!(
+        stderr.contains(&format!(
+            "warning: {}: key `accounts`: no [[accounts]]",
+            path.display()
+        )),
+        "{stderr}"
+    );
+
+    let mut child = tokio::process::Command::new(BIN)
+        .args(["--log-format", "json", "run", "--config"])
+        .arg(&path)
+        .env("RUST_LOG", "idlesync=info")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let stderr = child.stderr.take().context("stderr")?;
+    let mut lines = tokio::io::BufReader::new(stderr).lines();
+    let mut seen = Vec::new();
+    let warn = wait_for_line(&mut lines, &mut seen, "the no-accounts warning", |v| {
+        v["level"] == "WARN"
+            && v["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("no [[accounts]]"))
+    })
+    .await?;
+    ensure!(
+        warn["fields"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(&path.display().to_string())),
+        "the warning does not name the file: {warn}"
+    );
+    let started = wait_for_line(&mut lines, &mut seen, "the start-up line", |v| {
+        v["fields"]["message"] == "idlesync started"
+    })
+    .await?;
+    ensure!(started["fields"]["mailboxes"] == 0, "{started}");
+    let admin: std::net::SocketAddr = started["fields"]["admin"]
+        .as_str()
+        .context("admin address")?
+        .parse()?;
+    let readyz = std::net::TcpStream::connect(admin).and_then(|mut s| {
+        use std::io::{Read, Write};
+        s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
+        let mut body = String::new();
+        s.read_to_string(&mut body)?;
+        Ok(body)
+    })?;
+    ensure!(readyz.starts_with("HTTP/1.1 200"), "{readyz}");
+
+    // The operator adds an account and reloads.
+    std::fs::write(&path, format!("{empty}[[accounts]]{account}"))?;
+    let pid = child.id().context("pid")?;
+    ensure!(std::process::Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()?
+        .success());
+    let reloaded = wait_for_line(&mut lines, &mut seen, "the reload", |v| {
+        v["fields"]["message"] == "config reloaded"
+    })
+    .await?;
+    ensure!(
+        reloaded["fields"]["started"]
+            .as_str()
+            .is_some_and(|s| s.contains("r1/INBOX")),
+        "{reloaded}"
+    );
+    child.kill().await?;
     Ok(())
 }

@@ -41,7 +41,16 @@ fn unit_and_pm2_command_lines_are_accepted() {
     let pm2 = read("deploy/ecosystem.config.js");
     assert!(pm2.contains(r#"args: ["--log-format", "json", "run", "--config""#));
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.example.toml");
-    for line in unit.lines().filter(|l| l.starts_with("ExecStart")) {
+    let exec_lines: Vec<&str> = unit
+        .lines()
+        .filter(|l| l.starts_with("ExecStart"))
+        .collect();
+    // Without this, a unit that lost its ExecStart lines would pass the loop below unchecked.
+    assert!(
+        exec_lines.iter().any(|l| l.starts_with("ExecStart=")),
+        "deploy/idlesync.service has no ExecStart= line"
+    );
+    for line in exec_lines {
         let (_, cmd) = line.split_once('=').unwrap();
         let mut words: Vec<&str> = cmd.split_whitespace().skip(1).collect();
         assert_eq!(words.last(), Some(&"/etc/idlesync/idlesync.toml"), "{line}");
@@ -64,5 +73,31 @@ fn unit_and_pm2_command_lines_are_accepted() {
         "NoNewPrivileges=yes",
     ] {
         assert!(unit.contains(key), "the unit lacks {key}");
+    }
+}
+
+#[test]
+fn alert_rules_use_only_states_that_exist() {
+    let rules = read("deploy/prometheus/idlesync-alerts.yml");
+    let known: Vec<&str> = idlesync::status::MailboxState::ALL
+        .iter()
+        .map(|s| s.as_str())
+        .collect();
+    // `state="x"` and `state=~"x|y"`.
+    let used: Vec<&str> = rules
+        .split("state=")
+        .skip(1)
+        .filter_map(|rest| rest.trim_start_matches('~').strip_prefix('"'))
+        .filter_map(|rest| rest.split('"').next())
+        .flat_map(|value| value.split('|'))
+        .collect();
+    for state in ["idling", "auth_failed", "failed"] {
+        assert!(used.contains(&state), "no alert uses state {state:?}");
+    }
+    for state in used {
+        assert!(
+            known.contains(&state),
+            "deploy/prometheus/idlesync-alerts.yml uses state {state:?}, which src/status.rs does not define"
+        );
     }
 }

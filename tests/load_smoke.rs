@@ -18,7 +18,7 @@ mod scenarios;
 async fn load_harness_smoke() -> anyhow::Result<()> {
     let s = scenarios::Settings {
         bin: env!("CARGO_BIN_EXE_idlesync").into(),
-        rate: 1000,
+        rate: None,
     };
     let tables = scenarios::smoke(&s).await?;
     assert_eq!(tables.len(), 4);

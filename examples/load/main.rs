@@ -38,9 +38,10 @@ struct Cli {
     #[arg(long, global = true)]
     bin: Option<PathBuf>,
     /// New connections per second: idlesync's `imap.connects_per_second`, and the bare
-    /// client's spacing.
-    #[arg(long, global = true, default_value_t = 1000)]
-    rate: u32,
+    /// client's spacing. Without it, idlesync runs with its default (no rate, only
+    /// `imap.max_connecting`) and the bare client at 1000/s.
+    #[arg(long, global = true)]
+    rate: Option<u32>,
     #[command(subcommand)]
     mode: Mode,
 }
@@ -97,11 +98,7 @@ async fn main() -> Result<()> {
         bin,
         rate: cli.rate,
     };
-    eprintln!(
-        "load harness: {} ({} new connections/s)",
-        s.bin.display(),
-        s.rate
-    );
+    eprintln!("load harness: {} ({})", s.bin.display(), s.pacing());
     let tables = match cli.mode {
         Mode::Latency { deliveries } => vec![scenarios::latency(&s, deliveries).await?],
         Mode::Scale {

@@ -182,11 +182,15 @@ pub fn config_toml(
     sinks: &Sinks,
     admin: SocketAddr,
     watch: &[String],
-    connects_per_second: u32,
+    connects_per_second: Option<u32>,
 ) -> String {
     let mut s = format!(
         "[storage]\nurl = \"{db}\"\n\n[redis]\nurl = \"{redis}\"\nchannel = \"{channel}\"\n\n\
-         [metrics]\nlisten = \"{admin}\"\n\n[imap]\nconnects_per_second = {connects_per_second}\n{imap}\n",
+         [metrics]\nlisten = \"{admin}\"\n\n[imap]\n{rate}{imap}\n",
+        // Without --rate, idlesync's default applies.
+        rate = connects_per_second
+            .map(|n| format!("connects_per_second = {n}\n"))
+            .unwrap_or_default(),
         // IDLESYNC_LOAD_PG_QUERY (say `sslmode=disable`) is appended to the database URL.
         db = match std::env::var("IDLESYNC_LOAD_PG_QUERY") {
             Ok(q) if !q.is_empty() => format!("{}?{q}", sinks.db.url),
@@ -693,6 +697,9 @@ pub struct Bare {
     /// Sessions that failed.
     pub failed: u64,
 }
+
+/// The bare client's new connections per second without `--rate` (rounds 1 and 2's yardstick).
+pub const BARE_DEFAULT_RATE: u32 = 1000;
 
 /// Runs the bare asyncio client: `n` users log in, SELECT and IDLE, at most `rate` new
 /// connections per second.

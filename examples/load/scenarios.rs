@@ -20,8 +20,28 @@ use crate::rig::{
 pub struct Settings {
     /// The idlesync binary to run (release build for figures).
     pub bin: PathBuf,
-    /// `imap.connects_per_second` for idlesync, and the same spacing for the bare client.
-    pub rate: u32,
+    /// `--rate`: `imap.connects_per_second` for idlesync and the same spacing for the bare
+    /// client. `None`: idlesync's default (no rate, only `max_connecting`), and the bare client
+    /// at [`rig::BARE_DEFAULT_RATE`].
+    pub rate: Option<u32>,
+}
+
+impl Settings {
+    /// The bare client's new connections per second.
+    pub fn bare_rate(&self) -> u32 {
+        self.rate.unwrap_or(rig::BARE_DEFAULT_RATE)
+    }
+
+    /// How connections are paced, for table titles and the banner.
+    pub fn pacing(&self) -> String {
+        match self.rate {
+            Some(r) => format!("{r} new connections/s"),
+            None => format!(
+                "idlesync's default pacing (max_connecting only), bare client {} new connections/s",
+                self.bare_rate()
+            ),
+        }
+    }
 }
 
 /// One line of a result table.
@@ -250,7 +270,9 @@ pub async fn scale(s: &Settings, n: usize, idle: Duration, bare: bool) -> Result
     // is Dovecot's one-off cost, and whoever came first paid it (idlesync: 74 s against the
     // bare client's 43 s on a warm server in one run). Both timed runs below meet a server
     // whose users have all logged in once, each on a freshly restarted Dovecot.
-    let cold = bare.then(|| rig::bare_client(&dc, n, s.rate)).transpose()?;
+    let cold = bare
+        .then(|| rig::bare_client(&dc, n, s.bare_rate()))
+        .transpose()?;
     if bare {
         dc.restart()?;
     }
@@ -288,8 +310,8 @@ pub async fn scale(s: &Settings, n: usize, idle: Duration, bare: bool) -> Result
     let per_mb_kib = (s1.rss_kib.saturating_sub(base.rss_kib)) as f64 / n as f64;
     let cpu = s1.cpu_s - s0.cpu_s;
     let mut t = Table::new(format!(
-        "(b) scale: {n} idle mailboxes over implicit TLS, client_limit 100, {} new connections/s",
-        s.rate
+        "(b) scale: {n} idle mailboxes over implicit TLS, client_limit 100, {}",
+        s.pacing()
     ));
     t.row(
         "idlesync: start → all idling (polling /status)",
@@ -304,7 +326,7 @@ pub async fn scale(s: &Settings, n: usize, idle: Duration, bare: bool) -> Result
         );
         // A fresh server for the yardstick: no warm imap processes left by idlesync.
         dc.restart()?;
-        let b = rig::bare_client(&dc, n, s.rate)?;
+        let b = rig::bare_client(&dc, n, s.bare_rate())?;
         t.row(
             "bare asyncio client (LOGIN, SELECT, IDLE): start → all idling",
             format!("{:.1} s ({} failed)", b.all_idling_s, b.failed),

@@ -1,3 +1,6 @@
+use std::path::Path;
+use std::time::Duration;
+
 use super::*;
 
 fn parse(s: &str) -> Result<Config, ConfigErrors> {
@@ -105,4 +108,95 @@ fn bad_duration() {
     let e = parse(&format!("[imap]\nidle_renew = \"soon\"\n{OK}")).unwrap_err();
     assert_eq!(e.0[0].line, Some(2), "{e}");
     assert!(e.to_string().contains("invalid duration"), "{e}");
+}
+
+#[test]
+fn addr_specs() {
+    for ok in [
+        "a@example.com",
+        "joe.bloggs+tag@mail.example.co.uk",
+        "joe@localhost",
+        "\"joe bloggs\"@example.com",
+        "\"a@b\"@example.com",
+        "user@[192.0.2.1]",
+        "jörg@bücher.example",
+    ] {
+        assert!(validate::is_addr_spec(ok), "{ok}");
+    }
+    for bad in [
+        "joe at example dot com",
+        "joe",
+        "@example.com",
+        "joe@",
+        "a@b@example.com",
+        "joe smith@example.com",
+        "joe@example..com",
+        ".joe@example.com",
+        "joe.@example.com",
+        "joe@exa mple.com",
+        "joe@example.com ",
+        "\"unterminated@example.com",
+        "joe@[bad[literal]",
+        "joe\n@example.com",
+    ] {
+        assert!(!validate::is_addr_spec(bad), "{bad:?}");
+    }
+}
+
+#[test]
+fn url_passwords_are_redacted_in_debug() {
+    let text = format!(
+        "{}\n[redis]\nurl = \"redis://:redis-SECRET-1@127.0.0.1:6379/0\"\n",
+        OK.replace(
+            "sqlite://x.db",
+            "postgres://u:pg-SECRET-2@db.example:5432/x?sslmode=require&password=pg-SECRET-3"
+        )
+    );
+    let c = parse(&text).unwrap();
+    let pg = "postgres://u:***@db.example:5432/x?sslmode=require&password=***";
+    let redis = "redis://:***@127.0.0.1:6379/0";
+    for (dbg, shown) in [
+        (format!("{c:?}"), vec![pg, redis]),
+        (format!("{c:#?}"), vec![pg, redis]),
+        (format!("{:?}", c.storage), vec![pg]),
+        (format!("{:?}", c.redis), vec![redis]),
+    ] {
+        assert!(!dbg.contains("SECRET"), "{dbg}");
+        for url in shown {
+            assert!(dbg.contains(url), "{url} not in {dbg}");
+        }
+    }
+}
+
+#[test]
+fn redact_url_hides_only_passwords() {
+    for (url, want) in [
+        ("postgres://u:secret@db/x", "postgres://u:***@db/x"),
+        (
+            "postgresql://u:p@ss@db:5432/x",
+            "postgresql://u:***@db:5432/x",
+        ),
+        (
+            "redis://:secret@127.0.0.1:6379/0",
+            "redis://:***@127.0.0.1:6379/0",
+        ),
+        (
+            "rediss://default:secret@cache",
+            "rediss://default:***@cache",
+        ),
+        (
+            "postgres://u@db/x?password=secret&sslmode=require",
+            "postgres://u@db/x?password=***&sslmode=require",
+        ),
+        ("postgres://u@db/x", "postgres://u@db/x"),
+        ("redis://127.0.0.1:6379", "redis://127.0.0.1:6379"),
+        ("sqlite://idlesync.db", "sqlite://idlesync.db"),
+        (
+            "sqlite:///var/lib/idlesync/a.db?mode=rwc",
+            "sqlite:///var/lib/idlesync/a.db?mode=rwc",
+        ),
+        ("not a url", "not a url"),
+    ] {
+        assert_eq!(redact_url(url), want, "{url}");
+    }
 }

@@ -4,9 +4,10 @@ use std::collections::HashSet;
 
 use std::time::Duration;
 
-use super::{
-    is_loopback_host, AuthMethod, Config, SecretSource, Seg, TlsMode, MAX_CONNECTIONS_PER_LOGIN,
-};
+use super::{is_loopback_host, AuthMethod, Config, SecretSource, Seg, TlsMode};
+
+/// More connections than this to one user is a warning (Gmail's and Microsoft's limit).
+pub const MAX_CONNECTIONS_PER_LOGIN: usize = 15;
 
 impl Config {
     /// Semantic checks after parsing. Returns (key path, message) pairs.
@@ -63,16 +64,11 @@ impl Config {
                 out.push((vec![Seg::Key("imap"), Seg::Key(key)], "must be > 0".into()));
             }
         }
-        for (key, n) in [
-            ("connects_per_second", t.connects_per_second),
-            ("max_connecting", t.max_connecting),
-        ] {
-            if n == 0 {
-                out.push((
-                    vec![Seg::Key("imap"), Seg::Key(key)],
-                    "must be at least 1".into(),
-                ));
-            }
+        if t.max_connecting == 0 {
+            out.push((
+                vec![Seg::Key("imap"), Seg::Key("max_connecting")],
+                "must be at least 1".into(),
+            ));
         }
         if t.fetch_batch == 0 {
             out.push((
@@ -97,6 +93,14 @@ impl Config {
             }
             if a.email.trim().is_empty() {
                 out.push((at("email"), "must not be empty".into()));
+            } else if !is_addr_spec(&a.email) {
+                out.push((
+                    at("email"),
+                    format!(
+                        "{:?} is not an email address (local-part@domain, RFC 5322 addr-spec)",
+                        a.email
+                    ),
+                ));
             }
             if a.host.trim().is_empty() {
                 out.push((at("host"), "must not be empty".into()));
@@ -247,7 +251,9 @@ impl Config {
         if self.accounts.is_empty() {
             out.push((
                 vec![Seg::Key("accounts")],
-                "no [[accounts]]: nothing to watch".to_string(),
+                "no [[accounts]]: nothing to watch until a reload (SIGHUP, or an edit of this \
+                 file) adds some"
+                    .to_string(),
             ));
         }
         // Gmail and Microsoft 365 refuse more than about 15 simultaneous IMAP connections
@@ -316,4 +322,49 @@ pub(super) fn redis_url_problem(url: &str) -> Option<String> {
     url.into_connection_info()
         .err()
         .map(|e| format!("not a valid Redis URL: {e}"))
+}
+
+/// Whether `s` is an RFC 5322 `addr-spec` without comments or folding: a dot-atom or quoted
+/// local part, `@`, and a dot-atom or `[literal]` domain. Non-ASCII letters count as atom text
+/// (RFC 6532). Pure, so `check` and the unit tests share it.
+pub(super) fn is_addr_spec(s: &str) -> bool {
+    fn atext(c: char) -> bool {
+        c.is_ascii_alphanumeric()
+            || "!#$%&'*+-/=?^_`{|}~".contains(c)
+            || !c.is_ascii() && !c.is_control() && !c.is_whitespace()
+    }
+    fn dot_atom(s: &str) -> bool {
+        !s.is_empty()
+            && s.split('.')
+                .all(|atom| !atom.is_empty() && atom.chars().all(atext))
+    }
+    fn quoted(s: &str) -> bool {
+        let Some(inner) = s.strip_prefix('"').and_then(|r| r.strip_suffix('"')) else {
+            return false;
+        };
+        // Every `"` inside is escaped (`\"`), and no control character appears.
+        let mut escaped = false;
+        for c in inner.chars() {
+            if c.is_control() || (c == '"' && !escaped) {
+                return false;
+            }
+            escaped = c == '\\' && !escaped;
+        }
+        !escaped
+    }
+    fn literal(s: &str) -> bool {
+        s.strip_prefix('[')
+            .and_then(|r| r.strip_suffix(']'))
+            .is_some_and(|inner| {
+                !inner.is_empty()
+                    && inner
+                        .chars()
+                        .all(|c| c.is_ascii_graphic() && !"[]\\".contains(c))
+            })
+    }
+    // The domain never holds an `@`; a quoted local part may.
+    let Some((local, domain)) = s.rsplit_once('@') else {
+        return false;
+    };
+    (dot_atom(local) || quoted(local)) && (dot_atom(domain) || literal(domain))
 }
