@@ -10,6 +10,8 @@
 //! cargo run --release --example hostile [-- --seconds 60 --bin target/release/idlesync]
 //! ```
 
+#[path = "../tests/common/command.rs"]
+mod command;
 #[path = "../tests/common/hostile.rs"]
 #[allow(dead_code)]
 mod hostile;

@@ -206,6 +206,9 @@ impl Daemon {
                 "config changes in these sections need a restart; the running values stay"
             );
         }
+        if self.config.accounts.is_empty() {
+            tracing::warn!("the reloaded config has no [[accounts]]: no mailbox is watched");
+        }
         tracing::info!(started = ?applied.started, stopped = ?applied.stopped, "config reloaded");
         ReloadOutcome {
             started: applied.started,

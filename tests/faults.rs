@@ -261,13 +261,7 @@ async fn blackholed_connection_is_detected() -> Result<()> {
 
     proxy.set_mode(Mode::Forward);
     proxy.cut_all();
-    let back = d
-        .board()
-        .wait_for(WAIT, |s| {
-            s[0].reconnects >= 1 && s[0].state == MailboxState::Idling
-        })
-        .await;
-    assert!(back, "{:?}", d.board().snapshot());
+    common::daemon::wait_reconnected_idling(&d, WAIT).await?;
     assert!(proxy.connections() >= 2);
     let uid = dc.append("bh", "INBOX", &mail("after-blackhole")).await?;
     let rec = sub.next(WAIT).await?;

@@ -179,13 +179,7 @@ async fn half_open_quiet_connection_is_found() -> Result<()> {
     );
     proxy.set_mode(Mode::Forward);
     proxy.cut_all();
-    let back = d
-        .board()
-        .wait_for(WAIT, |s| {
-            s[0].reconnects >= 1 && s[0].state == MailboxState::Idling
-        })
-        .await;
-    assert!(back, "{:?}", d.board().snapshot());
+    common::daemon::wait_reconnected_idling(&d, WAIT).await?;
     assert!(server.connections() >= 2);
     d.shutdown().await;
     Ok(())

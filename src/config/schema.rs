@@ -189,7 +189,9 @@ pub struct ImapTimers {
     /// How long `DONE` (and `LOGOUT`) may take before the connection is dropped.
     #[serde(deserialize_with = "duration")]
     pub done_timeout: Duration,
-    /// TCP connect, TLS handshake, greeting, login and SELECT, each.
+    /// TCP connect, TLS handshake, greeting, login and SELECT, each. Also the progress
+    /// deadline of any command in flight: the server must send a byte at least this often
+    /// (IDLE, once accepted, is exempt).
     #[serde(deserialize_with = "duration")]
     pub connect_timeout: Duration,
     /// Most messages committed in one transaction (and announced in one record).

@@ -90,3 +90,16 @@ pub fn mail(subject: &str) -> Vec<u8> {
     )
     .into_bytes()
 }
+
+/// Waits until the only mailbox has reconnected at least once and is idling again.
+pub async fn wait_reconnected_idling(d: &Daemon, timeout: Duration) -> Result<()> {
+    let back = d
+        .board()
+        .wait_for(timeout, |s| {
+            s.first()
+                .is_some_and(|m| m.reconnects >= 1 && m.state == MailboxState::Idling)
+        })
+        .await;
+    anyhow::ensure!(back, "not back to idling: {:?}", d.board().snapshot());
+    Ok(())
+}

@@ -106,12 +106,7 @@ async fn session(
     // Messages this session has announced.
     let mut announced = 0;
     while let Some(line) = lines.next_line().await? {
-        let mut parts = line.splitn(3, ' ');
-        let (tag, cmd, rest) = (
-            parts.next().unwrap_or(""),
-            parts.next().unwrap_or("").to_ascii_uppercase(),
-            parts.next().unwrap_or(""),
-        );
+        let (tag, cmd, rest) = super::command::split_command(&line);
         let reply = match cmd.as_str() {
             "LOGIN" => format!("{tag} OK LOGIN done\r\n"),
             "SELECT" => {

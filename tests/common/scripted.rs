@@ -160,12 +160,7 @@ async fn session(
     let mut idles = 0;
     w.write_all(b"* OK scripted IMAP ready\r\n").await?;
     while let Some(line) = next_line().await? {
-        let mut parts = line.splitn(3, ' ');
-        let (tag, cmd, rest) = (
-            parts.next().unwrap_or(""),
-            parts.next().unwrap_or("").to_ascii_uppercase(),
-            parts.next().unwrap_or(""),
-        );
+        let (tag, cmd, rest) = super::command::split_command(&line);
         let reply = match cmd.as_str() {
             "LOGIN" => match on_first(first, &b.first_login_reply) {
                 Some(r) => format!("{tag} {r}\r\n"),
