@@ -36,11 +36,12 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use async_imap::imap_proto::Response;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
 use super::Io;
+pub use error::{Excerpt, GuardError};
+use framer::{Ended, Framer};
 
 /// Line text (everything but literal bytes) one response may carry. A FETCH line before its
 /// literal is about 200 bytes; `* CAPABILITY` about 500. async-imap is handed a complete line
@@ -96,81 +97,6 @@ impl Limits {
     }
 }
 
-/// Why the guard refused the server's bytes.
-#[derive(Debug, thiserror::Error)]
-pub enum GuardError {
-    /// A response's lines hold more than [`MAX_LINE`] bytes.
-    #[error("response line longer than {limit} bytes (starts \"{excerpt}\")")]
-    LineTooLong {
-        /// The limit.
-        limit: usize,
-        /// The line's start, escaped.
-        excerpt: Excerpt,
-    },
-    /// A literal was announced larger than the session's limit.
-    #[error("literal of {announced} bytes announced, at most {limit} accepted")]
-    LiteralTooLarge {
-        /// What the server announced.
-        announced: u64,
-        /// The limit.
-        limit: usize,
-    },
-    /// More than [`MAX_LITERALS`] literals in one response.
-    #[error("more than {limit} literals in one response")]
-    TooManyLiterals {
-        /// The limit.
-        limit: usize,
-    },
-    /// The response would exceed its budget.
-    #[error("response larger than its budget of {limit} bytes")]
-    ResponseTooLarge {
-        /// The budget.
-        limit: usize,
-    },
-    /// The response is complete (or its literal announced) but does not parse.
-    #[error("response does not parse: \"{excerpt}\"")]
-    Malformed {
-        /// The response's start, escaped, literals shown as `""`.
-        excerpt: Excerpt,
-    },
-    /// No byte arrived for `progress` while a command waited for its answer.
-    #[error("no bytes from the server for {0:?} while a command was in flight")]
-    Stalled(Duration),
-}
-
-impl GuardError {
-    /// Finds a guard error inside an `io::Error` (as async-imap hands it back).
-    pub fn find(e: &io::Error) -> Option<&GuardError> {
-        e.get_ref().and_then(|inner| inner.downcast_ref())
-    }
-}
-
-/// At most [`EXCERPT`] bytes of server data, escaped (`\r`, `\x00`, `\"` …), cut with `…`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Excerpt(String);
-
-impl Excerpt {
-    /// The escaped start of `bytes`.
-    pub fn of(bytes: &[u8]) -> Excerpt {
-        let cut = bytes.len().min(EXCERPT);
-        let mut s: String = bytes
-            .get(..cut)
-            .unwrap_or_default()
-            .escape_ascii()
-            .to_string();
-        if cut < bytes.len() {
-            s.push('…');
-        }
-        Excerpt(s)
-    }
-}
-
-impl fmt::Display for Excerpt {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
 /// Sets the literal limit of the guard under a session's stream (no-op for a stream without
 /// one, as in unit tests). The body FETCH calls it with what it asks for.
 pub fn set_max_literal(io: &mut dyn Io, max: usize) {
@@ -182,166 +108,6 @@ pub fn set_max_literal(io: &mut dyn Io, max: usize) {
     {
         g.limits.max_literal = max;
     }
-}
-
-/// How many bytes of a chunk may be handed on, and whether the rest is refused.
-struct Scan {
-    /// The prefix of the chunk that may be handed on.
-    ready: usize,
-    /// The chunk broke a bound after `ready`.
-    error: Option<GuardError>,
-}
-
-/// The reader's framing state, per response.
-#[derive(Debug, Default)]
-struct Framer {
-    /// Literal bytes still to pass through; 0 while in a line.
-    literal_left: u64,
-    /// The response's lines so far with literals as `""`; the current line in full.
-    skeleton: Vec<u8>,
-    /// Literals in this response so far.
-    literals: usize,
-    /// Bytes of this response so far.
-    bytes: usize,
-}
-
-/// What a complete response was, for the command-in-flight tracking.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Ended {
-    Untagged,
-    Continuation,
-    Tagged,
-}
-
-impl Framer {
-    /// Scans `data` (each byte once), returning how much of it is ready to hand on.
-    /// `ended` is called for every response completed in it.
-    fn scan(&mut self, data: &[u8], limits: &Limits, mut ended: impl FnMut(Ended)) -> Scan {
-        let mut at = 0;
-        let mut ready = 0;
-        while at < data.len() {
-            let rest = data.get(at..).unwrap_or_default();
-            if self.literal_left > 0 {
-                let n = usize::try_from(self.literal_left)
-                    .unwrap_or(usize::MAX)
-                    .min(rest.len());
-                self.literal_left -= n as u64;
-                at += n;
-                ready = at;
-                continue;
-            }
-            // In a line: up to and including its LF.
-            let (run, complete) = match rest.iter().position(|&b| b == b'\n') {
-                Some(i) => (i + 1, true),
-                None => (rest.len(), false),
-            };
-            if self.skeleton.len() + run > MAX_LINE {
-                let mut line = std::mem::take(&mut self.skeleton);
-                line.extend_from_slice(rest.get(..run.min(EXCERPT)).unwrap_or_default());
-                return Scan {
-                    ready,
-                    error: Some(GuardError::LineTooLong {
-                        limit: MAX_LINE,
-                        excerpt: Excerpt::of(&line),
-                    }),
-                };
-            }
-            self.skeleton
-                .extend_from_slice(rest.get(..run).unwrap_or_default());
-            self.bytes += run;
-            at += run;
-            if !complete {
-                break;
-            }
-            if let Err(e) = self.line_ended(limits, &mut ended) {
-                return Scan {
-                    ready,
-                    error: Some(e),
-                };
-            }
-            ready = at;
-        }
-        Scan { ready, error: None }
-    }
-
-    /// The current line got its LF: a literal announcement or the end of the response.
-    fn line_ended(
-        &mut self,
-        limits: &Limits,
-        ended: &mut impl FnMut(Ended),
-    ) -> Result<(), GuardError> {
-        if let Some((announced, start)) = literal_announced(&self.skeleton) {
-            let limit = limits.max_literal;
-            if announced > limit as u64 {
-                return Err(GuardError::LiteralTooLarge { announced, limit });
-            }
-            self.literals += 1;
-            if self.literals > MAX_LITERALS {
-                return Err(GuardError::TooManyLiterals {
-                    limit: MAX_LITERALS,
-                });
-            }
-            // `announced <= max_literal`, a usize.
-            let n = usize::try_from(announced).unwrap_or(usize::MAX);
-            if self.bytes.saturating_add(n) > limits.max_response() {
-                return Err(GuardError::ResponseTooLarge {
-                    limit: limits.max_response(),
-                });
-            }
-            self.skeleton.truncate(start);
-            // What async-imap is about to be given must at least be a valid beginning.
-            if Response::parse(&self.skeleton).is_err_and(|e| !e.is_incomplete()) {
-                return Err(self.malformed());
-            }
-            self.skeleton.extend_from_slice(b"\"\"");
-            self.bytes += n;
-            self.literal_left = announced;
-            return Ok(());
-        }
-        if !self.skeleton.ends_with(b"\r\n") {
-            // A bare LF inside a line: IMAP lines end in CRLF.
-            return Ok(());
-        }
-        match Response::parse(&self.skeleton) {
-            Ok(_) => {}
-            Err(_) => return Err(self.malformed()),
-        }
-        ended(match self.skeleton.first() {
-            Some(b'*') => Ended::Untagged,
-            Some(b'+') => Ended::Continuation,
-            _ => Ended::Tagged,
-        });
-        *self = Framer::default();
-        Ok(())
-    }
-
-    fn malformed(&mut self) -> GuardError {
-        GuardError::Malformed {
-            excerpt: Excerpt::of(&std::mem::take(&mut self.skeleton)),
-        }
-    }
-}
-
-/// `{n}CRLF` or `~{n}CRLF` at the end of `line`: `n` and where the announcement starts.
-fn literal_announced(line: &[u8]) -> Option<(u64, usize)> {
-    let body = line.strip_suffix(b"}\r\n")?;
-    let open = body.iter().rposition(|&b| b == b'{')?;
-    let digits = body.get(open + 1..)?;
-    if digits.is_empty() || digits.len() > 20 || !digits.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    let n = digits
-        .iter()
-        .try_fold(0u64, |n, d| {
-            n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
-        })
-        // More digits than a u64 holds: larger than any limit.
-        .unwrap_or(u64::MAX);
-    let start = match open.checked_sub(1).and_then(|i| body.get(i)) {
-        Some(b'~') => open - 1,
-        _ => open,
-    };
-    Some((n, start))
 }
 
 /// The guard stream. See the module documentation.
@@ -648,5 +414,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Guard<S> {
     }
 }
 
+mod error;
+mod framer;
 #[cfg(test)]
 mod tests;

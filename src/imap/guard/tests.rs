@@ -1,3 +1,6 @@
+use async_imap::imap_proto::Response;
+
+use super::framer::literal_announced;
 use super::*;
 
 use std::collections::VecDeque;
