@@ -9,3 +9,13 @@ pub fn split_command(line: &str) -> (&str, String, &str) {
         parts.next().unwrap_or(""),
     )
 }
+
+/// The first UID a `UID FETCH <from>:* …` asks for (`rest` is what follows `UID`); 1 when it
+/// cannot be read.
+pub fn fetch_from(rest: &str) -> usize {
+    rest.split_whitespace()
+        .nth(1)
+        .and_then(|r| r.split(':').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1)
+}

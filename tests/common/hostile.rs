@@ -146,12 +146,7 @@ async fn session(
                 format!("{tag} OK IDLE done\r\n")
             }
             "UID" if matches!(attack, Attack::Control) => {
-                let from: usize = rest
-                    .split_whitespace()
-                    .nth(1)
-                    .and_then(|r| r.split(':').next())
-                    .and_then(|n| n.parse().ok())
-                    .unwrap_or(1);
+                let from = super::command::fetch_from(rest);
                 let messages = mailbox.messages.lock().expect("lock").clone();
                 let mut out = Vec::new();
                 for uid in from.max(1)..=messages.len() {

@@ -186,12 +186,7 @@ async fn session(
                 ),
             },
             "UID" => {
-                let from: usize = rest
-                    .split_whitespace()
-                    .nth(1)
-                    .and_then(|r| r.split(':').next())
-                    .and_then(|n| n.parse().ok())
-                    .unwrap_or(1);
+                let from = super::command::fetch_from(rest);
                 let refusal = match on_first(first, &b.first_fetch_reply) {
                     Some(r) => Some(r.clone()),
                     None if first && b.refuse_first_fetch => {
