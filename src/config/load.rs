@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use super::locate::{key_at, key_of_error, line_of, locate, render_key};
+use super::locate::{key_at, key_of_error, line_of, locate};
 use super::{Config, ConfigError, ConfigErrors};
 
 /// One step of a key path.
@@ -41,34 +41,6 @@ impl Config {
             return Ok(config);
         }
         Err(ConfigErrors(locate(path, text, problems)))
-    }
-
-    /// Checks every account's secret source once, to report missing env vars, files or
-    /// programs up front (without line numbers; [`Config::check_file`] has them).
-    pub fn check_secrets(&self, file: &Path) -> Result<(), ConfigErrors> {
-        let errs: Vec<ConfigError> = self
-            .secret_problems()
-            .into_iter()
-            .map(|(key, message)| ConfigError {
-                file: file.to_path_buf(),
-                line: None,
-                key: render_key(&key),
-                message,
-            })
-            .collect();
-        if errs.is_empty() {
-            Ok(())
-        } else {
-            Err(ConfigErrors(errs))
-        }
-    }
-
-    /// Warnings that do not stop the daemon, as `key: message` lines.
-    pub fn warnings(&self) -> Vec<String> {
-        self.warning_problems()
-            .into_iter()
-            .map(|(key, message)| format!("{}: {message}", render_key(&key)))
-            .collect()
     }
 
     /// What `idlesync check` does: everything `run` would refuse before its first connection
