@@ -69,7 +69,7 @@ pub struct ReloadOutcome {
 
 /// A running daemon.
 pub struct Daemon {
-    /// The config in force: accounts as last reloaded, everything else as started.
+    /// The config as started; the account list in force is the supervisor's.
     config: Config,
     supervisor: Supervisor,
     store: Store,
@@ -191,8 +191,7 @@ impl Daemon {
         .into_iter()
         .filter_map(|(name, changed)| changed.then_some(name))
         .collect();
-        let applied = self.supervisor.apply(new.accounts.clone()).await;
-        self.config.accounts = new.accounts;
+        let applied = self.supervisor.apply(new.accounts).await;
         metrics::gauge!(crate::metrics::CONFIG_RESTART_REQUIRED).set(
             if restart_required.is_empty() {
                 0.0
@@ -206,7 +205,7 @@ impl Daemon {
                 "config changes in these sections need a restart; the running values stay"
             );
         }
-        if self.config.accounts.is_empty() {
+        if self.supervisor.accounts().is_empty() {
             tracing::warn!("the reloaded config has no [[accounts]]: no mailbox is watched");
         }
         tracing::info!(started = ?applied.started, stopped = ?applied.stopped, "config reloaded");
