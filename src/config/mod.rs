@@ -1,7 +1,7 @@
 //! The operator's TOML file: parsing, defaults, validation with file/line/key, and secrets.
 //!
-//! Everything here is pure except reading the config file itself and, in [`SecretSource::resolve`] and [`SecretSource::check`],
-//! the environment or a password file. `idlesync check` and `idlesync run` both go through
+//! Everything here is pure except reading the config file itself and, in
+//! [`SecretSource::resolve`] and [`SecretSource::check`], the environment or a password file. `idlesync check` and `idlesync run` both go through
 //! [`Config::check_file`] (parse, validate, then every secret source), so every error `run`
 //! would meet before its first connection is reported up front, and `run` refuses it too.
 //!
