@@ -1,9 +1,10 @@
 //! The operator's TOML file: parsing, defaults, validation with file/line/key, and secrets.
 //!
 //! Everything here is pure except reading the config file itself and, in
-//! [`SecretSource::resolve`] and [`SecretSource::check`], the environment or a password file. `idlesync check` and `idlesync run` both go through
-//! [`Config::check_file`] (parse, validate, then every secret source), so every error `run`
-//! would meet before its first connection is reported up front, and `run` refuses it too.
+//! [`SecretSource::resolve`] and [`SecretSource::check`], the environment or a password file.
+//! `idlesync check` and `idlesync run` both go through [`Config::check_file`] (parse, validate,
+//! then every secret source), so every error `run` would meet before its first connection is
+//! reported up front, and `run` refuses it too.
 //!
 //! - `schema`: the sections, keys and defaults;
 //! - `load`: bytes to a validated [`Config`]; `validate`: the semantic checks; `locate`: the
