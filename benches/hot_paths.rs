@@ -51,6 +51,7 @@ fn parse(c: &mut Criterion) {
             flags: "\\Seen".into(),
             internal_date_ms: Some(0),
             size: None,
+            ..ImapMeta::default()
         };
         let opts = ExtractOptions::default();
         g.throughput(Throughput::Bytes(raw.len() as u64));

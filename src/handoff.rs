@@ -129,6 +129,7 @@ mod tests {
             id,
             account_id: "a".into(),
             mailbox: "INBOX".into(),
+            topic: crate::changes::Topic::Sync,
             payload: "{}".into(),
             exists_at_us: None,
             created_at: 0,

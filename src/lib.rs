@@ -20,6 +20,7 @@
 
 pub mod admin;
 pub mod backoff;
+pub mod changes;
 pub mod config;
 pub mod daemon;
 pub mod event;

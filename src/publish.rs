@@ -396,6 +396,7 @@ mod tests {
         let redis = RedisConfig {
             url: "redis://127.0.0.1".into(),
             channel: "c".into(),
+            changes_channel: "c2".into(),
             stream: None,
             stream_maxlen: 1,
             retry_max: Duration::from_millis(200),

@@ -741,6 +741,7 @@ async fn publish_order_holds_when_the_handoff_queue_overflows() -> Result<()> {
     let redis_config = idlesync::config::RedisConfig {
         url: redis::url(),
         channel: channel.clone(),
+        changes_channel: format!("{channel}:changes"),
         stream: None,
         stream_maxlen: 1000,
         retry_max: Duration::from_secs(1),

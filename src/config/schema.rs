@@ -58,6 +58,13 @@ pub struct StorageConfig {
     /// Also join threads by normalized subject when no Message-ID links a message. Off by
     /// default: unrelated mail often shares a subject ("Hello", "Invoice").
     pub thread_by_subject: bool,
+    /// What becomes of a row whose message left the mailbox: `keep` (marked with
+    /// `expunged_at`) or `delete`.
+    pub expunged: crate::changes::ExpungeMode,
+    /// A first import only fetches mail whose INTERNALDATE is at most this old (`"90d"`);
+    /// `None` imports everything.
+    #[serde(deserialize_with = "optional_duration")]
+    pub import_since: Option<Duration>,
 }
 
 /// `storage.raw`: where the original RFC 5322 bytes go.
@@ -80,6 +87,8 @@ impl Default for StorageConfig {
             attachment_max_bytes: 10 * 1024 * 1024,
             max_message_size: 50 * 1024 * 1024,
             thread_by_subject: false,
+            expunged: crate::changes::ExpungeMode::Keep,
+            import_since: None,
         }
     }
 }
@@ -93,6 +102,10 @@ pub struct RedisConfig {
     /// The Pub/Sub channel the web app's Socket.IO server subscribes to.
     #[serde(default = "default_channel")]
     pub channel: String,
+    /// The Pub/Sub channel for changes to stored mail (`flagsChanged`, `messagesExpunged`,
+    /// `imported`), kept apart so that the web app's "new email" badge never counts them.
+    #[serde(default = "default_changes_channel")]
+    pub changes_channel: String,
     /// Optional Redis Stream: each record is also XADDed here, so a consumer that was offline can
     /// replay with a consumer group. PUBLISH stays for the live path.
     pub stream: Option<String>,
@@ -115,6 +128,10 @@ fn default_retry_max() -> Duration {
 
 fn default_channel() -> String {
     "email:sync".into()
+}
+
+fn default_changes_channel() -> String {
+    "email:changes".into()
 }
 
 fn default_stream_maxlen() -> u64 {
@@ -379,4 +396,8 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
             "invalid duration {s:?}: {e} (use e.g. \"30s\", \"25m\")"
         ))
     })
+}
+
+fn optional_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    duration(d).map(Some)
 }

@@ -16,6 +16,7 @@ pub mod idle;
 pub mod mailbox_name;
 pub mod throttle;
 pub mod tls;
+pub mod view;
 
 use std::fmt;
 use std::time::Duration;

@@ -77,6 +77,12 @@ pub struct MessageRecord {
     pub raw: Option<Vec<u8>>,
     /// Subject without reply/forward prefixes, lower-cased; for opt-in subject threading.
     pub subject_key: String,
+    /// MODSEQ when fetched, where the server has CONDSTORE (`messages.modseq`).
+    pub modseq: Option<u64>,
+    /// The server's id for the message across mailboxes (`messages.email_id`).
+    pub email_id: Option<String>,
+    /// The server's conversation id (`messages.server_thread_id`).
+    pub server_thread_id: Option<String>,
 }
 
 impl MessageRecord {
@@ -126,6 +132,12 @@ pub struct ImapMeta {
     pub internal_date_ms: Option<i64>,
     /// RFC822.SIZE. When it exceeds the bytes fetched, the message was truncated.
     pub size: Option<u32>,
+    /// MODSEQ, where the server has CONDSTORE.
+    pub modseq: Option<u64>,
+    /// RFC 8474 EMAILID, or Gmail's X-GM-MSGID: the same in every mailbox holding the message.
+    pub email_id: Option<String>,
+    /// RFC 8474 THREADID, or Gmail's X-GM-THRID.
+    pub server_thread_id: Option<String>,
 }
 
 /// The limits [`extract`] applies; from `[storage]`.
@@ -173,6 +185,9 @@ pub fn extract(raw: &[u8], meta: &ImapMeta, opts: &ExtractOptions) -> MessageRec
         received_at_ms: meta.internal_date_ms,
         size: meta.size.map_or(raw.len() as i64, i64::from),
         flags: text::clean(&meta.flags),
+        modseq: meta.modseq,
+        email_id: meta.email_id.clone(),
+        server_thread_id: meta.server_thread_id.clone(),
         from: "[]".into(),
         sender: "[]".into(),
         reply_to: "[]".into(),

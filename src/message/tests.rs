@@ -6,6 +6,7 @@ fn meta(uid: u32) -> ImapMeta {
         flags: "\\Seen".into(),
         internal_date_ms: Some(1_700_000_000_000),
         size: None,
+        ..ImapMeta::default()
     }
 }
 

@@ -14,6 +14,8 @@ pub struct OutboxRow {
     pub account_id: String,
     /// For metric labels.
     pub mailbox: String,
+    /// Which channel it goes to.
+    pub topic: crate::changes::Topic,
     /// The JSON record.
     pub payload: String,
     /// When the EXISTS behind it was read (Unix µs), for the latency histogram.
@@ -34,6 +36,7 @@ impl OutboxRow {
             id: 0,
             account_id: account_id.to_string(),
             mailbox: mailbox.to_string(),
+            topic: crate::changes::Topic::Sync,
             payload,
             exists_at_us,
             created_at: now_ms(),
@@ -56,6 +59,7 @@ impl Store {
                 id: r.get(0),
                 account_id: r.get(1),
                 mailbox: r.get(2),
+                topic: crate::changes::Topic::Sync,
                 payload: r.get(3),
                 exists_at_us: r.get(4),
                 created_at: r.get(5),
