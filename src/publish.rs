@@ -15,6 +15,13 @@
 //! mode stops as soon as the table holds records the queue does not, so that a record queued
 //! after an overflow never overtakes the overflowed ones; catching up goes by id, which is
 //! commit order within a mailbox (its commits are sequential).
+//!
+//! **Channels:** each record's [`Topic`] picks its channel: [`Topic::Sync`] goes to
+//! `redis.channel` (`email:sync`: new mail and `mailboxReset`), [`Topic::Changes`] to
+//! `redis.changes_channel` (`email:changes`: flag changes, expunges, the first import).
+//! Both go through the one ordered pipeline above, so a mailbox's records never overtake each
+//! other across channels. `redis.stream`, when set, gets every record of both. On stdout
+//! both topics are written alike; `kind` tells them apart.
 
 use std::collections::{HashSet, VecDeque};
 use std::io::Write;
@@ -23,6 +30,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::changes::Topic;
 use crate::config::{BackoffConfig, OutboxConfig, RedisConfig, DEFAULT_PUBLISH_RETRY_MAX};
 use crate::handoff::{Inbox, Wait};
 use crate::status::StatusBoard;
@@ -53,13 +61,13 @@ pub enum PublishError {
 /// Where records go.
 #[derive(Debug)]
 pub enum Sink {
-    /// PUBLISH on a Redis channel (and XADD to a stream when configured).
+    /// PUBLISH on the topic's Redis channel (and XADD to a stream when configured).
     Redis(Box<RedisSink>),
     /// One JSON line per record on stdout.
     Stdout,
 }
 
-/// A Redis channel, and optionally a stream.
+/// The two Redis channels, and optionally a stream.
 pub struct RedisSink {
     /// Opens connections.
     client: redis::Client,
@@ -67,8 +75,10 @@ pub struct RedisSink {
     /// pool would check its connection with a PING before every record: a second round trip
     /// on the latency path.)
     conn: Option<redis::aio::MultiplexedConnection>,
-    /// Channel name.
+    /// [`Topic::Sync`]'s channel (`redis.channel`).
     channel: String,
+    /// [`Topic::Changes`]'s channel (`redis.changes_channel`).
+    changes_channel: String,
     /// Stream name and approximate MAXLEN.
     stream: Option<(String, u64)>,
 }
@@ -76,7 +86,11 @@ pub struct RedisSink {
 impl std::fmt::Debug for RedisSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // The client holds the URL, password included: never printed.
-        write!(f, "RedisSink({}, stream {:?})", self.channel, self.stream)
+        write!(
+            f,
+            "RedisSink({}, {}, stream {:?})",
+            self.channel, self.changes_channel, self.stream
+        )
     }
 }
 
@@ -92,20 +106,26 @@ impl Sink {
             client,
             conn: None,
             channel: cfg.channel.clone(),
+            changes_channel: cfg.changes_channel.clone(),
             stream: cfg.stream.clone().map(|s| (s, cfg.stream_maxlen)),
         })))
     }
 
-    /// Sends one record; `Ok` means Redis acknowledged it.
-    pub async fn publish(&mut self, payload: &str) -> Result<(), PublishError> {
+    /// Sends one record to `topic`'s channel; `Ok` means Redis acknowledged it.
+    pub async fn publish(&mut self, topic: Topic, payload: &str) -> Result<(), PublishError> {
         match self {
             Sink::Redis(sink) => {
                 let RedisSink {
                     client,
                     conn,
                     channel,
+                    changes_channel,
                     stream,
                 } = &mut **sink;
+                let channel = match topic {
+                    Topic::Sync => &*channel,
+                    Topic::Changes => &*changes_channel,
+                };
                 let send = async {
                     let mut c = match conn.take() {
                         Some(c) => c,
@@ -113,7 +133,7 @@ impl Sink {
                     };
                     // One round trip: PUBLISH for the live path, XADD for replay.
                     let mut pipe = redis::pipe();
-                    pipe.cmd("PUBLISH").arg(&*channel).arg(payload).ignore();
+                    pipe.cmd("PUBLISH").arg(channel).arg(payload).ignore();
                     if let Some((name, maxlen)) = stream {
                         pipe.cmd("XADD")
                             .arg(&*name)
@@ -240,7 +260,7 @@ impl Publisher {
                 break;
             }
             if !drained.contains(row.id) {
-                if let Err(e) = self.sink.publish(&row.payload).await {
+                if let Err(e) = self.sink.publish(row.topic, &row.payload).await {
                     failure = Some(e);
                     break;
                 }
@@ -274,7 +294,7 @@ impl Publisher {
                 if cancel.is_cancelled() {
                     break;
                 }
-                match self.sink.publish(&row.payload).await {
+                match self.sink.publish(row.topic, &row.payload).await {
                     Ok(()) => {
                         self.observe(row);
                         done.push(row.id);
@@ -381,44 +401,4 @@ async fn report_depth(store: &Store) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn publisher_retries_are_capped_by_redis_retry_max_not_backoff_max() {
-        let backoff = BackoffConfig::default();
-        assert_eq!(backoff.max, Duration::from_secs(300));
-        let s = retry_schedule(&backoff, None);
-        assert_eq!(
-            (s.initial, s.max),
-            (backoff.initial, DEFAULT_PUBLISH_RETRY_MAX)
-        );
-        let redis = RedisConfig {
-            url: "redis://127.0.0.1".into(),
-            channel: "c".into(),
-            changes_channel: "c2".into(),
-            stream: None,
-            stream_maxlen: 1,
-            retry_max: Duration::from_millis(200),
-        };
-        let s = retry_schedule(&backoff, Some(&redis));
-        assert_eq!(s.max, Duration::from_millis(200));
-        assert_eq!(
-            s.initial,
-            Duration::from_millis(200),
-            "initial never above the cap"
-        );
-    }
-
-    #[test]
-    fn remembered_ids_are_bounded_oldest_first() {
-        let mut r = Remembered::default();
-        let ids: Vec<i64> = (0..(REMEMBER as i64 + 10)).collect();
-        r.extend(&ids);
-        assert!(!r.contains(0) && !r.contains(9));
-        assert!(r.contains(10) && r.contains(REMEMBER as i64 + 9));
-        assert_eq!(r.set.len(), REMEMBER);
-        r.extend(&[10]);
-        assert_eq!(r.order.len(), REMEMBER);
-    }
-}
+mod tests;
