@@ -171,6 +171,11 @@ const CASES: &[Case] = &[
     ("email with two @", "email = \"a@example.com\"", "email = \"a@b@example.com\"", "accounts[0].email", 17),
     ("empty password_file", "\"PWFILE\"", "\"/dev/null\"", "accounts[1].password_file", 32),
     ("empty inline password", "password_env = \"IDLESYNC_CHECK_TEST_PW\"", "password = \"\"", "accounts[0].password", 22),
+    ("unknown storage.expunged value", "max_connections = 4", "max_connections = 4\nexpunged = \"archive\"", "storage.expunged", 4),
+    ("import_since zero", "max_connections = 4", "max_connections = 4\nimport_since = \"0d\"", "storage.import_since", 4),
+    ("import_since that is no duration", "max_connections = 4", "max_connections = 4\nimport_since = \"ninety days\"", "storage.import_since", 4),
+    ("empty changes_channel", "channel = \"email:sync\"", "channel = \"email:sync\"\nchanges_channel = \"\"", "redis.changes_channel", 8),
+    ("changes_channel equal to channel", "channel = \"email:sync\"", "channel = \"email:sync\"\nchanges_channel = \"email:sync\"", "redis.changes_channel", 8),
 ];
 
 #[test]
@@ -202,6 +207,29 @@ fn bad_configs_exit_2_naming_file_line_and_key() -> Result<()> {
         }
     }
     ensure!(failures.is_empty(), "{}", failures.join("\n\n"));
+    Ok(())
+}
+
+/// The mirror keys, set to valid values, check clean.
+#[test]
+fn mirror_keys_with_valid_values_exit_0() -> Result<()> {
+    let fx = Fixture::new()?;
+    let text = fx
+        .base
+        .replacen(
+            "max_connections = 4",
+            "max_connections = 4\nexpunged = \"delete\"\nimport_since = \"90d\"",
+            1,
+        )
+        .replacen(
+            "channel = \"email:sync\"",
+            "channel = \"email:sync\"\nchanges_channel = \"crm:changes\"",
+            1,
+        );
+    let (_, out) = fx.check("mirror.toml", text.as_bytes())?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(out.status.code() == Some(0), "{stderr}");
+    ensure!(!stderr.contains("warning"), "{stderr}");
     Ok(())
 }
 

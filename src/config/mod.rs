@@ -6,6 +6,11 @@
 //! then every secret source), so every error `run` would meet before its first connection is
 //! reported up front, and `run` refuses it too.
 //!
+//! A live reload (SIGHUP, or an edit seen by `[reload] watch_interval`) applies only the
+//! account list. A changed `[storage]` (`expunged`, `import_since` included), `[redis]`
+//! (`changes_channel` included), `[metrics]`, `[imap]`, `[backoff]` or `[outbox]` is logged
+//! and flagged by `idlesync_config_restart_required`; the running values stay until a restart.
+//!
 //! - `schema`: the sections, keys and defaults;
 //! - `load`: bytes to a validated [`Config`]; `validate`: the semantic checks; `locate`: the
 //!   line and key of each problem; `error`: [`ConfigError`];

@@ -14,6 +14,8 @@ impl fmt::Debug for StorageConfig {
             .field("attachment_max_bytes", &self.attachment_max_bytes)
             .field("max_message_size", &self.max_message_size)
             .field("thread_by_subject", &self.thread_by_subject)
+            .field("expunged", &self.expunged)
+            .field("import_since", &self.import_since)
             .finish()
     }
 }
@@ -23,6 +25,7 @@ impl fmt::Debug for RedisConfig {
         f.debug_struct("RedisConfig")
             .field("url", &redact_url(&self.url))
             .field("channel", &self.channel)
+            .field("changes_channel", &self.changes_channel)
             .field("stream", &self.stream)
             .field("retry_max", &self.retry_max)
             .field("stream_maxlen", &self.stream_maxlen)

@@ -16,7 +16,8 @@ pub struct Config {
     /// Where messages, sync state and the outbox live.
     #[serde(default)]
     pub storage: StorageConfig,
-    /// Where `email:sync` records go. Without it, records are written to stdout as JSON lines.
+    /// Where records go: `email:sync` and `email:changes`. Without it, records of both are
+    /// written to stdout as JSON lines.
     pub redis: Option<RedisConfig>,
     /// The admin HTTP listener (`/metrics`, `/healthz`).
     #[serde(default)]
@@ -58,11 +59,13 @@ pub struct StorageConfig {
     /// Also join threads by normalized subject when no Message-ID links a message. Off by
     /// default: unrelated mail often shares a subject ("Hello", "Invoice").
     pub thread_by_subject: bool,
-    /// What becomes of a row whose message left the mailbox: `keep` (marked with
-    /// `expunged_at`) or `delete`.
+    /// What becomes of a row whose message left the mailbox (expunged, or moved to another
+    /// mailbox): `keep` (the default: the row stays, marked with `expunged_at`) or `delete`
+    /// (the row, its attachments and its raw copy are removed).
     pub expunged: crate::changes::ExpungeMode,
-    /// A first import only fetches mail whose INTERNALDATE is at most this old (`"90d"`);
-    /// `None` imports everything.
+    /// A first import (and the re-import after a UIDVALIDITY change) only fetches mail whose
+    /// INTERNALDATE is at most this old (`"90d"`, by `UID SEARCH SINCE`); older mail is never
+    /// fetched. More than 0 when set; left out, everything is imported.
     #[serde(deserialize_with = "optional_duration")]
     pub import_since: Option<Duration>,
 }
@@ -104,9 +107,10 @@ pub struct RedisConfig {
     pub channel: String,
     /// The Pub/Sub channel for changes to stored mail (`flagsChanged`, `messagesExpunged`,
     /// `imported`), kept apart so that the web app's "new email" badge never counts them.
+    /// Non-empty, and not `channel`.
     #[serde(default = "default_changes_channel")]
     pub changes_channel: String,
-    /// Optional Redis Stream: each record is also XADDed here, so a consumer that was offline can
+    /// Optional Redis Stream: each record of both channels is also XADDed here, so a consumer that was offline can
     /// replay with a consumer group. PUBLISH stays for the live path.
     pub stream: Option<String>,
     /// Approximate MAXLEN of the stream (`XADD … MAXLEN ~ n`).

@@ -200,3 +200,121 @@ fn redact_url_hides_only_passwords() {
         assert_eq!(redact_url(url), want, "{url}");
     }
 }
+
+/// `[redis]` with the given extra lines, after `OK`.
+fn with_redis(extra: &str) -> String {
+    format!("{OK}\n[redis]\nurl = \"redis://127.0.0.1:6379\"\n{extra}")
+}
+
+#[test]
+fn mirror_keys_default_to_keep_everything_and_email_changes() {
+    let c = parse(&with_redis("")).unwrap();
+    assert_eq!(c.storage.expunged, crate::changes::ExpungeMode::Keep);
+    assert_eq!(c.storage.import_since, None);
+    let r = c.redis.unwrap();
+    assert_eq!(
+        (r.channel.as_str(), r.changes_channel.as_str()),
+        ("email:sync", "email:changes")
+    );
+}
+
+#[test]
+fn mirror_keys_parse() {
+    let text = OK.replace(
+        "url = \"sqlite://x.db\"",
+        "url = \"sqlite://x.db\"\nexpunged = \"delete\"\nimport_since = \"90d\"",
+    );
+    let c = parse(&text).unwrap();
+    assert_eq!(c.storage.expunged, crate::changes::ExpungeMode::Delete);
+    assert_eq!(
+        c.storage.import_since,
+        Some(Duration::from_secs(90 * 24 * 3600))
+    );
+}
+
+#[test]
+fn bad_mirror_keys_are_located() {
+    let storage = |line: &str| {
+        OK.replace(
+            "url = \"sqlite://x.db\"",
+            &format!("url = \"sqlite://x.db\"\n{line}"),
+        )
+    };
+    // (file, key, line, words the message must hold)
+    let cases = [
+        (
+            storage("expunged = \"archive\""),
+            "storage.expunged",
+            4,
+            vec!["archive", "keep", "delete"],
+        ),
+        (
+            storage("import_since = \"0s\""),
+            "storage.import_since",
+            4,
+            vec!["more than 0"],
+        ),
+        (
+            storage("import_since = \"lately\""),
+            "storage.import_since",
+            4,
+            vec!["invalid duration"],
+        ),
+        (
+            with_redis("changes_channel = \"\""),
+            "redis.changes_channel",
+            16,
+            vec!["must not be empty"],
+        ),
+        (
+            with_redis("changes_channel = \"email:sync\""),
+            "redis.changes_channel",
+            16,
+            vec!["must differ from redis.channel", "\"email:sync\""],
+        ),
+        (
+            // The default changes_channel: located at its section.
+            with_redis("channel = \"email:changes\""),
+            "redis.changes_channel",
+            14,
+            vec!["must differ from redis.channel"],
+        ),
+    ];
+    for (text, key, line, words) in cases {
+        let e = parse(&text).expect_err(&text);
+        let e = e.0.iter().find(|e| e.key == key).unwrap_or_else(|| {
+            panic!("no error at {key} for\n{text}\n{e}");
+        });
+        assert_eq!(e.line, Some(line), "{key}: {e}\n{text}");
+        for w in words {
+            assert!(e.to_string().contains(w), "{w:?} not in {e}");
+        }
+    }
+}
+
+/// A live reload applies only the account list: a change to the mirror keys makes the
+/// sections differ, which the daemon reports as needing a restart.
+#[test]
+fn mirror_keys_are_part_of_the_sections_a_reload_compares() {
+    let old = parse(&with_redis("")).unwrap();
+    let new = parse(&with_redis("changes_channel = \"other\"").replace(
+        "url = \"sqlite://x.db\"",
+        "url = \"sqlite://x.db\"\nexpunged = \"delete\"",
+    ))
+    .unwrap();
+    assert_ne!(old.storage, new.storage);
+    assert_ne!(old.redis, new.redis);
+}
+
+#[test]
+fn mirror_keys_show_in_debug() {
+    let c = parse(&with_redis("")).unwrap();
+    let dbg = format!("{c:?}");
+    for k in [
+        "expunged: Keep",
+        "import_since: None",
+        "changes_channel: \"email:changes\"",
+    ] {
+        assert!(dbg.contains(k), "{k} not in {dbg}");
+    }
+}

@@ -31,6 +31,12 @@ impl Config {
                 "must be between 1024 and 4294967295 bytes".into(),
             ));
         }
+        if self.storage.import_since.is_some_and(|d| d.is_zero()) {
+            out.push((
+                vec![Seg::Key("storage"), Seg::Key("import_since")],
+                "must be more than 0 (e.g. \"90d\"); leave it out to import everything".into(),
+            ));
+        }
         if let Some(redis) = &self.redis {
             if let Some(problem) = redis_url_problem(&redis.url) {
                 out.push((vec![Seg::Key("redis"), Seg::Key("url")], problem));
@@ -39,6 +45,21 @@ impl Config {
                 out.push((
                     vec![Seg::Key("redis"), Seg::Key("channel")],
                     "must not be empty".into(),
+                ));
+            }
+            if redis.changes_channel.is_empty() {
+                out.push((
+                    vec![Seg::Key("redis"), Seg::Key("changes_channel")],
+                    "must not be empty".into(),
+                ));
+            } else if redis.changes_channel == redis.channel {
+                out.push((
+                    vec![Seg::Key("redis"), Seg::Key("changes_channel")],
+                    format!(
+                        "must differ from redis.channel ({:?}): the web app counts every record \
+                         there as new mail, flag changes and imported history included",
+                        redis.channel
+                    ),
                 ));
             }
             if redis.retry_max.is_zero() {
