@@ -4,11 +4,14 @@
 //! - `/healthz`: liveness; `ok` whenever the process answers.
 //! - `/readyz`: 200 when the storage answers and every mailbox is idling or in an expected
 //!   backoff ([`MailboxStatus::is_ready`]); 503 with the reasons otherwise.
-//! - `/status`: JSON, one object per mailbox ([`crate::status::MailboxStatus`]).
+//! - `/status`: JSON, one object per mailbox ([`crate::status::MailboxStatus`]), with the
+//!   progress of this connection's import, if one ran: `"import": {"stored": 1500, "total":
+//!   10300, "ratePerSec": 42.5, "startedAt": "…", "done": false}`, else `"import": null`.
 //! - `/status/summary`: JSON, how many mailboxes are in each state: `{"mailboxes": 10000,
 //!   "states": {"idling": 9998, "backoff": 2, …}}`. Cheap at any scale, for dashboards and
 //!   scripts that poll.
-//! - `/`: the same as a small HTML page that reloads itself every 5 s.
+//! - `/`: the same as a small HTML page that reloads itself every 5 s; an import shows as a
+//!   progress bar (HTML `<progress>`, no script) with stored/total and the rate.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -22,7 +25,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::status::{MailboxState, MailboxStatus, StatusBoard};
+use crate::status::{ImportProgress, MailboxState, MailboxStatus, StatusBoard};
 use crate::store::Store;
 
 /// How long `/readyz` waits for the storage to answer.
@@ -161,7 +164,8 @@ pub fn status_page(mailboxes: &[MailboxStatus]) -> String {
             "<tr class=\"mailbox\" data-account=\"{account}\" data-mailbox=\"{mailbox}\" \
              data-state=\"{state}\"><td>{account}</td><td>{mailbox}</td>\
              <td class=\"state {state}\">{state}</td><td>{since}</td><td>{uid}</td>\
-             <td>{last_msg}</td><td>{err}</td><td>{reconnects}</td><td>{retry}</td></tr>\n",
+             <td>{last_msg}</td><td>{err}</td><td>{reconnects}</td><td>{retry}</td>\
+             <td>{import}</td></tr>\n",
             account = html_escape(&m.account),
             mailbox = html_escape(&m.mailbox),
             state = m.state.as_str(),
@@ -171,6 +175,10 @@ pub fn status_page(mailboxes: &[MailboxStatus]) -> String {
             err = opt(m.last_error.map(str::to_string)),
             reconnects = m.reconnects,
             retry = opt(m.next_retry_at.clone()),
+            import = m
+                .import
+                .as_ref()
+                .map_or_else(|| "–".to_string(), import_cell),
         ));
     }
     format!(
@@ -188,17 +196,42 @@ th {{ background: #f4f4f4; }}
 .connecting, .authenticating, .syncing {{ color: #2b5fb4; }}
 .backoff {{ color: #b36b00; }}
 .auth_failed, .failed, .stopping {{ color: #c0262d; }}
+.import progress {{ width: 10em; vertical-align: middle; }}
 </style></head>
 <body>
 <h1>idlesync</h1>
 <p id="summary">{idling} of {total} mailboxes idling. This page reloads every 5 s; <a href="/status">JSON</a>, <a href="/metrics">metrics</a>.</p>
 <table id="mailboxes">
-<thead><tr><th>account</th><th>mailbox</th><th>state</th><th>since</th><th>last UID</th><th>last message</th><th>last error</th><th>reconnects</th><th>next retry</th></tr></thead>
+<thead><tr><th>account</th><th>mailbox</th><th>state</th><th>since</th><th>last UID</th><th>last message</th><th>last error</th><th>reconnects</th><th>next retry</th><th>import</th></tr></thead>
 <tbody>
 {rows}</tbody></table>
 </body></html>
 "#,
         total = mailboxes.len(),
+    )
+}
+
+/// An import's cell: a progress bar, stored/total, the rate, and whether it is over
+/// (`done`: complete; `stopped`: abandoned below its total).
+fn import_cell(i: &ImportProgress) -> String {
+    let state = match (i.done, i.stored >= i.total) {
+        (false, _) => "running",
+        (true, true) => "done",
+        (true, false) => "stopped",
+    };
+    format!(
+        "<span class=\"import\" data-import=\"{state}\"><progress value=\"{value}\" \
+         max=\"{max}\"></progress> {stored} / {total} · {rate}/s{note}</span>",
+        value = i.stored.min(i.total),
+        max = i.total.max(1),
+        stored = i.stored,
+        total = i.total,
+        rate = i.rate_per_sec,
+        note = if state == "running" {
+            String::new()
+        } else {
+            format!(" · {state}")
+        },
     )
 }
 
@@ -289,6 +322,7 @@ mod tests {
             error_class: Some("config_or_server"),
             reconnects: 2,
             next_retry_at: None,
+            import: None,
         };
         let page = status_page(&[
             m("a1", "INBOX", MailboxState::Idling),
@@ -301,5 +335,43 @@ mod tests {
         );
         assert!(page.contains("Sent &quot;x&quot;"), "{page}");
         assert!(page.contains("1 of 2 mailboxes idling"), "{page}");
+        assert!(!page.contains("<progress"), "no import, no bar: {page}");
+    }
+
+    #[test]
+    fn page_shows_an_import_as_a_progress_bar_with_stored_total_and_rate() {
+        let m = |import| MailboxStatus {
+            account: "a1".into(),
+            mailbox: "INBOX".into(),
+            state: MailboxState::Fetching,
+            state_since: "2026-01-01T00:00:00.000Z".into(),
+            last_uid: None,
+            last_message_at: None,
+            last_error: None,
+            error_class: None,
+            reconnects: 0,
+            next_retry_at: None,
+            import: Some(import),
+        };
+        let import = |stored, done| ImportProgress {
+            stored,
+            total: 10300,
+            rate_per_sec: 42.5,
+            started_at: "2026-01-01T00:00:00.000Z".into(),
+            done,
+        };
+        let page = status_page(&[m(import(1500, false))]);
+        assert!(
+            page.contains(
+                "<span class=\"import\" data-import=\"running\"><progress value=\"1500\" \
+                 max=\"10300\"></progress> 1500 / 10300 · 42.5/s</span>"
+            ),
+            "{page}"
+        );
+        let page = status_page(&[m(import(1500, true))]);
+        assert!(page.contains("data-import=\"stopped\""), "{page}");
+        assert!(page.contains("1500 / 10300 · 42.5/s · stopped"), "{page}");
+        let page = status_page(&[m(import(10300, true))]);
+        assert!(page.contains("data-import=\"done\""), "{page}");
     }
 }

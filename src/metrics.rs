@@ -27,6 +27,10 @@ pub const RECONNECTS: &str = "idlesync_reconnects_total";
 pub const MESSAGES_STORED: &str = "idlesync_messages_stored_total";
 /// Records published to Redis (or stdout).
 pub const RECORDS_PUBLISHED: &str = "idlesync_records_published_total";
+/// Messages of a first import (or re-import) stored: history, not new mail.
+pub const IMPORTED: &str = "idlesync_imported_total";
+/// Changes applied to stored messages, by `kind` (`flags`, `expunged`).
+pub const CHANGES_APPLIED: &str = "idlesync_changes_applied_total";
 /// Unix time of the newest stored message's arrival.
 pub const LAST_MESSAGE: &str = "idlesync_last_message_timestamp_seconds";
 /// EXISTS read off the socket → PUBLISH acknowledged.
@@ -129,6 +133,12 @@ pub struct MailboxSeries {
     pub reconnects: u64,
     /// Messages inserted.
     pub stored: u64,
+    /// Of `stored`, those a first import (or re-import) brought in.
+    pub imported: u64,
+    /// Stored messages whose flags changed.
+    pub flags_changed: u64,
+    /// Stored messages that left the mailbox.
+    pub expunged: u64,
     /// Records published.
     pub published: u64,
     /// INTERNALDATE of the newest stored message, Unix seconds.
@@ -201,9 +211,34 @@ pub fn render_mailboxes(mailboxes: &[MailboxRow<'_>], states: &[&str]) -> String
     }
     family(
         &mut out,
+        IMPORTED,
+        "counter",
+        "Messages a first import (or a re-import after UIDVALIDITY changed) stored",
+    );
+    for s in mailboxes {
+        let _ = writeln!(out, "{IMPORTED}{{{}}} {}", labels(s), s.series.imported);
+    }
+    family(
+        &mut out,
+        CHANGES_APPLIED,
+        "counter",
+        "Changes applied to stored messages: flags changed, messages expunged",
+    );
+    for s in mailboxes {
+        let m = s.series;
+        for (kind, n) in [("flags", m.flags_changed), ("expunged", m.expunged)] {
+            let _ = writeln!(
+                out,
+                "{CHANGES_APPLIED}{{{},kind=\"{kind}\"}} {n}",
+                labels(s)
+            );
+        }
+    }
+    family(
+        &mut out,
         RECORDS_PUBLISHED,
         "counter",
-        "email:sync records published",
+        "Records published (email:sync and email:changes)",
     );
     for s in mailboxes {
         let m = s.series;
@@ -322,6 +357,10 @@ mod tests {
             text.contains(&format!("{MAILBOX_STATE}{{{l},state=\"connecting\"}} 1")),
             "{text}"
         );
-        assert_eq!(text.matches("# TYPE ").count(), 7);
+        assert!(
+            text.contains(&format!("{CHANGES_APPLIED}{{{l},kind=\"flags\"}} 0")),
+            "{text}"
+        );
+        assert_eq!(text.matches("# TYPE ").count(), 9);
     }
 }

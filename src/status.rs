@@ -2,7 +2,8 @@
 //!
 //! Every state change goes through [`Reporter::set_state`], which updates the board, the metric
 //! gauges and logs once. The board also lets tests (and later `/status`) await a condition
-//! without sleeping.
+//! without sleeping. An import's progress ([`Reporter::import_started`] and the rest) is kept
+//! per connection: a new connection (state `connecting`) starts without one.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -12,6 +13,11 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::metrics::{MailboxRow, MailboxSeries};
+
+mod import;
+
+pub use import::ImportProgress;
+use import::ImportRun;
 
 /// Where a mailbox task is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -82,6 +88,7 @@ impl MailboxStatus {
             error_class: None,
             reconnects: 0,
             next_retry_at: None,
+            import: None,
         }
     }
 
@@ -131,6 +138,9 @@ pub struct MailboxStatus {
     /// When (RFC 3339 UTC) the next connection attempt is due, while in `backoff`,
     /// `auth_failed` or `failed`.
     pub next_retry_at: Option<String>,
+    /// The import (first one, or re-import after UIDVALIDITY changed) of this connection;
+    /// `None` when none ran on it.
+    pub import: Option<ImportProgress>,
 }
 
 /// One mailbox on the board: what `/status` shows and what `/metrics` counts.
@@ -138,6 +148,7 @@ pub struct MailboxStatus {
 struct Entry {
     status: MailboxStatus,
     series: MailboxSeries,
+    import: Option<ImportRun>,
 }
 
 impl Entry {
@@ -145,6 +156,10 @@ impl Entry {
     fn status(&self) -> MailboxStatus {
         MailboxStatus {
             reconnects: self.series.reconnects,
+            import: self
+                .import
+                .as_ref()
+                .map(|i| i.progress(std::time::Instant::now())),
             ..self.status.clone()
         }
     }
@@ -260,6 +275,7 @@ impl StatusBoard {
             Entry {
                 status: MailboxStatus::new(&key.0, &key.1),
                 series: MailboxSeries::default(),
+                import: None,
             },
         );
         self.changed.send_modify(|v| *v += 1);
@@ -292,10 +308,15 @@ impl Reporter {
         r
     }
 
-    /// The single place a state changes.
+    /// The single place a state changes. Entering `connecting` begins a new connection, which
+    /// has run no import yet.
     pub fn set_state(&self, state: MailboxState) {
         let mut previous = state;
-        self.board.update(&self.key, |s| {
+        self.board.update_entry(&self.key, |e| {
+            if state == MailboxState::Connecting && e.status.state != state {
+                e.import = None;
+            }
+            let s = &mut e.status;
             previous = s.state;
             if s.state != state {
                 s.state_since = rfc3339(SystemTime::now());
@@ -359,6 +380,42 @@ impl Reporter {
             .update_entry(&self.key, |e| e.series.reconnects += 1);
     }
 
+    /// A first import (or a re-import after UIDVALIDITY changed) starts: `total` messages to
+    /// fetch. It replaces any earlier import of this connection.
+    pub fn import_started(&self, total: u64) {
+        self.board
+            .update_entry(&self.key, |e| e.import = Some(ImportRun::start(total)));
+    }
+
+    /// `n` more imported messages stored (they are also counted by [`Reporter::stored`]).
+    pub fn imported(&self, n: u64) {
+        self.board.update_entry(&self.key, |e| {
+            e.series.imported += n;
+            if let Some(i) = &mut e.import {
+                i.add(n);
+            }
+        });
+    }
+
+    /// The import is complete (or abandoned on disconnect): its figures stay on `/status`,
+    /// marked done, until the next connection.
+    pub fn import_done(&self) {
+        self.board.update_entry(&self.key, |e| {
+            if let Some(i) = &mut e.import {
+                i.end();
+            }
+        });
+    }
+
+    /// Changes applied to stored messages: `flags` messages' flags changed, `expunged`
+    /// messages left the mailbox.
+    pub fn changes_applied(&self, flags: u64, expunged: u64) {
+        self.board.update_entry(&self.key, |e| {
+            e.series.flags_changed += flags;
+            e.series.expunged += expunged;
+        });
+    }
+
     /// `n` messages stored, the newest having arrived (INTERNALDATE) at `newest_ms`.
     pub fn stored(&self, n: u64, newest_ms: Option<i64>) {
         self.board.update_entry(&self.key, |e| {
@@ -371,62 +428,4 @@ impl Reporter {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn next_retry_and_last_message_time() {
-        let board = Arc::new(StatusBoard::default());
-        let r = Reporter::new(board.clone(), "status-unit-1", "INBOX");
-        let snap = || board.snapshot().remove(0);
-        r.set_last_uid(5);
-        assert_eq!(
-            snap().last_message_at,
-            None,
-            "the known last UID is no new message"
-        );
-        r.set_last_uid(6);
-        assert!(snap().last_message_at.is_some());
-
-        r.set_state(MailboxState::Backoff);
-        r.set_next_retry(Some(SystemTime::UNIX_EPOCH + Duration::from_secs(60)));
-        assert_eq!(
-            snap().next_retry_at.as_deref(),
-            Some("1970-01-01T00:01:00.000Z")
-        );
-        assert!(snap().is_ready(), "an expected backoff is ready");
-        r.set_state(MailboxState::Connecting);
-        assert_eq!(snap().next_retry_at, None, "cleared when the retry starts");
-
-        r.set_state(MailboxState::AuthFailed);
-        assert!(!snap().is_ready());
-    }
-
-    #[test]
-    fn ghost_entries_late_reports_do_not_bring_a_removed_mailbox_back() {
-        let board = Arc::new(StatusBoard::default());
-        let r = Reporter::new(board.clone(), "status-unit-3", "INBOX");
-        board.remove("status-unit-3", "INBOX");
-        // What a task that has not yet seen its cancellation may still report.
-        r.set_state(MailboxState::Backoff);
-        r.error("io", "transient");
-        r.set_last_uid(9);
-        r.stored(1, None);
-        r.reconnect();
-        assert!(board.snapshot().is_empty(), "{:?}", board.snapshot());
-        assert!(!board.render_metrics().contains("status-unit-3"));
-        // Registering again (a reload that adds it back) starts it afresh.
-        let again = Reporter::new(board.clone(), "status-unit-3", "INBOX");
-        assert_eq!(board.snapshot().len(), 1);
-        assert_eq!(again.state(), MailboxState::Connecting);
-    }
-
-    #[test]
-    fn first_connect_is_not_ready_a_reconnect_is() {
-        let board = Arc::new(StatusBoard::default());
-        let r = Reporter::new(board.clone(), "status-unit-2", "INBOX");
-        assert!(!board.snapshot()[0].is_ready());
-        r.reconnect();
-        assert!(board.snapshot()[0].is_ready());
-    }
-}
+mod tests;

@@ -370,6 +370,7 @@ ca_file = "{ca}"
         "last_error",
         "reconnects",
         "next_retry_at",
+        "import",
     ] {
         ensure!(bad.get(key).is_some(), "/status lacks {key}: {bad}");
     }
