@@ -196,7 +196,8 @@ th {{ background: #f4f4f4; }}
 .connecting, .authenticating, .syncing {{ color: #2b5fb4; }}
 .backoff {{ color: #b36b00; }}
 .auth_failed, .failed, .stopping {{ color: #c0262d; }}
-.import progress {{ width: 10em; vertical-align: middle; }}
+.import {{ white-space: nowrap; }}
+.import progress {{ display: block; width: 100%; min-width: 10em; }}
 </style></head>
 <body>
 <h1>idlesync</h1>
