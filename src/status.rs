@@ -387,7 +387,9 @@ impl Reporter {
             .update_entry(&self.key, |e| e.import = Some(ImportRun::start(total)));
     }
 
-    /// `n` more imported messages stored (they are also counted by [`Reporter::stored`]).
+    /// `n` more imported messages stored. Report them to [`Reporter::stored`] too:
+    /// `idlesync_imported_total` is the part of `idlesync_messages_stored_total` that is
+    /// history.
     pub fn imported(&self, n: u64) {
         self.board.update_entry(&self.key, |e| {
             e.series.imported += n;
