@@ -1,0 +1,1 @@
+//! Catch-up commands.
