@@ -1,1 +1,263 @@
-//! Catch-up commands.
+//! The catch-up commands a connection runs after SELECT, before it idles: flags changed since
+//! a mod-sequence ([`changed_since`], CONDSTORE), the present messages and their flags
+//! ([`enumerate`], for servers without QRESYNC), and the UIDs since a date ([`search_since`],
+//! for `storage.import_since`).
+//!
+//! Each reads its responses one by one, like [`super::fetch`]: `t` bounds the sending of the
+//! command, and the guard under the session bounds every wait for the server's bytes (its
+//! progress deadline). Every untagged response that is not the command's own answer goes to
+//! [`View::absorb`], in order, so an EXPUNGE or a flag change arriving meanwhile is not lost.
+//! A tagged NO or BAD is an error ([`super::throttle::refusal`] first, so a throttling server
+//! is recognised). After an error, or a future dropped before its tagged reply, the connection
+//! is mid-response and must be dropped.
+
+use std::time::Duration;
+
+use async_imap::imap_proto::{AttributeValue, MailboxDatum, Outcome, RequestId, Response, Status};
+
+use super::view::View;
+use super::{bye, received, ImapError, Session};
+
+/// The line limit for `UID SEARCH`, whose answer is a single line: 8 MiB, about a million
+/// UIDs of 7 digits. async-imap parses a line again at every 4 KiB it grows, so a line of `L`
+/// bytes costs about `L² / 8 KiB` bytes of parsing: ~0.1 GB for 100,000 UIDs (0.7 MB), the
+/// limit's worst case is ~8 GB (tens of seconds of CPU, once per first import). The limit is
+/// set for this command only and [`super::guard::MAX_LINE`] restored after it.
+pub const SEARCH_MAX_LINE: usize = 8 * 1024 * 1024;
+
+/// UID FETCH 1:upto (UID FLAGS) (CHANGEDSINCE modseq): changed flags into view.pending.
+///
+/// Each answer goes to `view.pending` with its UID, flags and MODSEQ, without placing its
+/// sequence number (the answers are sparse). Nothing is sent when `upto` is 0.
+pub async fn changed_since(
+    session: &mut Session,
+    view: &mut View,
+    upto: u32,
+    modseq: u64,
+    t: Duration,
+) -> Result<(), ImapError> {
+    if upto == 0 {
+        return Ok(());
+    }
+    let command = format!("UID FETCH 1:{upto} (UID FLAGS) (CHANGEDSINCE {modseq})");
+    let tag = send(session, command, t, "UID FETCH").await?;
+    loop {
+        let resp = received(session.read_response().await, "UID FETCH (CHANGEDSINCE)")?;
+        match resp.parsed() {
+            Response::Fetch(_, attrs) => match entry(attrs) {
+                Some((uid, flags, modseq)) => view.pending.flags(uid, flags, modseq),
+                None => {
+                    view.absorb(resp.parsed());
+                }
+            },
+            other => {
+                if let Some(done) = tagged(other, &tag, Cmd::Fetch)? {
+                    return done;
+                }
+                view.absorb(other);
+            }
+        }
+    }
+}
+
+/// One `UID FETCH 1:upto (UID FLAGS)` in progress. It borrows the session and the view until
+/// it is dropped.
+pub struct Enumeration<'a> {
+    session: &'a mut Session,
+    view: &'a mut View,
+    /// `None` once the tagged OK was read (or nothing was sent).
+    tag: Option<RequestId>,
+    upto: u32,
+    /// The highest UID handed out so far.
+    last: u32,
+}
+
+/// UID FETCH 1:upto (UID FLAGS) read entry by entry: each present message's UID and flags,
+/// ascending UID; places every seq in the view; EXPUNGE/VANISHED/EXISTS/other FETCH during it
+/// go to view.absorb.
+///
+/// An answer is an entry when it carries a UID and FLAGS, its UID is in `1:upto` and above the
+/// last entry's: the server answers in sequence order, which is UID order. Any other FETCH (a
+/// flag change pushed meanwhile, for a message already handed out or without a UID) is a
+/// change and goes to `view.absorb`. Changes in `view.pending` are newer than the entries:
+/// apply them after the enumeration's diff. Nothing is sent when `upto` is 0.
+pub async fn enumerate<'a>(
+    session: &'a mut Session,
+    view: &'a mut View,
+    upto: u32,
+    t: Duration,
+) -> Result<Enumeration<'a>, ImapError> {
+    let tag = if upto == 0 {
+        None
+    } else {
+        let command = format!("UID FETCH 1:{upto} (UID FLAGS)");
+        Some(send(session, command, t, "UID FETCH").await?)
+    };
+    Ok(Enumeration {
+        session,
+        view,
+        tag,
+        upto,
+        last: 0,
+    })
+}
+
+impl Enumeration<'_> {
+    /// Up to `max` entries (uid, flags), ascending; empty at the tagged OK.
+    pub async fn next_batch(&mut self, max: usize) -> Result<Vec<(u32, String)>, ImapError> {
+        let mut batch = Vec::new();
+        let max = max.max(1);
+        while batch.len() < max {
+            let Some(tag) = &self.tag else {
+                break;
+            };
+            let resp = received(self.session.read_response().await, "UID FETCH (UID FLAGS)")?;
+            match resp.parsed() {
+                Response::Fetch(seq, attrs) => match entry(attrs) {
+                    Some((uid, flags, _)) if uid > self.last && uid <= self.upto => {
+                        self.view.place(*seq, uid);
+                        self.last = uid;
+                        batch.push((uid, flags));
+                    }
+                    _ => {
+                        self.view.absorb(resp.parsed());
+                    }
+                },
+                other => {
+                    if let Some(done) = tagged(other, tag, Cmd::Fetch)? {
+                        done?;
+                        self.tag = None;
+                        break;
+                    }
+                    self.view.absorb(other);
+                }
+            }
+        }
+        Ok(batch)
+    }
+}
+
+/// UID SEARCH SINCE <date> (RFC 3501 date, e.g. 1-Sep-2026), UIDs ascending. The guard's
+/// line limit is raised to [`SEARCH_MAX_LINE`] for this one command and restored after it,
+/// whatever its outcome; a longer answer is refused by the guard (a `protocol` error).
+///
+/// `SINCE` compares INTERNALDATE's date, in the server's time zone, ignoring the time.
+pub async fn search_since(
+    session: &mut Session,
+    view: &mut View,
+    since: chrono::NaiveDate,
+    t: Duration,
+) -> Result<Vec<u32>, ImapError> {
+    super::guard::set_max_line(&mut **session.as_mut(), SEARCH_MAX_LINE);
+    let r = search(session, view, since, t).await;
+    super::guard::set_max_line(&mut **session.as_mut(), super::guard::MAX_LINE);
+    r
+}
+
+async fn search(
+    session: &mut Session,
+    view: &mut View,
+    since: chrono::NaiveDate,
+    t: Duration,
+) -> Result<Vec<u32>, ImapError> {
+    let command = format!("UID SEARCH SINCE {}", imap_date(since));
+    let tag = send(session, command, t, "UID SEARCH").await?;
+    let mut uids = Vec::new();
+    loop {
+        let resp = received(session.read_response().await, "UID SEARCH")?;
+        match resp.parsed() {
+            Response::MailboxData(MailboxDatum::Search(found)) => uids.extend_from_slice(found),
+            other => {
+                if let Some(done) = tagged(other, &tag, Cmd::Search)? {
+                    done?;
+                    uids.sort_unstable();
+                    uids.dedup();
+                    return Ok(uids);
+                }
+                view.absorb(other);
+            }
+        }
+    }
+}
+
+/// An RFC 3501 `date` (`1-Sep-2026`).
+pub fn imap_date(d: chrono::NaiveDate) -> String {
+    d.format("%-d-%b-%Y").to_string()
+}
+
+/// Sends `command`; its tag. `t` bounds the sending.
+async fn send(
+    session: &mut Session,
+    command: String,
+    t: Duration,
+    what: &'static str,
+) -> Result<RequestId, ImapError> {
+    match tokio::time::timeout(t, session.run_command(command)).await {
+        Ok(r) => Ok(r?),
+        Err(_) => Err(ImapError::Timeout(what)),
+    }
+}
+
+/// A FETCH answer's UID, flags (space-separated) and MODSEQ, when it has a UID and flags.
+fn entry(attrs: &[AttributeValue<'_>]) -> Option<(u32, String, Option<u64>)> {
+    let (mut uid, mut flags, mut modseq) = (None, None, None);
+    for a in attrs {
+        match a {
+            AttributeValue::Uid(u) => uid = Some(*u),
+            AttributeValue::Flags(f) => flags = Some(f.join(" ")),
+            AttributeValue::ModSeq(m) => modseq = Some(*m),
+            _ => {}
+        }
+    }
+    Some((uid?, flags?, modseq))
+}
+
+/// Which command a tagged reply ends, for its refusal.
+#[derive(Debug, Clone, Copy)]
+enum Cmd {
+    Fetch,
+    Search,
+}
+
+impl Cmd {
+    fn name(self) -> &'static str {
+        match self {
+            Cmd::Fetch => "UID FETCH",
+            Cmd::Search => "UID SEARCH",
+        }
+    }
+
+    /// The error for a tagged NO or BAD that is not throttling.
+    fn refused(self, outcome: &Outcome<'_>) -> ImapError {
+        let text = outcome.information.as_deref().unwrap_or("").to_string();
+        match self {
+            Cmd::Fetch => ImapError::FetchRefused(text),
+            Cmd::Search => ImapError::SearchRefused(text),
+        }
+    }
+}
+
+/// The command's end: `Some(Ok(()))` for its tagged OK, `Some(Err)` for its NO or BAD;
+/// `Err` for `* BYE`; `None` for anything else.
+fn tagged(
+    resp: &Response<'_>,
+    tag: &RequestId,
+    cmd: Cmd,
+) -> Result<Option<Result<(), ImapError>>, ImapError> {
+    match resp {
+        Response::Done {
+            tag: done,
+            status,
+            outcome,
+        } if done == tag => Ok(Some(match status {
+            Status::Ok => Ok(()),
+            _ => Err(super::throttle::refusal(cmd.name(), outcome)
+                .unwrap_or_else(|| cmd.refused(outcome))),
+        })),
+        Response::Data {
+            status: Status::Bye,
+            outcome,
+        } => Err(bye(outcome)),
+        _ => Ok(None),
+    }
+}

@@ -479,7 +479,11 @@ async fn a_raised_line_limit_takes_a_long_search_line() {
     let mut g = guard(Script::chunked(&line, 16 * 1024));
     g.limits.max_line = 1024 * 1024;
     let mut client = async_imap::Client::new(g);
-    let resp = client.read_response().await.expect("reads").expect("a response");
+    let resp = client
+        .read_response()
+        .await
+        .expect("reads")
+        .expect("a response");
     match resp.parsed() {
         Response::MailboxData(async_imap::imap_proto::MailboxDatum::Search(got)) => {
             assert_eq!(got, &uids);
