@@ -369,3 +369,78 @@ async fn search_since_finds_the_recent_messages() -> Result<()> {
     connect::logout(s, T).await;
     Ok(())
 }
+
+/// The scripted server (tests/common/scripted.rs) answers the catch-up as Dovecot does, so the
+/// scripted daemon tests keep working once connections catch up: CONDSTORE where offered, the
+/// enumeration, CHANGEDSINCE, SEARCH; a plain server gets no ENABLE and a plain SELECT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scripted_server_answers_the_catch_up() -> Result<()> {
+    use common::scripted::{self, Behaviour};
+    for offered in [None, Some("ENABLE CONDSTORE")] {
+        let server = scripted::start_with(
+            (0..3).map(mail).collect(),
+            Behaviour {
+                capabilities: offered.map(str::to_string),
+                refuse_first_fetch: true,
+                ..Behaviour::default()
+            },
+        )
+        .await?;
+        let account = AccountSpec {
+            tls: "none",
+            ..AccountSpec::implicit("acc-scripted", "user", "pw", server.port, &["INBOX"])
+        };
+        let toml = ConfigToml::new("sqlite://unused.db")
+            .account(&account, None)
+            .render();
+        let config = Config::parse(Path::new("s.toml"), toml.as_bytes())
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let ep = Endpoint::from_account(&config.accounts[0])?;
+        let mut s = connect::login(connect::open(&ep, T).await?, &ep, T).await?;
+        let caps = caps::negotiate(&mut s, true, T).await?;
+        assert_eq!(caps.condstore, offered.is_some());
+        let mut view = View::new(caps.qresync);
+        let sel = connect::select_with(&mut s, "INBOX", caps, None, &mut view, T).await?;
+        assert_eq!(sel.highest_modseq, offered.map(|_| 1));
+        let mut e = sync::enumerate(&mut s, &mut view, 2, T).await?;
+        let all = e.next_batch(10).await?;
+        assert!(e.next_batch(10).await?.is_empty());
+        drop(e);
+        assert_eq!(all, vec![(1, String::new()), (2, String::new())]);
+        sync::changed_since(&mut s, &mut view, 3, 1, T).await?;
+        assert!(view.pending.is_empty());
+        let old = chrono::NaiveDate::from_ymd_opt(2023, 11, 1).context("date")?;
+        let new = chrono::NaiveDate::from_ymd_opt(2023, 12, 1).context("date")?;
+        assert_eq!(
+            sync::search_since(&mut s, &mut view, old, T).await?,
+            vec![1, 2, 3]
+        );
+        assert!(sync::search_since(&mut s, &mut view, new, T)
+            .await?
+            .is_empty());
+        // The body fetch is still the one refused on the first connection.
+        let mut run = idlesync::imap::fetch::start(&mut s, 0, 1 << 20, T).await?;
+        let cancel = tokio_util::sync::CancellationToken::new();
+        assert!(run.next_until(&cancel, |_, m| m.uid).await?.is_some());
+        let err = run
+            .next_until(&cancel, |_, m| m.uid)
+            .await
+            .expect_err("refused");
+        assert_eq!(err.kind(), "fetch_refused", "{err:?}");
+        drop(run);
+        let lines: Vec<String> = server.lines().into_iter().map(|(_, l)| l).collect();
+        let enabled = lines.iter().any(|l| l.contains(" ENABLE "));
+        assert_eq!(enabled, offered.is_some(), "{lines:?}");
+        let select = lines
+            .iter()
+            .find(|l| l.contains(" SELECT "))
+            .context("SELECT")?;
+        assert_eq!(
+            select.ends_with("(CONDSTORE)"),
+            offered.is_some(),
+            "{select}"
+        );
+        connect::logout(s, T).await;
+    }
+    Ok(())
+}

@@ -32,7 +32,8 @@ pub struct Caps {
 /// CONDSTORE), else CONDSTORE, plus UTF8=ACCEPT when `want_utf8`. Caps reports what is
 /// ENABLED/usable, read from `* ENABLED`. Bounded by `t`.
 ///
-/// A server that offers CONDSTORE without ENABLE gets no ENABLE; CONDSTORE is then usable
+/// A tagged NO or BAD to CAPABILITY counts as offering nothing (a bare IMAP4rev1 server). A
+/// server that offers CONDSTORE without ENABLE gets no ENABLE; CONDSTORE is then usable
 /// through `SELECT mb (CONDSTORE)`, which enables it (RFC 7162 §3.1). A tagged NO or BAD to
 /// ENABLE enables nothing; it is not an error.
 pub async fn negotiate(
@@ -51,8 +52,13 @@ pub(crate) async fn negotiate_with(
     t: Duration,
 ) -> Result<Caps, ImapError> {
     let work = async {
-        let offered = session.capabilities().await?;
-        let has = |c: &str| offered.has_str(c);
+        let offered = match session.capabilities().await {
+            Ok(offered) => Some(offered),
+            // A server that refuses CAPABILITY offers nothing beyond IMAP4rev1.
+            Err(async_imap::error::Error::No(_) | async_imap::error::Error::Bad(_)) => None,
+            Err(e) => return Err(e.into()),
+        };
+        let has = |c: &str| offered.as_ref().is_some_and(|o| o.has_str(c));
         let mut caps = Caps {
             objectid: has("OBJECTID"),
             gmail: has("X-GM-EXT-1"),
