@@ -326,3 +326,46 @@ pub fn select_params(caps: Caps, known: Option<Known>) -> String {
 pub async fn logout(mut session: Session, t: Duration) {
     let _ = deadline(t, "logout", session.logout()).await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn select_params_follow_caps_and_knowledge() {
+        let known = Known {
+            uidvalidity: 7,
+            highest_modseq: 90,
+            last_uid: 41,
+        };
+        let qresync = Caps {
+            qresync: true,
+            condstore: true,
+            ..Caps::default()
+        };
+        let condstore = Caps {
+            condstore: true,
+            ..Caps::default()
+        };
+        assert_eq!(
+            select_params(qresync, Some(known)),
+            " (QRESYNC (7 90 1:41))"
+        );
+        assert_eq!(select_params(qresync, None), " (CONDSTORE)");
+        // Nothing stored yet, or no mod-sequence known: RFC 7162 allows neither as parameters.
+        for k in [
+            Known {
+                last_uid: 0,
+                ..known
+            },
+            Known {
+                highest_modseq: 0,
+                ..known
+            },
+        ] {
+            assert_eq!(select_params(qresync, Some(k)), " (CONDSTORE)");
+        }
+        assert_eq!(select_params(condstore, Some(known)), " (CONDSTORE)");
+        assert_eq!(select_params(Caps::default(), Some(known)), "");
+    }
+}

@@ -8,7 +8,8 @@
 //!   ([`super::caps::Caps::utf8_accept`]: [`super::caps::negotiate`] enables it).
 //!
 //! Either way the name goes as a quoted string ([`quoted`]). async-imap's `select()` would
-//! quote again, so [`super::connect::select`] sends its own command: each name is quoted once.
+//! quote again, so [`super::connect::select_with`] sends its own command: each name is quoted
+//! once.
 //! A name of printable ASCII without `&` is the same in both forms ([`is_plain`]).
 
 /// Whether `name` reads the same in modified UTF-7 and in UTF-8: printable ASCII without `&`.

@@ -263,3 +263,60 @@ fn tagged(
         _ => Ok(None),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::imap::guard::{Guard, GuardError, Limits, MAX_LINE};
+    use tokio::io::AsyncWriteExt;
+
+    /// A `* SEARCH` answer of `n` UIDs and its tagged OK, read through a guard whose line
+    /// limit is `max_line`.
+    async fn read_search(n: u32, max_line: usize) -> std::io::Result<Vec<u32>> {
+        let mut line = b"* SEARCH".to_vec();
+        for u in 1..=n {
+            line.extend_from_slice(format!(" {u}").as_bytes());
+        }
+        line.extend_from_slice(b"\r\nA1 OK done\r\n");
+        let (ours, mut theirs) = tokio::io::duplex(64 * 1024);
+        let writer = tokio::spawn(async move {
+            let _ = theirs.write_all(&line).await;
+            theirs
+        });
+        let limits = Limits {
+            max_line,
+            ..Limits::new(Duration::from_secs(30))
+        };
+        let mut client = async_imap::Client::new(Guard::new(ours, limits));
+        let got = match client.read_response().await? {
+            Some(resp) => match resp.parsed() {
+                Response::MailboxData(MailboxDatum::Search(uids)) => uids.clone(),
+                other => panic!("{other:?}"),
+            },
+            None => Vec::new(),
+        };
+        writer.abort();
+        Ok(got)
+    }
+
+    /// A SEARCH answer beyond [`MAX_LINE`] is refused by default and read whole under
+    /// [`SEARCH_MAX_LINE`].
+    #[tokio::test]
+    async fn a_long_search_line_needs_the_raised_limit() {
+        let n = 40_000;
+        let err = read_search(n, MAX_LINE).await.expect_err("refused");
+        assert!(
+            matches!(GuardError::find(&err), Some(GuardError::LineTooLong { limit, .. }) if *limit == MAX_LINE),
+            "{err}"
+        );
+        let got = read_search(n, SEARCH_MAX_LINE).await.expect("reads");
+        assert_eq!(got, (1..=n).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn dates_are_rfc_3501() {
+        let d = |y, m, day| chrono::NaiveDate::from_ymd_opt(y, m, day).expect("a date");
+        assert_eq!(imap_date(d(2026, 9, 1)), "1-Sep-2026");
+        assert_eq!(imap_date(d(2025, 12, 24)), "24-Dec-2025");
+    }
+}

@@ -456,38 +456,3 @@ fn guard_and_parse_errors_are_protocol_a_stall_is_timeout() {
     assert_eq!(io(io::Error::other("incoming data too large")), "protocol");
     assert_eq!(io(io::ErrorKind::ConnectionReset.into()), "io");
 }
-
-/// A `* SEARCH` line beyond [`MAX_LINE`] is refused by default and read whole once the line
-/// limit is raised for the command.
-#[tokio::test(start_paused = true)]
-async fn a_raised_line_limit_takes_a_long_search_line() {
-    let uids: Vec<u32> = (1..=40_000).collect();
-    let mut line = b"* SEARCH".to_vec();
-    for u in &uids {
-        line.extend_from_slice(format!(" {u}").as_bytes());
-    }
-    line.extend_from_slice(b"\r\nA1 OK done\r\n");
-    assert!(line.len() > MAX_LINE);
-
-    let mut client = async_imap::Client::new(guard(Script::chunked(&line, 16 * 1024)));
-    let err = client.read_response().await.expect_err("refused");
-    assert!(
-        matches!(guard_error(&err), GuardError::LineTooLong { limit, .. } if *limit == MAX_LINE),
-        "{err}"
-    );
-
-    let mut g = guard(Script::chunked(&line, 16 * 1024));
-    g.limits.max_line = 1024 * 1024;
-    let mut client = async_imap::Client::new(g);
-    let resp = client
-        .read_response()
-        .await
-        .expect("reads")
-        .expect("a response");
-    match resp.parsed() {
-        Response::MailboxData(async_imap::imap_proto::MailboxDatum::Search(got)) => {
-            assert_eq!(got, &uids);
-        }
-        other => panic!("{other:?}"),
-    }
-}
