@@ -313,6 +313,120 @@ mod tests {
         assert_eq!(got, (1..=n).collect::<Vec<_>>());
     }
 
+    /// A logged-in session on a fake server that answers each command with the next reply
+    /// (`{tag}` replaced by the command's tag); the lines it read come back when it ends.
+    async fn fake(replies: Vec<&'static str>) -> (Session, tokio::task::JoinHandle<Vec<String>>) {
+        use tokio::io::{AsyncBufReadExt, BufReader};
+        let (ours, theirs) = tokio::io::duplex(64 * 1024);
+        let server = tokio::spawn(async move {
+            let (r, mut w) = tokio::io::split(theirs);
+            let mut lines = BufReader::new(r).lines();
+            let mut seen = Vec::new();
+            let _ = w.write_all(b"* OK fake\r\n").await;
+            for reply in std::iter::once("{tag} OK LOGIN done\r\n").chain(replies) {
+                let Ok(Some(line)) = lines.next_line().await else {
+                    break;
+                };
+                let tag = line.split(' ').next().unwrap_or("").to_string();
+                seen.push(line);
+                let _ = w.write_all(reply.replace("{tag}", &tag).as_bytes()).await;
+            }
+            seen
+        });
+        let io: Box<dyn crate::imap::Io> = Box::new(ours);
+        let mut client = async_imap::Client::new(io);
+        client.read_response().await.expect("greeting");
+        let session = client
+            .login("u", "p")
+            .await
+            .map_err(|(e, _)| e)
+            .expect("login");
+        (session, server)
+    }
+
+    /// An EXPUNGE and a flag change without a UID, interleaved with the enumeration, reach the
+    /// view with the right UIDs; every entry comes once, in batches, ascending.
+    #[tokio::test]
+    async fn an_enumeration_keeps_changes_that_arrive_during_it() {
+        let (mut s, server) = fake(vec![concat!(
+            "* 1 FETCH (UID 10 FLAGS ())\r\n",
+            "* 2 FETCH (UID 11 FLAGS (\\Seen))\r\n",
+            "* 1 EXPUNGE\r\n",
+            "* 2 FETCH (UID 12 FLAGS ())\r\n",
+            "* 1 FETCH (FLAGS (\\Flagged))\r\n",
+            "* 3 FETCH (UID 13 FLAGS ())\r\n",
+            "{tag} OK done\r\n"
+        )])
+        .await;
+        let mut view = View::new(false);
+        let t = Duration::from_secs(5);
+        let mut batches = Vec::new();
+        {
+            let mut e = enumerate(&mut s, &mut view, 20, t).await.expect("sent");
+            for _ in 0..5 {
+                let b = e.next_batch(2).await.expect("reads");
+                if b.is_empty() {
+                    break;
+                }
+                batches.push(b);
+            }
+        }
+        let entry = |u: u32, f: &str| (u, f.to_string());
+        assert_eq!(
+            batches,
+            vec![
+                vec![entry(10, ""), entry(11, "\\Seen")],
+                vec![entry(12, ""), entry(13, "")]
+            ]
+        );
+        let got = view.pending.take_batch(usize::MAX);
+        assert_eq!(got.expunged, vec![10]);
+        let flags: Vec<(u32, &str)> = got
+            .flags
+            .iter()
+            .map(|f| (f.uid, f.flags.as_str()))
+            .collect();
+        assert_eq!(flags, vec![(11, "\\Flagged")]);
+        assert!(!view.lost());
+        assert_eq!(view.exists(), 0, "no EXISTS was seen");
+        drop(s);
+        let seen = server.await.expect("server");
+        assert_eq!(
+            seen.get(1).map(String::as_str),
+            Some("A0002 UID FETCH 1:20 (UID FLAGS)")
+        );
+    }
+
+    /// A tagged NO is an error: throttling where it says so, the command's refusal otherwise.
+    #[tokio::test]
+    async fn refusals_are_errors() {
+        let (mut s, _server) = fake(vec![
+            "{tag} NO [UNAVAILABLE] later\r\n",
+            "* 1 EXPUNGE\r\n{tag} NO no such thing\r\n",
+            "{tag} BAD what\r\n",
+        ])
+        .await;
+        let mut view = View::new(true);
+        let t = Duration::from_secs(5);
+        let day = chrono::NaiveDate::from_ymd_opt(2026, 9, 1).expect("a date");
+        let err = search_since(&mut s, &mut view, day, t)
+            .await
+            .expect_err("refused");
+        assert_eq!(err.kind(), "throttled", "{err:?}");
+        let err = search_since(&mut s, &mut view, day, t)
+            .await
+            .expect_err("refused");
+        assert_eq!(err.kind(), "search_refused", "{err:?}");
+        assert!(
+            view.lost(),
+            "a sequence-numbered EXPUNGE under QRESYNC still reached the view"
+        );
+        let err = changed_since(&mut s, &mut view, 9, 3, t)
+            .await
+            .expect_err("refused");
+        assert_eq!(err.kind(), "fetch_refused", "{err:?}");
+    }
+
     #[test]
     fn dates_are_rfc_3501() {
         let d = |y, m, day| chrono::NaiveDate::from_ymd_opt(y, m, day).expect("a date");

@@ -7,7 +7,7 @@
 //! [`Behaviour`]s. Every line the server reads is kept, so a test can count commands.
 //!
 //! It answers what a connection's catch-up sends: `ENABLE`, `SELECT mb (CONDSTORE)` and
-//! `(QRESYNC (…))` (HIGHESTMODSEQ 1 where CONDSTORE is offered), `UID FETCH 1:N (UID FLAGS)`
+//! `(QRESYNC (…))` (HIGHESTMODSEQ 1 where CONDSTORE or QRESYNC is offered), `UID FETCH 1:N (UID FLAGS)`
 //! (`* u FETCH (UID u FLAGS ())` per message; nothing for `CHANGEDSINCE`: nothing ever changes)
 //! and `UID SEARCH` (every message, dated 14-Nov-2023). The refusals and delays of
 //! [`Behaviour`] apply to the body `UID FETCH` only.
@@ -194,7 +194,9 @@ async fn session(
                 None => {
                     // `SELECT mb (CONDSTORE)` or `(QRESYNC (…))`: nothing ever changes here, so
                     // the only difference is HIGHESTMODSEQ, where CONDSTORE is offered.
-                    let modseq = if rest.contains(" (") && offers(b, "CONDSTORE") {
+                    let modseq = if rest.contains(" (")
+                        && (offers(b, "CONDSTORE") || offers(b, "QRESYNC"))
+                    {
                         "* OK [HIGHESTMODSEQ 1] ok\r\n"
                     } else {
                         ""
