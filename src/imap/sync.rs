@@ -139,7 +139,7 @@ impl Enumeration<'_> {
     }
 }
 
-/// UID SEARCH SINCE <date> (RFC 3501 date, e.g. 1-Sep-2026), UIDs ascending. The guard's
+/// `UID SEARCH SINCE <date>` (RFC 3501 date, e.g. `1-Sep-2026`), UIDs ascending. The guard's
 /// line limit is raised to [`SEARCH_MAX_LINE`] for this one command and restored after it,
 /// whatever its outcome; a longer answer is refused by the guard (a `protocol` error).
 ///
