@@ -3,12 +3,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_imap::imap_proto::{MailboxDatum, Response, ResponseCode, Status};
+use async_imap::imap_proto::{Response, ResponseCode, Status};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use super::auth::Credentials;
+use super::caps::Caps;
 use super::guard::{Guard, Limits};
+use super::view::{Absorbed, View};
 use super::{bye, deadline, mailbox_name, received, throttle, ImapError, Io, Session};
 use crate::config::{Account, TlsMode};
 
@@ -56,6 +58,21 @@ pub struct Selected {
     pub uid_next: Option<u32>,
     /// Messages in the mailbox.
     pub exists: u32,
+    /// HIGHESTMODSEQ, where CONDSTORE is in use; `None` without CONDSTORE or for a mailbox
+    /// that keeps no mod-sequences (`NOMODSEQ`). Not put into the view's pending changes: the
+    /// caller persists it once the changes it covers are applied.
+    pub highest_modseq: Option<u64>,
+}
+
+/// What the store knows of a mailbox from an earlier connection: the QRESYNC parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Known {
+    /// The UIDVALIDITY the stored UIDs belong to.
+    pub uidvalidity: u32,
+    /// The HIGHESTMODSEQ every stored change covers.
+    pub highest_modseq: u64,
+    /// The highest stored UID.
+    pub last_uid: u32,
 }
 
 /// TCP connect with keepalive, TLS as configured, and the server greeting.
@@ -190,35 +207,68 @@ pub async fn login(
     super::auth::login(client, &ep.credentials, &ep.username, &ep.host, ep.port, t).await
 }
 
-/// SELECT the mailbox (read-write, so a later flag sync could work; we only ever PEEK).
-///
-/// `mailbox` is the operator's name; it goes on the wire as [`mailbox_name::argument`] makes
-/// it: UTF-8 where the server offers `UTF8=ACCEPT` (asked only for names that are not plain
-/// ASCII), modified UTF-7 elsewhere. The responses are read here, not by async-imap's
-/// `select()`, which would quote the name a second time and would flatten a tagged NO into
-/// text, losing the response code that says the server is throttling.
+/// SELECT with what the caller knows; see [`select_with`]. Without [`Caps`] or a view:
+/// CAPABILITY and `ENABLE UTF8=ACCEPT` only for a name that is not [`mailbox_name::is_plain`],
+/// and the untagged responses go to a throwaway view.
+// TODO(#11, lead): delete this shim once every caller negotiates [`Caps`] and keeps a view;
+// then rename `select_with` to `select`.
 pub async fn select(
     session: &mut Session,
     mailbox: &str,
     t: Duration,
 ) -> Result<Selected, ImapError> {
+    let caps = if !mailbox_name::is_plain(mailbox) && mailbox_name::utf8_quotable(mailbox) {
+        super::caps::negotiate_with(session, false, true, t).await?
+    } else {
+        Caps::default()
+    };
+    let mut view = View::new(caps.qresync);
+    select_with(session, mailbox, caps, None, &mut view, t).await
+}
+
+/// SELECT the mailbox (read-write, so that flag changes are reported; we only ever PEEK).
+///
+/// - `(QRESYNC (uidvalidity modseq 1:last_uid))` when `caps.qresync` and `known` has a UID
+///   and a mod-sequence (RFC 7162 allows no zero): the server then reports, before the tagged
+///   OK, `VANISHED (EARLIER)` for what was expunged and `FETCH (UID FLAGS MODSEQ)` for what
+///   changed since — but only if `known.uidvalidity` is still the mailbox's; otherwise it says
+///   nothing and the caller starts a new epoch;
+/// - `(CONDSTORE)` when `caps.condstore` otherwise, for HIGHESTMODSEQ;
+/// - plain `SELECT` without CONDSTORE.
+///
+/// Every untagged response but the `OK [...]` ones (EXISTS, VANISHED, FETCH, EXPUNGE) goes to
+/// `view.absorb`, in order. `mailbox` is the operator's name; it goes on the wire as
+/// [`mailbox_name::argument`] makes it: UTF-8 where `caps.utf8_accept`, modified UTF-7
+/// elsewhere. The responses are read here, not by async-imap's `select()`, which would quote
+/// the name a second time and would flatten a tagged NO into text, losing the response code
+/// that says the server is throttling. Bounded by `t`.
+pub async fn select_with(
+    session: &mut Session,
+    mailbox: &str,
+    caps: Caps,
+    known: Option<Known>,
+    view: &mut View,
+    t: Duration,
+) -> Result<Selected, ImapError> {
     let work = async {
-        let utf8 = !mailbox_name::is_plain(mailbox)
-            && mailbox_name::utf8_quotable(mailbox)
-            && mailbox_name::enable_utf8(session).await?;
-        let command = format!("SELECT {}", mailbox_name::argument(mailbox, utf8));
+        let command = format!(
+            "SELECT {}{}",
+            mailbox_name::argument(mailbox, caps.utf8_accept),
+            select_params(caps, known)
+        );
         let tag = session.run_command(command).await?;
-        let (mut uid_validity, mut uid_next, mut exists) = (None, None, 0);
+        let (mut uid_validity, mut uid_next, mut exists, mut highest_modseq) =
+            (None, None, 0, None);
         loop {
             let resp = received(session.read_response().await, "SELECT")?;
             match resp.parsed() {
-                Response::MailboxData(MailboxDatum::Exists(n)) => exists = *n,
                 Response::Data {
                     status: Status::Ok,
                     outcome,
                 } => match outcome.code {
                     Some(ResponseCode::UidValidity(v)) => uid_validity = Some(v),
                     Some(ResponseCode::UidNext(n)) => uid_next = Some(n),
+                    Some(ResponseCode::HighestModSeq(m)) => highest_modseq = Some(m),
                     _ => {}
                 },
                 Response::Data {
@@ -236,6 +286,7 @@ pub async fn select(
                             uid_validity: uid_validity.ok_or(ImapError::NoUidValidity)?,
                             uid_next,
                             exists,
+                            highest_modseq: highest_modseq.filter(|_| caps.condstore),
                         }),
                         Status::No => Err(throttle::refusal("SELECT", outcome)
                             .unwrap_or_else(|| ImapError::Select(text()))),
@@ -244,8 +295,12 @@ pub async fn select(
                         })),
                     };
                 }
-                // FLAGS, RECENT, PERMANENTFLAGS and the like: nothing we keep.
-                _ => {}
+                // EXISTS, VANISHED (EARLIER), FETCH; FLAGS and RECENT absorb as nothing.
+                other => {
+                    if let Absorbed::Exists(n) = view.absorb(other) {
+                        exists = n;
+                    }
+                }
             }
         }
     };
@@ -255,7 +310,62 @@ pub async fn select(
     }
 }
 
+/// The SELECT parameters for what is enabled and known (with its leading space), or nothing.
+pub fn select_params(caps: Caps, known: Option<Known>) -> String {
+    match known {
+        Some(k) if caps.qresync && k.last_uid > 0 && k.highest_modseq > 0 => format!(
+            " (QRESYNC ({} {} 1:{}))",
+            k.uidvalidity, k.highest_modseq, k.last_uid
+        ),
+        _ if caps.condstore => " (CONDSTORE)".to_string(),
+        _ => String::new(),
+    }
+}
+
 /// LOGOUT, bounded; errors are irrelevant at this point.
 pub async fn logout(mut session: Session, t: Duration) {
     let _ = deadline(t, "logout", session.logout()).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn select_params_follow_caps_and_knowledge() {
+        let known = Known {
+            uidvalidity: 7,
+            highest_modseq: 90,
+            last_uid: 41,
+        };
+        let qresync = Caps {
+            qresync: true,
+            condstore: true,
+            ..Caps::default()
+        };
+        let condstore = Caps {
+            condstore: true,
+            ..Caps::default()
+        };
+        assert_eq!(
+            select_params(qresync, Some(known)),
+            " (QRESYNC (7 90 1:41))"
+        );
+        assert_eq!(select_params(qresync, None), " (CONDSTORE)");
+        // Nothing stored yet, or no mod-sequence known: RFC 7162 allows neither as parameters.
+        for k in [
+            Known {
+                last_uid: 0,
+                ..known
+            },
+            Known {
+                highest_modseq: 0,
+                ..known
+            },
+        ] {
+            assert_eq!(select_params(qresync, Some(k)), " (CONDSTORE)");
+        }
+        assert_eq!(select_params(condstore, Some(known)), " (CONDSTORE)");
+        assert_eq!(select_params(Caps::default(), Some(known)), "");
+    }
 }

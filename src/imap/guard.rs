@@ -15,7 +15,8 @@
 //!   its last line is handed on: a response that cannot be parsed is an error at once instead
 //!   of an "incomplete" that never ends.
 //!
-//! The bounds ([`Limits`]): [`MAX_LINE`] bytes of line text per response, [`MAX_LITERALS`]
+//! The bounds ([`Limits`]): [`MAX_LINE`] bytes of line text per response (raised for one
+//! `UID SEARCH` by [`set_max_line`]), [`MAX_LITERALS`]
 //! literals per response, each at most `max_literal` bytes, `max_literal +`
 //! [`RESPONSE_OVERHEAD`] bytes per response, and, while a command is in flight, bytes from the
 //! server at least every `progress` (IDLE, once accepted, is exempt: silence is normal there).
@@ -78,6 +79,9 @@ const HOLD_CHUNK: usize = 4096;
 pub struct Limits {
     /// Largest literal accepted, announced `{n}`.
     pub max_literal: usize,
+    /// Line text (everything but literal bytes) one response may carry: [`MAX_LINE`], raised
+    /// for one command by [`set_max_line`].
+    pub max_line: usize,
     /// Longest wait for server bytes while a command is in flight.
     pub progress: Duration,
 }
@@ -87,6 +91,7 @@ impl Limits {
     pub fn new(progress: Duration) -> Limits {
         Limits {
             max_literal: DEFAULT_MAX_LITERAL,
+            max_line: MAX_LINE,
             progress,
         }
     }
@@ -107,6 +112,20 @@ pub fn set_max_literal(io: &mut dyn Io, max: usize) {
         any.downcast_mut::<Guard<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>>()
     {
         g.limits.max_literal = max;
+    }
+}
+
+/// Sets the line limit of the guard under a session's stream (no-op for a stream without one).
+/// `UID SEARCH`, whose answer is one line, raises it for that command only
+/// ([`super::sync::SEARCH_MAX_LINE`]) and sets [`MAX_LINE`] back after its tagged reply.
+pub fn set_max_line(io: &mut dyn Io, max: usize) {
+    let any: &mut dyn Any = io;
+    if let Some(g) = any.downcast_mut::<Guard<tokio::net::TcpStream>>() {
+        g.limits.max_line = max;
+    } else if let Some(g) =
+        any.downcast_mut::<Guard<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>>()
+    {
+        g.limits.max_line = max;
     }
 }
 

@@ -4,46 +4,13 @@
 //! and that name is what the config, the store, the records and the metrics keep. Only the
 //! argument of `SELECT` differs:
 //! - IMAP4rev1 wants modified UTF-7 (RFC 3501 §5.1.3): [`utf7`];
-//! - a server that offers `UTF8=ACCEPT` (RFC 6855), once it is enabled, takes UTF-8 as it is.
+//! - a server that offers `UTF8=ACCEPT` (RFC 6855), once it is enabled, takes UTF-8 as it is
+//!   ([`super::caps::Caps::utf8_accept`]: [`super::caps::negotiate`] enables it).
 //!
 //! Either way the name goes as a quoted string ([`quoted`]). async-imap's `select()` would
-//! quote again, so [`super::connect::select`] sends its own command: each name is quoted once.
-//! A name of printable ASCII without `&` is the same in both forms ([`is_plain`]); only other
-//! names cost the round trips that find out whether the server takes UTF-8.
-
-use async_imap::imap_proto::{Capability, Response, Status};
-
-use super::{bye, received, ImapError, Session};
-
-/// Whether the server offers `UTF8=ACCEPT`, and if so, enables it on this session. Two round
-/// trips (CAPABILITY, then ENABLE), so only asked for names that are not [`is_plain`]. A
-/// server that does not confirm with `* ENABLED UTF8=ACCEPT` gets modified UTF-7.
-pub async fn enable_utf8(session: &mut Session) -> Result<bool, ImapError> {
-    if !session.capabilities().await?.has_str("UTF8=ACCEPT") {
-        return Ok(false);
-    }
-    let tag = session.run_command("ENABLE UTF8=ACCEPT").await?;
-    let mut enabled = false;
-    loop {
-        let resp = received(session.read_response().await, "ENABLE")?;
-        match resp.parsed() {
-            // `* ENABLED …` parses as a capability list.
-            Response::Capabilities(caps) => {
-                enabled |= caps.iter().any(
-                    |c| matches!(c, Capability::Atom(a) if a.eq_ignore_ascii_case("UTF8=ACCEPT")),
-                );
-            }
-            Response::Done { tag: t, status, .. } if *t == tag => {
-                return Ok(enabled && *status == Status::Ok);
-            }
-            Response::Data {
-                status: Status::Bye,
-                outcome,
-            } => return Err(bye(outcome)),
-            _ => {}
-        }
-    }
-}
+//! quote again, so [`super::connect::select_with`] sends its own command: each name is quoted
+//! once.
+//! A name of printable ASCII without `&` is the same in both forms ([`is_plain`]).
 
 /// Whether `name` reads the same in modified UTF-7 and in UTF-8: printable ASCII without `&`.
 pub fn is_plain(name: &str) -> bool {

@@ -1,5 +1,8 @@
 //! The IMAP side: TCP and TLS ([`tls`]), greeting, STARTTLS and login ([`connect`], with SASL
-//! OAuth2 in [`auth`]), IDLE with its timers ([`idle`]) and `UID FETCH` ([`fetch`]).
+//! OAuth2 in [`auth`]), what the server offers and what is enabled ([`caps`]), IDLE with its
+//! timers ([`idle`]), `UID FETCH` of new mail ([`fetch`]) and the catch-up commands ([`sync`]).
+//!
+//! Every untagged response read after SELECT goes through the connection's [`view::View`].
 //!
 //! Mailbox names go on the wire as [`mailbox_name`] encodes them; server throttling is read by
 //! [`throttle`].
@@ -9,11 +12,13 @@
 //! throttling server's suggested delay is [`ImapError::retry_after`].
 
 pub mod auth;
+pub mod caps;
 pub mod connect;
 pub mod fetch;
 pub mod guard;
 pub mod idle;
 pub mod mailbox_name;
+pub mod sync;
 pub mod throttle;
 pub mod tls;
 pub mod view;
@@ -90,6 +95,16 @@ pub enum ImapError {
     /// stored; the rest is fetched again after a reconnect.
     #[error("server refused UID FETCH: {}", bounded(.0))]
     FetchRefused(String),
+    /// The server answered `UID SEARCH` with a tagged NO or BAD.
+    #[error("server refused UID SEARCH: {}", bounded(.0))]
+    SearchRefused(String),
+    /// A change named a sequence number this connection could not map to a UID
+    /// ([`view::View::lost`]): changes may have been missed.
+    #[error(
+        "the server's sequence numbers no longer match what this connection knows; \
+         reconnecting to catch up"
+    )]
+    Desynced,
     /// SELECT answered without UIDVALIDITY, so UIDs cannot be trusted.
     #[error("server sent no UIDVALIDITY for the mailbox")]
     NoUidValidity,
@@ -131,6 +146,8 @@ impl ImapError {
             ImapError::Secret(_) => "secret",
             ImapError::Closed(_) => "closed",
             ImapError::FetchRefused(_) => "fetch_refused",
+            ImapError::SearchRefused(_) => "search_refused",
+            ImapError::Desynced => "desync",
             ImapError::Throttled { .. } => "throttled",
             ImapError::NoUidValidity | ImapError::Select(_) => "select",
             ImapError::Protocol(async_imap::error::Error::Io(e)) => io_kind(e),
@@ -170,6 +187,8 @@ impl ImapError {
             | ImapError::Dead
             | ImapError::Closed(_)
             | ImapError::FetchRefused(_)
+            | ImapError::SearchRefused(_)
+            | ImapError::Desynced
             | ImapError::Throttled { .. }
             | ImapError::Cancelled
             | ImapError::Protocol(_) => ErrorClass::Transient,

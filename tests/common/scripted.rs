@@ -5,6 +5,12 @@
 //!
 //! [`start`] is the server `faults.rs` has always used; [`start_with`] takes opt-in
 //! [`Behaviour`]s. Every line the server reads is kept, so a test can count commands.
+//!
+//! It answers what a connection's catch-up sends: `ENABLE`, `SELECT mb (CONDSTORE)` and
+//! `(QRESYNC (…))` (HIGHESTMODSEQ 1 where CONDSTORE or QRESYNC is offered), `UID FETCH 1:N (UID FLAGS)`
+//! (`* u FETCH (UID u FLAGS ())` per message; nothing for `CHANGEDSINCE`: nothing ever changes)
+//! and `UID SEARCH` (every message, dated 14-Nov-2023). The refusals and delays of
+//! [`Behaviour`] apply to the body `UID FETCH` only.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -17,7 +23,8 @@ use tokio::net::TcpListener;
 /// Opt-in behaviours. The default is a well-behaved server that never speaks during IDLE.
 #[derive(Debug, Clone, Default)]
 pub struct Behaviour {
-    /// On the first connection only, `UID FETCH` sends one message and then a tagged NO.
+    /// On the first connection only, the body `UID FETCH` sends one message and then a tagged
+    /// NO.
     pub refuse_first_fetch: bool,
     /// On the first connection, SELECT shows every message but the last. The first IDLE makes it
     /// visible, with `* N EXISTS` written before `+ idling` in the same write.
@@ -30,9 +37,10 @@ pub struct Behaviour {
     pub first_login_reply: Option<String>,
     /// The tagged reply to SELECT on the first connection, as `first_login_reply`.
     pub first_select_reply: Option<String>,
-    /// The tagged reply to `UID FETCH` on the first connection, after one message.
+    /// The tagged reply to the body `UID FETCH` on the first connection, after one message.
     pub first_fetch_reply: Option<String>,
-    /// Every FETCH response is written this long after the one before: a slow first import.
+    /// Every body FETCH response is written this long after the one before: a slow first
+    /// import.
     pub fetch_delay: Option<Duration>,
     /// What `* CAPABILITY` lists. `ENABLE` enables whatever it asks for that is listed here.
     pub capabilities: Option<String>,
@@ -176,15 +184,52 @@ async fn session(
                     .split(' ')
                     .filter(|c| offered.split(' ').any(|o| o.eq_ignore_ascii_case(c)))
                     .collect();
-                format!("* ENABLED {}\r\n{tag} OK ENABLE done\r\n", enabled.join(" "))
+                format!(
+                    "* ENABLED {}\r\n{tag} OK ENABLE done\r\n",
+                    enabled.join(" ")
+                )
             }
             "SELECT" => match on_first(first, &b.first_select_reply) {
                 Some(r) => format!("{tag} {r}\r\n"),
-                None => format!(
-                    "* {visible} EXISTS\r\n* OK [UIDVALIDITY 7] ok\r\n* OK [UIDNEXT {}] ok\r\n{tag} OK [READ-WRITE] SELECT done\r\n",
-                    visible + 1
-                ),
+                None => {
+                    // `SELECT mb (CONDSTORE)` or `(QRESYNC (…))`: nothing ever changes here, so
+                    // the only difference is HIGHESTMODSEQ, where CONDSTORE is offered.
+                    let modseq = if rest.contains(" (")
+                        && (offers(b, "CONDSTORE") || offers(b, "QRESYNC"))
+                    {
+                        "* OK [HIGHESTMODSEQ 1] ok\r\n"
+                    } else {
+                        ""
+                    };
+                    format!(
+                        "* {visible} EXISTS\r\n* OK [UIDVALIDITY 7] ok\r\n* OK [UIDNEXT {}] ok\r\n{modseq}{tag} OK [READ-WRITE] SELECT done\r\n",
+                        visible + 1
+                    )
+                }
             },
+            "UID" if is_search(rest) => {
+                // Every message has INTERNALDATE 14-Nov-2023.
+                let uids: String = if search_matches(rest) {
+                    (1..=visible).map(|u| format!(" {u}")).collect()
+                } else {
+                    String::new()
+                };
+                format!("* SEARCH{uids}\r\n{tag} OK UID SEARCH done\r\n")
+            }
+            "UID" if !wants_body(rest) => {
+                // The catch-up: `UID FETCH 1:N (UID FLAGS)`, with `(CHANGEDSINCE m)` under
+                // CONDSTORE. No flag ever changes (every MODSEQ is 1), so CHANGEDSINCE answers
+                // nothing.
+                let mut out = String::new();
+                if !rest.to_ascii_uppercase().contains("CHANGEDSINCE") {
+                    let upto = fetch_to(rest).unwrap_or(visible);
+                    for uid in 1..=upto.min(visible) {
+                        out.push_str(&format!("* {uid} FETCH (UID {uid} FLAGS ())\r\n"));
+                    }
+                }
+                out.push_str(&format!("{tag} OK UID FETCH done\r\n"));
+                out
+            }
             "UID" => {
                 let from = super::command::fetch_from(rest);
                 let refusal = match on_first(first, &b.first_fetch_reply) {
@@ -243,6 +288,52 @@ async fn session(
         w.write_all(reply.as_bytes()).await?;
     }
     Ok(())
+}
+
+/// The last UID a `UID FETCH <from>:<to> …` asks for (`rest` is what follows `UID`); `None`
+/// for `*` or when it cannot be read.
+fn fetch_to(rest: &str) -> Option<usize> {
+    rest.split_whitespace()
+        .nth(1)
+        .and_then(|r| r.split_once(':'))
+        .and_then(|(_, to)| to.parse().ok())
+}
+
+/// Whether `* CAPABILITY` lists `cap`.
+fn offers(b: &Behaviour, cap: &str) -> bool {
+    b.capabilities
+        .as_deref()
+        .unwrap_or("")
+        .split(' ')
+        .any(|c| c.eq_ignore_ascii_case(cap))
+}
+
+/// `UID SEARCH …` (`rest` is what follows `UID`).
+fn is_search(rest: &str) -> bool {
+    rest.split(' ')
+        .next()
+        .is_some_and(|c| c.eq_ignore_ascii_case("SEARCH"))
+}
+
+/// Whether a `UID FETCH` asks for message bodies (the import), not only UIDs and flags.
+fn wants_body(rest: &str) -> bool {
+    rest.to_ascii_uppercase().contains("BODY")
+}
+
+/// Whether `UID SEARCH SINCE <date>` matches messages of 14-Nov-2023 (anything else searched
+/// for matches every message).
+fn search_matches(rest: &str) -> bool {
+    let words: Vec<&str> = rest.split(' ').collect();
+    let since = words
+        .iter()
+        .position(|w| w.eq_ignore_ascii_case("SINCE"))
+        .and_then(|i| words.get(i + 1))
+        .and_then(|d| chrono::NaiveDate::parse_from_str(d, "%d-%b-%Y").ok());
+    let internal = chrono::NaiveDate::from_ymd_opt(2023, 11, 14);
+    match (since, internal) {
+        (Some(since), Some(internal)) => since <= internal,
+        _ => true,
+    }
 }
 
 /// A first-connection-only reply.

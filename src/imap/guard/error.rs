@@ -9,7 +9,8 @@ use super::EXCERPT;
 /// Why the guard refused the server's bytes.
 #[derive(Debug, thiserror::Error)]
 pub enum GuardError {
-    /// A response's lines hold more than [`MAX_LINE`](super::MAX_LINE) bytes.
+    /// A response's lines hold more than the line limit ([`MAX_LINE`](super::MAX_LINE) unless
+    /// raised for the command) bytes.
     #[error("response line longer than {limit} bytes (starts \"{excerpt}\")")]
     LineTooLong {
         /// The limit.

@@ -4,7 +4,7 @@
 
 use async_imap::imap_proto::Response;
 
-use super::{Excerpt, GuardError, Limits, EXCERPT, MAX_LINE, MAX_LITERALS};
+use super::{Excerpt, GuardError, Limits, EXCERPT, MAX_LITERALS};
 
 /// How many bytes of a chunk may be handed on, and whether the rest is refused.
 pub(super) struct Scan {
@@ -62,13 +62,13 @@ impl Framer {
                 Some(i) => (i + 1, true),
                 None => (rest.len(), false),
             };
-            if self.skeleton.len() + run > MAX_LINE {
+            if self.skeleton.len() + run > limits.max_line {
                 let mut line = std::mem::take(&mut self.skeleton);
                 line.extend_from_slice(rest.get(..run.min(EXCERPT)).unwrap_or_default());
                 return Scan {
                     ready,
                     error: Some(GuardError::LineTooLong {
-                        limit: MAX_LINE,
+                        limit: limits.max_line,
                         excerpt: Excerpt::of(&line),
                     }),
                 };

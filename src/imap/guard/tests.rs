@@ -86,6 +86,7 @@ fn guard(s: Script) -> Guard<Script> {
         s,
         Limits {
             max_literal: 1024 * 1024,
+            max_line: MAX_LINE,
             progress: T,
         },
     )
@@ -157,6 +158,7 @@ async fn hand_overs_grow_linearly_with_the_response() {
             Script::chunked(&resp, 16 * 1024),
             Limits {
                 max_literal: n,
+                max_line: MAX_LINE,
                 progress: T,
             },
         );
