@@ -395,6 +395,11 @@ pub async fn idle(
     Ok((session, event))
 }
 
+/// The scripted server of the IDLE and FETCH unit tests (declared once, here).
+#[cfg(test)]
+#[path = "test_server.rs"]
+pub(crate) mod test_server;
+
 #[cfg(test)]
 #[path = "idle_tests.rs"]
 mod tests;

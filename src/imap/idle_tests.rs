@@ -2,58 +2,8 @@
 
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, DuplexStream, ReadHalf, WriteHalf};
-
+use super::test_server::{session, Server};
 use super::*;
-use crate::imap::Io;
-
-/// The server end of an in-memory connection.
-struct Server {
-    r: BufReader<ReadHalf<DuplexStream>>,
-    w: WriteHalf<DuplexStream>,
-}
-
-impl Server {
-    /// The next line the client sent, without its CRLF.
-    async fn line(&mut self) -> String {
-        let mut l = String::new();
-        self.r.read_line(&mut l).await.expect("client line");
-        l.trim_end().to_string()
-    }
-
-    /// The tag of the next command, checking its name.
-    async fn command(&mut self, name: &str) -> String {
-        let l = self.line().await;
-        let (tag, rest) = l.split_once(' ').expect("tagged");
-        assert!(rest.starts_with(name), "{l:?}, wanted {name}");
-        tag.to_string()
-    }
-
-    async fn send(&mut self, text: &str) {
-        self.w.write_all(text.as_bytes()).await.expect("send");
-    }
-}
-
-/// A logged-in session over a 4 MiB in-memory pipe, and the server end.
-async fn session() -> (Session, Server) {
-    let (client, server) = tokio::io::duplex(4 << 20);
-    let (r, w) = tokio::io::split(server);
-    let mut server = Server {
-        r: BufReader::new(r),
-        w,
-    };
-    let client = async_imap::Client::new(Box::new(client) as Box<dyn Io>);
-    let login = tokio::spawn(async move {
-        client
-            .login("u", "p")
-            .await
-            .map_err(|(e, _)| e)
-            .expect("login")
-    });
-    let tag = server.command("LOGIN").await;
-    server.send(&format!("{tag} OK logged in\r\n")).await;
-    (login.await.expect("login task"), server)
-}
 
 const TIMERS: IdleTimers = IdleTimers {
     renew: Duration::from_secs(29 * 60),
