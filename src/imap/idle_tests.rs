@@ -234,3 +234,22 @@ async fn old_round_reports_exists_during_done() {
     let (_session, ev) = r.expect("round");
     assert!(matches!(ev, IdleEvent::NewMail { .. }), "{ev:?}");
 }
+
+/// What an idle mailbox holds while it waits: the session in IDLE, its view and the wait.
+/// The round this replaces (async-imap's `Handle` and its wait) was 944 bytes; #11 allows
+/// idle memory to grow by at most 2 KiB per mailbox.
+#[tokio::test]
+async fn an_idle_mailbox_stays_small() {
+    let (s, mut server) = session().await;
+    let mut view = View::new(false);
+    let (mut idling, _tag) = entered(s, &mut server, &mut view, "").await;
+    let cancel = CancellationToken::new();
+    let mut live = Liveness::default();
+    let wait = idling.wait(&mut view, TIMERS, &mut live, &cancel);
+    let waiting = std::mem::size_of_val(&wait);
+    let held = std::mem::size_of::<Idling>() + std::mem::size_of::<View>();
+    assert!(
+        waiting + held <= 1024,
+        "wait {waiting} + Idling and View {held} bytes"
+    );
+}
