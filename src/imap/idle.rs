@@ -118,8 +118,8 @@ pub struct Idling {
     session: Session,
     /// The tag of the `IDLE` command, which `DONE`'s tagged reply carries.
     tag: RequestId,
-    /// When the renew timer fires; set once, when IDLE was entered.
-    renew_at: Instant,
+    /// When IDLE was entered: the renew timer counts from here, across every wait.
+    since: Instant,
     /// When the server last sent anything.
     heard: Instant,
     /// The last [`Idling::wait`] ended to probe a silence: an unanswered `DONE` then means a
@@ -169,7 +169,7 @@ async fn start(mut session: Session, view: &mut View) -> Result<Idling, ImapErro
     Ok(Idling {
         session,
         tag,
-        renew_at: now,
+        since: now,
         heard: now,
         probe: false,
     })
@@ -209,7 +209,7 @@ impl Idling {
         if view.pending.len() > 0 {
             return Ok(IdleEvent::Changed);
         }
-        let renew_at = self.renew_at + timers.renew;
+        let renew_at = self.since + timers.renew;
         loop {
             tokio::select! {
                 biased;

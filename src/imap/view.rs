@@ -15,6 +15,10 @@ use tokio::time::Instant;
 
 use crate::changes::PendingChanges;
 
+/// The most UIDs one `VANISHED` may name. A hostile or broken server could name all 4 billion;
+/// past this the view is [`lost`](View::lost) instead of holding them all as pending.
+pub const MAX_VANISHED: u64 = 1_000_000;
+
 /// What one absorbed response meant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Absorbed {
@@ -116,6 +120,15 @@ impl View {
             }
             Response::Vanished { earlier, uids } => {
                 let mut n = 0u32;
+                let total: u64 = uids
+                    .iter()
+                    .map(|r| u64::from(r.end().saturating_sub(*r.start())) + 1)
+                    .sum();
+                if total > MAX_VANISHED {
+                    // Not expanded into memory: catch up again instead.
+                    self.lost = true;
+                    return Absorbed::Change;
+                }
                 for range in uids {
                     for uid in range.clone() {
                         self.pending.expunged(uid);

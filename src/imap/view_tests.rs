@@ -256,3 +256,15 @@ fn quiet_responses_are_nothing() {
     }
     assert!(v.pending.is_empty());
 }
+
+#[test]
+fn a_huge_vanished_is_lost_not_expanded() {
+    let mut v = View::new(true);
+    v.absorb(&parse(b"* VANISHED (EARLIER) 1:4294967295\r\n"));
+    assert!(v.lost());
+    assert!(v.pending.is_empty());
+    let mut v = View::new(true);
+    v.absorb(&parse(b"* VANISHED (EARLIER) 1:1000,5000:5999\r\n"));
+    assert!(!v.lost());
+    assert_eq!(v.pending.len(), 2_000);
+}
