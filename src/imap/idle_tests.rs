@@ -124,6 +124,10 @@ async fn responses_during_done_reach_the_view() {
     let cancel = CancellationToken::new();
     let ev = idling.wait(&mut view, TIMERS, &mut live, &cancel).await;
     assert!(matches!(ev, Ok(IdleEvent::NewMail { .. })), "{ev:?}");
+    // Changes left from before are reported at once, without reading.
+    let ev = idling.wait(&mut view, TIMERS, &mut live, &cancel).await;
+    assert_eq!(ev.expect("pending"), IdleEvent::Changed);
+    assert_eq!(view.pending.len(), 2);
     left(idling, &mut server, &mut view, &tag, "")
         .await
         .expect("done");

@@ -322,6 +322,10 @@ impl SeqMap {
             self.runs.insert(i + 1, (uid + 1, len - offset - 1));
         }
         self.total -= 1;
+        if self.runs.capacity() > 4 * self.runs.len().max(8) {
+            // Many runs expunged whole (a mailbox emptied): give the memory back.
+            self.runs.shrink_to_fit();
+        }
         // Run `i` (or the one now at `i`) still has `before` messages before it.
         self.hint = if i < self.runs.len() {
             (i, before)
