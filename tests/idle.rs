@@ -1,6 +1,7 @@
 //! IDLE and protocol details against the scripted server (tests/common/scripted.rs): an EXISTS
 //! parked before `+ idling` (#12 item 1), servers silent during IDLE and half-open connections
-//! (item 16), and server throttling (item 13).
+//! (item 16), and server throttling (item 13). Against Dovecot: changes pushed into IDLE
+//! reach the connection's view whole (#11).
 
 mod common;
 
@@ -342,5 +343,93 @@ async fn throttled_login_waits_the_suggested_delay() -> Result<()> {
     assert!(left.num_minutes() >= 19, "retry in {left}: {m:?}");
     assert_eq!(server.connections(), 1);
     d.shutdown().await;
+    Ok(())
+}
+
+/// #11: a flag storm and expunges pushed into IDLE by a real server reach the view whole, by
+/// sequence number (no QRESYNC), in batches; async-imap's 100-entry channel would drop them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dovecot_flag_storm_and_expunges_reach_the_view() -> Result<()> {
+    use async_imap::imap_proto::{MailboxDatum, Response};
+    use idlesync::imap::idle::{self, IdleEvent, IdleTimers, Liveness};
+    use idlesync::imap::view::View;
+    use idlesync::imap::Io;
+    use tokio_util::sync::CancellationToken;
+
+    const N: u32 = 600;
+    let dc = common::dovecot::Dovecot::start(&[("storm", "storm-pw")])?;
+    let mut other = common::dovecot::Wire::login(&dc, "storm").await?;
+    let mut uids = Vec::new();
+    for raw in messages("storm", N as usize) {
+        uids.push(other.append("INBOX", &raw).await?);
+    }
+
+    let mut client = async_imap::Client::new(Box::new(dc.connect_tls().await?) as Box<dyn Io>);
+    client.read_response().await?;
+    let mut session = client
+        .login("storm", "storm-pw")
+        .await
+        .map_err(|(e, _)| e)?;
+    let mailbox = session.select("INBOX").await?;
+    let mut view = View::new(false);
+    view.absorb(&Response::MailboxData(MailboxDatum::Exists(mailbox.exists)));
+    for (seq, uid) in (1..).zip(&uids) {
+        view.place(seq, *uid);
+    }
+    // The catch-up's `UID FETCH n:*` would have taken SELECT's EXISTS; nothing is new.
+    assert!(view.take_new_mail().is_some());
+    let timers = IdleTimers {
+        renew: Duration::from_secs(600),
+        dead_after: Duration::from_secs(600),
+        done_timeout: WAIT,
+    };
+    let mut idling = idle::enter(session, &mut view, timers, || {}).await?;
+
+    let r = other.command("SELECT INBOX", None).await?;
+    anyhow::ensure!(r.starts_with("OK"), "SELECT: {r}");
+    let r = other
+        .command("STORE 1:* +FLAGS.SILENT (\\Seen)", None)
+        .await?;
+    anyhow::ensure!(r.starts_with("OK"), "STORE: {r}");
+    let r = other
+        .command("STORE 1:3 +FLAGS.SILENT (\\Deleted)", None)
+        .await?;
+    anyhow::ensure!(r.starts_with("OK"), "STORE: {r}");
+    let r = other.command("EXPUNGE", None).await?;
+    anyhow::ensure!(r.starts_with("OK"), "EXPUNGE: {r}");
+
+    let (cancel, mut live) = (CancellationToken::new(), Liveness::default());
+    let (mut flagged, mut expunged) = (std::collections::BTreeSet::new(), Vec::new());
+    // One batch per wait; a storm of N changes is at most N batches.
+    for _ in 0..N {
+        let ev = tokio::time::timeout(WAIT, idling.wait(&mut view, timers, &mut live, &cancel))
+            .await??;
+        anyhow::ensure!(ev == IdleEvent::Changed, "{ev:?}");
+        let set = view.pending.take_batch(usize::MAX);
+        flagged.extend(
+            set.flags
+                .iter()
+                .filter(|f| f.flags.contains("\\Seen"))
+                .map(|f| f.uid),
+        );
+        expunged.extend(set.expunged);
+        if expunged.len() == 3 {
+            break;
+        }
+    }
+    let session = idling.done(&mut view, timers).await?;
+    assert_eq!(expunged, uids[..3].to_vec());
+    // Every message still there was reported \Seen (an expunge cancels its flag report).
+    let rest: std::collections::BTreeSet<u32> = uids[3..].iter().copied().collect();
+    assert!(
+        rest.is_subset(&flagged),
+        "{} of {} reported",
+        flagged.len(),
+        rest.len()
+    );
+    assert_eq!(view.exists(), N - 3);
+    assert!(!view.lost());
+    drop(session);
+    other.logout().await;
     Ok(())
 }

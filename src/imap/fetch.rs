@@ -5,58 +5,163 @@
 //! error ([`ImapError::FetchRefused`]), so the mailbox reconnects and fetches again from the last
 //! UID it stored. It also notices `* N EXISTS` arriving during the fetch, so mail delivered
 //! meanwhile is fetched at once rather than at the next event.
+//!
+//! Every response read during the fetch goes through the connection's [`View`], in order: a
+//! message with its body places its sequence number and UID (and its flags replace any earlier
+//! report), while flag updates, `EXPUNGE`, `VANISHED` and `EXISTS` are absorbed as changes, so
+//! an EXPUNGE that lands while a FETCH is in flight is not lost.
 
 use std::borrow::Cow;
 use std::time::Duration;
 
-use async_imap::imap_proto::{AttributeValue, MailboxDatum, RequestId, Response, Status};
+use async_imap::error::ValidateError;
+use async_imap::imap_proto::{AttributeValue, RequestId, Response, Status};
 use tokio_util::sync::CancellationToken;
 
+use super::view::{Absorbed, View};
 use super::{ImapError, Session};
 use crate::message::ImapMeta;
 
-/// What we ask for: the message without setting `\Seen`, plus its metadata. The body is a
-/// partial fetch of at most `max_bytes` (`BODY.PEEK[]<0.N>`): a message within the limit comes
-/// whole in the same single round trip, a larger one comes cut at the limit, and RFC822.SIZE
-/// (in the same response) tells the two apart. No second FETCH, and never more than
-/// `max_bytes` of one message on the wire or in memory.
-pub fn fetch_items(max_bytes: usize) -> String {
-    format!("(UID FLAGS INTERNALDATE RFC822.SIZE BODY.PEEK[]<0.{max_bytes}>)")
+/// Which optional facts to ask for with each message, by what the server advertises.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Extras {
+    /// `MODSEQ` (CONDSTORE).
+    pub modseq: bool,
+    /// `EMAILID THREADID` (RFC 8474 OBJECTID).
+    pub objectid: bool,
+    /// `X-GM-MSGID X-GM-THRID` (Gmail's X-GM-EXT-1).
+    pub gmail: bool,
+}
+
+/// What we ask for: the message without setting `\Seen`, plus its metadata and the `extras`
+/// the server offers. The body is a partial fetch of at most `max_bytes` (`BODY.PEEK[]<0.N>`):
+/// a message within the limit comes whole in the same single round trip, a larger one comes
+/// cut at the limit, and RFC822.SIZE (in the same response) tells the two apart. No second
+/// FETCH, and never more than `max_bytes` of one message on the wire or in memory.
+pub fn fetch_items(max_bytes: usize, extras: Extras) -> String {
+    let mut items = String::from("(UID FLAGS INTERNALDATE RFC822.SIZE ");
+    if extras.modseq {
+        items.push_str("MODSEQ ");
+    }
+    if extras.objectid {
+        items.push_str("EMAILID THREADID ");
+    }
+    if extras.gmail {
+        items.push_str("X-GM-MSGID X-GM-THRID ");
+    }
+    items.push_str(&format!("BODY.PEEK[]<0.{max_bytes}>)"));
+    items
 }
 
 /// INTERNALDATE's format (RFC 3501 `date-time`).
 const INTERNALDATE: &str = "%d-%b-%Y %H:%M:%S %z";
 
-/// One `UID FETCH <last_uid+1>:*` in progress. It borrows the session until it is dropped.
+/// One `UID FETCH` in progress. It borrows the session (and the view) until it is dropped.
 pub struct FetchRun<'a> {
     session: &'a mut Session,
+    /// Where every response read goes.
+    view: Slot<'a>,
     tag: RequestId,
     last_uid: u32,
     /// `* N EXISTS` arrived during the fetch: more mail may be waiting.
     pub saw_exists: bool,
 }
 
-/// Sends `UID FETCH <last_uid+1>:*`, bodies cut at `max_bytes`.
+/// The view a fetch feeds: the caller's, or (for [`start`]) one of its own.
+enum Slot<'a> {
+    /// The connection's view.
+    Caller(&'a mut View),
+    /// A view dropped with the fetch.
+    Own(Box<View>),
+}
+
+impl Slot<'_> {
+    fn get(&mut self) -> &mut View {
+        match self {
+            Slot::Caller(v) => v,
+            Slot::Own(v) => v,
+        }
+    }
+}
+
+/// Sends `UID FETCH <uids>`, bodies cut at `max_bytes`, with the `extras` asked for. `uids`
+/// is an IMAP sequence set (`41:*` for new mail, `3,7:9` for an `import_since` subset);
+/// messages at or below `last_uid` are not handed out (the server answers `N:*` with the last
+/// message even when its UID is below N). Every response read goes through `view`.
+pub async fn start_uids<'a>(
+    session: &'a mut Session,
+    view: &'a mut View,
+    uids: &str,
+    last_uid: u32,
+    max_bytes: usize,
+    extras: Extras,
+    t: Duration,
+) -> Result<FetchRun<'a>, ImapError> {
+    send(
+        session,
+        Slot::Caller(view),
+        uids,
+        last_uid,
+        max_bytes,
+        extras,
+        t,
+    )
+    .await
+}
+
+/// Sends `UID FETCH <last_uid+1>:*`, bodies cut at `max_bytes`, with a view of its own (what
+/// it collects is dropped). Kept for the call sites that do not hold a [`View`] yet; use
+/// [`start_uids`].
 pub async fn start(
     session: &mut Session,
     last_uid: u32,
     max_bytes: usize,
     t: Duration,
 ) -> Result<FetchRun<'_>, ImapError> {
+    let uids = format!("{}:*", last_uid.saturating_add(1));
+    let view = Slot::Own(Box::new(View::new(true)));
+    send(
+        session,
+        view,
+        &uids,
+        last_uid,
+        max_bytes,
+        Extras::default(),
+        t,
+    )
+    .await
+}
+
+async fn send<'a>(
+    session: &'a mut Session,
+    mut view: Slot<'a>,
+    uids: &str,
+    last_uid: u32,
+    max_bytes: usize,
+    extras: Extras,
+    t: Duration,
+) -> Result<FetchRun<'a>, ImapError> {
+    if let Some(c) = uids
+        .chars()
+        .find(|c| !(c.is_ascii_digit() || matches!(c, ':' | ',' | '*')))
+    {
+        return Err(ImapError::Protocol(ValidateError(c).into()));
+    }
     // The guard under the session refuses any literal larger than what is asked for here.
     let limit = max_bytes.saturating_add(super::guard::LITERAL_SLACK);
     super::guard::set_max_literal(&mut **session.as_mut(), limit);
-    let command = format!(
-        "UID FETCH {}:* {}",
-        last_uid.saturating_add(1),
-        fetch_items(max_bytes)
-    );
+    let command = format!("UID FETCH {uids} {}", fetch_items(max_bytes, extras));
     let tag = match tokio::time::timeout(t, session.run_command(command)).await {
         Ok(r) => r?,
         Err(_) => return Err(ImapError::Timeout("UID FETCH")),
     };
+    if uids.ends_with('*') {
+        // This fetch covers whatever an EXISTS read before it announced.
+        view.get().take_new_mail();
+    }
     Ok(FetchRun {
         session,
+        view,
         tag,
         last_uid,
         saw_exists: false,
@@ -75,6 +180,7 @@ impl FetchRun<'_> {
         cancel: &CancellationToken,
         take: impl FnOnce(&[u8], ImapMeta) -> T,
     ) -> Result<Option<T>, ImapError> {
+        // Each turn reads one response; the stall deadline and `cancel` bound the wait.
         loop {
             let read = tokio::select! {
                 r = self.session.read_response() => r,
@@ -85,9 +191,16 @@ impl FetchRun<'_> {
                 Ok(None) => return Err(ImapError::Closed("EOF during UID FETCH".into())),
                 Ok(Some(resp)) => resp,
             };
+            let view = self.view.get();
             match resp.parsed() {
-                Response::Fetch(_, attrs) => {
-                    if let Some((meta, body)) = new_message(attrs, self.last_uid) {
+                Response::Fetch(seq, attrs) if has_body(attrs) => {
+                    let Some((meta, body)) = parse_message(attrs) else {
+                        continue;
+                    };
+                    view.place(*seq, meta.uid);
+                    if meta.uid > self.last_uid {
+                        // Its flags are newer than any earlier report.
+                        view.pending.forget_flags(meta.uid);
                         return Ok(Some(take(body, meta)));
                     }
                 }
@@ -107,7 +220,6 @@ impl FetchRun<'_> {
                         ),
                     };
                 }
-                Response::MailboxData(MailboxDatum::Exists(_)) => self.saw_exists = true,
                 Response::Data {
                     status: Status::Bye,
                     outcome,
@@ -116,11 +228,31 @@ impl FetchRun<'_> {
                         outcome.information.as_deref().unwrap_or("BYE").to_string(),
                     ));
                 }
-                // Flag updates, EXPUNGE, RECENT: nothing to store.
-                _ => {}
+                // Flag updates, EXPUNGE, VANISHED, EXISTS, RECENT.
+                other => {
+                    if let Absorbed::Exists(_) = view.absorb(other) {
+                        self.saw_exists = true;
+                        // Acted on by the caller through `saw_exists`.
+                        view.take_new_mail();
+                    }
+                }
             }
         }
     }
+}
+
+/// Whether a FETCH response carries a message's body.
+fn has_body(attrs: &[AttributeValue<'_>]) -> bool {
+    attrs.iter().any(|a| {
+        matches!(
+            a,
+            AttributeValue::BodySection {
+                section: None,
+                data: Some(_),
+                ..
+            } | AttributeValue::Rfc822(Some(_))
+        )
+    })
 }
 
 /// The facts and body of a FETCH response that is really new. The server answers `N:*` with
@@ -130,9 +262,16 @@ pub fn new_message<'r>(
     attrs: &'r [AttributeValue<'_>],
     last_uid: u32,
 ) -> Option<(ImapMeta, &'r [u8])> {
+    parse_message(attrs).filter(|(meta, _)| meta.uid > last_uid)
+}
+
+/// The facts and body of a FETCH response with a UID and a body.
+fn parse_message<'r>(attrs: &'r [AttributeValue<'_>]) -> Option<(ImapMeta, &'r [u8])> {
     let mut meta = ImapMeta::default();
     let mut uid = None;
     let mut body: Option<&[u8]> = None;
+    let mut gm_msgid = None;
+    let mut gm_thrid = None;
     for a in attrs {
         match a {
             AttributeValue::Uid(u) => uid = Some(*u),
@@ -143,6 +282,13 @@ pub fn new_message<'r>(
                     .map(|d| d.timestamp_millis());
             }
             AttributeValue::Rfc822Size(s) => meta.size = Some(*s),
+            AttributeValue::ModSeq(m) => meta.modseq = Some(*m),
+            AttributeValue::EmailId(id) => meta.email_id = Some(id.to_string()),
+            AttributeValue::ThreadId(id) => {
+                meta.server_thread_id = id.as_deref().map(str::to_string)
+            }
+            AttributeValue::GmailMsgId(id) => gm_msgid = Some(*id),
+            AttributeValue::GmailThrId(id) => gm_thrid = Some(*id),
             AttributeValue::BodySection {
                 section: None,
                 data: Some(b),
@@ -152,7 +298,14 @@ pub fn new_message<'r>(
             _ => {}
         }
     }
-    meta.uid = uid.filter(|u| *u > last_uid)?;
+    // RFC 8474's identifiers win where a server sends both.
+    if meta.email_id.is_none() {
+        meta.email_id = gm_msgid.map(|id| id.to_string());
+    }
+    if meta.server_thread_id.is_none() {
+        meta.server_thread_id = gm_thrid.map(|id| id.to_string());
+    }
+    meta.uid = uid?;
     Some((meta, body?))
 }
 
@@ -162,30 +315,5 @@ fn flags_text(flags: &[Cow<'_, str>]) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn parse(line: &[u8]) -> Response<'_> {
-        Response::parse(line).expect("parses").1
-    }
-
-    #[test]
-    fn new_messages_only_with_their_facts() {
-        let r = parse(b"* 3 FETCH (UID 42 FLAGS (\\Seen $Work) INTERNALDATE \"14-Nov-2023 22:13:20 +0000\" RFC822.SIZE 5 BODY[]<0> {5}\r\nhello)\r\n");
-        let Response::Fetch(_, attrs) = &r else {
-            panic!("{r:?}")
-        };
-        let (meta, body) = new_message(attrs, 41).expect("new");
-        assert_eq!((meta.uid, meta.size, body), (42, Some(5), &b"hello"[..]));
-        assert_eq!(meta.flags, "\\Seen $Work");
-        assert_eq!(meta.internal_date_ms, Some(1_700_000_000_000));
-        // The last message answered for an empty `43:*` range is not new.
-        assert!(new_message(attrs, 42).is_none());
-        // A flag update carries no body.
-        let r = parse(b"* 3 FETCH (UID 50 FLAGS (\\Seen))\r\n");
-        let Response::Fetch(_, attrs) = &r else {
-            panic!("{r:?}")
-        };
-        assert!(new_message(attrs, 41).is_none());
-    }
-}
+#[path = "fetch_tests.rs"]
+mod tests;

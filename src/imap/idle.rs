@@ -1,4 +1,10 @@
-//! One IDLE round: `IDLE`, wait for news, `DONE`.
+//! IDLE driven by hand: [`enter`] sends `IDLE` and waits for `+`, [`Idling::wait`] waits for
+//! news and may be called again and again without leaving IDLE (the caller applies changes
+//! to the store in between), [`Idling::done`] sends `DONE` and hands the session back.
+//!
+//! Every untagged response, before `+`, in IDLE and during `DONE`, goes through
+//! [`View::absorb`] in order. Nothing is parked on async-imap's unsolicited channel (100
+//! entries, dropped when full), so a storm of 10,000 flag changes loses none of them.
 //!
 //! # Liveness
 //! Silence is normal in IDLE. Dovecot sends `* OK Still here` every 2 minutes, but Cyrus,
@@ -21,23 +27,32 @@
 //! instead of a reconnect.
 //!
 //! # Lost wakeups
-//! async-imap's `Handle::init` parks whatever arrives before `+ idling` on the session's
-//! unsolicited channel. That channel is looked at right after `init()`: an `EXISTS` there ends
-//! the round at once instead of waiting for the next event. What arrives after the first news
-//! (and during `DONE`) lands there too and is drained after `DONE`.
+//! An `EXISTS` read before `+ idling`, during `DONE` or during a FETCH stays in the view
+//! ([`View::take_new_mail`]) until something acts on it: [`Idling::wait`] returns
+//! [`IdleEvent::NewMail`] at once while one waits.
+//!
+//! # Coalescing
+//! After the first change, [`Idling::wait`] keeps absorbing for [`COALESCE`] while responses
+//! keep coming, up to [`MAX_PENDING`] changed messages, so a storm becomes a few batches.
 //!
 //! While idle, nothing is written to the socket.
 
 use std::time::Duration;
 
-use async_imap::extensions::idle::Handle;
-use async_imap::imap_proto::{MailboxDatum, Response, Status};
-use async_imap::types::UnsolicitedResponse;
-use futures::StreamExt;
+use async_imap::error::{Error as ProtoError, ParseError};
+use async_imap::imap_proto::{Outcome, RequestId, Response, Status};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{bye, deadline, received, ImapError, Io, Session};
+use super::view::{Absorbed, View};
+use super::{bye, deadline, received, ImapError, Session};
+
+/// How long after the first change [`Idling::wait`] keeps absorbing before it reports
+/// [`IdleEvent::Changed`].
+pub const COALESCE: Duration = Duration::from_millis(25);
+
+/// Changed messages in [`View::pending`] at which [`Idling::wait`] reports at once.
+pub const MAX_PENDING: usize = 2_000;
 
 /// The timers of one IDLE round.
 #[derive(Debug, Clone, Copy)]
@@ -93,11 +108,275 @@ impl IdleEvent {
     }
 }
 
-/// Runs one IDLE round and hands the session back after `DONE`.
+/// A session in IDLE: the server accepted `IDLE` and `DONE` has not been sent.
 ///
 /// The session moves in and out by value: on error it is dropped, so a broken connection is
-/// never reused. `liveness` belongs to the connection: pass the same one to every round.
-/// `entered` runs once the server has accepted IDLE.
+/// never reused.
+#[derive(Debug)]
+pub struct Idling {
+    /// The session, in IDLE.
+    session: Session,
+    /// The tag of the `IDLE` command, which `DONE`'s tagged reply carries.
+    tag: RequestId,
+    /// When IDLE was entered: the renew timer counts from here, across every wait.
+    since: Instant,
+    /// When the server last sent anything.
+    heard: Instant,
+    /// The last [`Idling::wait`] ended to probe a silence: an unanswered `DONE` then means a
+    /// dead connection.
+    probe: bool,
+}
+
+/// Sends `IDLE` and waits for `+` (bounded by `done_timeout`). Responses before `+` go to
+/// `view`; an `EXISTS` among them makes the first [`Idling::wait`] return at once. `entered`
+/// runs once the server has accepted IDLE.
+pub async fn enter(
+    session: Session,
+    view: &mut View,
+    timers: IdleTimers,
+    entered: impl FnOnce(),
+) -> Result<Idling, ImapError> {
+    // Boxed: inline, this would set the size of every idle mailbox's task for the whole wait.
+    let idling = deadline(
+        timers.done_timeout,
+        "IDLE start",
+        Box::pin(start(session, view)),
+    )
+    .await?;
+    entered();
+    Ok(idling)
+}
+
+/// `IDLE` up to its continuation.
+async fn start(mut session: Session, view: &mut View) -> Result<Idling, ImapError> {
+    let tag = session.run_command("IDLE").await?;
+    // Bounded by the caller's deadline.
+    loop {
+        let resp = received(session.read_response().await, "IDLE start")?;
+        match resp.parsed() {
+            Response::Continue { .. } => break,
+            Response::Done {
+                tag: t,
+                status,
+                outcome,
+            } if *t == tag => return Err(refused("IDLE", status, outcome)),
+            other => {
+                untagged(other, view)?;
+            }
+        }
+    }
+    let now = Instant::now();
+    Ok(Idling {
+        session,
+        tag,
+        since: now,
+        heard: now,
+        probe: false,
+    })
+}
+
+impl Idling {
+    /// Waits for news, still in IDLE afterwards (nothing is sent):
+    /// - [`IdleEvent::NewMail`] when an `EXISTS` was absorbed (also one absorbed before `+`,
+    ///   or one the view still holds from an earlier command); changes may be pending too;
+    /// - [`IdleEvent::Changed`] when `view.pending` holds changed messages (also ones left
+    ///   from before), once no more responses come within [`COALESCE`] of the first change or
+    ///   [`MAX_PENDING`] are waiting. Apply `view.pending` and call `wait` again;
+    /// - [`IdleEvent::Renew`] on the renew timer, or after `dead_after` of silence from a
+    ///   server not known to send keepalives (a probe: call [`Idling::done`], whose
+    ///   unanswered `DONE` is then [`ImapError::Dead`]);
+    /// - [`IdleEvent::Shutdown`] on `cancel` (before anything else, when already cancelled).
+    ///
+    /// `* BYE` is an error; silence past `dead_after` from a server that sends keepalives is
+    /// [`ImapError::Dead`]. `liveness` belongs to the connection: pass the same one every
+    /// time.
+    pub async fn wait(
+        &mut self,
+        view: &mut View,
+        timers: IdleTimers,
+        liveness: &mut Liveness,
+        cancel: &CancellationToken,
+    ) -> Result<IdleEvent, ImapError> {
+        self.probe = false;
+        if cancel.is_cancelled() {
+            return Ok(IdleEvent::Shutdown);
+        }
+        if let Some(at) = view.take_new_mail() {
+            return Ok(IdleEvent::NewMail { at });
+        }
+        // Changed messages, not `is_empty`: a HIGHESTMODSEQ alone is no news.
+        #[allow(clippy::len_zero)]
+        if view.pending.len() > 0 {
+            return Ok(IdleEvent::Changed);
+        }
+        let renew_at = self.since + timers.renew;
+        loop {
+            tokio::select! {
+                biased;
+                // Polling the stream again after another branch won loses nothing: a partly
+                // read response stays in async-imap's buffer.
+                resp = self.session.read_response() => {
+                    let resp = received(resp, "IDLE")?;
+                    self.heard = Instant::now();
+                    match self.in_idle(resp.parsed(), view, liveness)? {
+                        Absorbed::Nothing => {}
+                        Absorbed::Exists(_) => return Ok(self.new_mail(view)),
+                        Absorbed::Change => {
+                            return Box::pin(self.coalesce(view, liveness)).await;
+                        }
+                    }
+                }
+                _ = cancel.cancelled() => return Ok(IdleEvent::Shutdown),
+                // One timer for both deadlines: each costs an idle mailbox its size.
+                _ = tokio::time::sleep_until(renew_at.min(self.heard + timers.dead_after)) => {
+                    if renew_at <= self.heard + timers.dead_after {
+                        return Ok(IdleEvent::Renew);
+                    }
+                    if liveness.keepalives {
+                        return Err(ImapError::Dead);
+                    }
+                    self.probe = true;
+                    return Ok(IdleEvent::Renew);
+                }
+            }
+        }
+    }
+
+    /// After a first change: keeps absorbing while responses come, for [`COALESCE`] and up
+    /// to [`MAX_PENDING`] changed messages.
+    async fn coalesce(
+        &mut self,
+        view: &mut View,
+        liveness: &mut Liveness,
+    ) -> Result<IdleEvent, ImapError> {
+        let until = Instant::now() + COALESCE;
+        // Bounded by the window and by the number of pending changes.
+        while view.pending.len() < MAX_PENDING {
+            let Ok(read) = tokio::time::timeout_at(until, self.session.read_response()).await
+            else {
+                break;
+            };
+            let resp = received(read, "IDLE")?;
+            self.heard = Instant::now();
+            if let Absorbed::Exists(_) = self.in_idle(resp.parsed(), view, liveness)? {
+                return Ok(self.new_mail(view));
+            }
+        }
+        Ok(IdleEvent::Changed)
+    }
+
+    /// New mail, as of the first EXISTS the view holds.
+    fn new_mail(&self, view: &mut View) -> IdleEvent {
+        IdleEvent::NewMail {
+            at: view.take_new_mail().unwrap_or(self.heard),
+        }
+    }
+
+    /// One response read in IDLE.
+    fn in_idle(
+        &self,
+        resp: &Response<'_>,
+        view: &mut View,
+        liveness: &mut Liveness,
+    ) -> Result<Absorbed, ImapError> {
+        match resp {
+            Response::Done {
+                tag,
+                status,
+                outcome,
+            } if *tag == self.tag => Err(match status {
+                // The server left IDLE on its own: the connection is in an unknown state.
+                Status::Ok => {
+                    ProtoError::Parse(ParseError::Unexpected("IDLE ended without DONE".into()))
+                        .into()
+                }
+                _ => refused("IDLE", status, outcome),
+            }),
+            Response::Data {
+                status: Status::Ok, ..
+            } => {
+                liveness.keepalives = true;
+                untagged(resp, view)
+            }
+            _ => {
+                let absorbed = untagged(resp, view)?;
+                if absorbed != Absorbed::Nothing {
+                    tracing::debug!(response = ?resp, "IDLE: server news");
+                }
+                Ok(absorbed)
+            }
+        }
+    }
+
+    /// Sends `DONE` and absorbs every response up to the tagged OK. When the last
+    /// [`Idling::wait`] probed a silence, an answer missing after `done_timeout` is
+    /// [`ImapError::Dead`]; otherwise it is `Timeout("DONE")`. An `EXISTS` read meanwhile
+    /// stays in the view ([`View::take_new_mail`]).
+    pub async fn done(self, view: &mut View, timers: IdleTimers) -> Result<Session, ImapError> {
+        let probe = self.probe;
+        // Boxed, like `enter`.
+        match tokio::time::timeout(timers.done_timeout, Box::pin(self.finish(view))).await {
+            Ok(done) => done,
+            // The server was silent for dead_after and does not answer DONE either.
+            Err(_) if probe => Err(ImapError::Dead),
+            Err(_) => Err(ImapError::Timeout("DONE")),
+        }
+    }
+
+    /// `DONE` up to its tagged reply.
+    async fn finish(mut self, view: &mut View) -> Result<Session, ImapError> {
+        self.session.run_command_untagged("DONE").await?;
+        // Bounded by the caller's deadline.
+        loop {
+            let resp = received(self.session.read_response().await, "DONE")?;
+            match resp.parsed() {
+                Response::Done {
+                    tag,
+                    status,
+                    outcome,
+                } if *tag == self.tag => {
+                    return match status {
+                        Status::Ok => Ok(self.session),
+                        _ => Err(refused("DONE", status, outcome)),
+                    };
+                }
+                other => {
+                    untagged(other, view)?;
+                }
+            }
+        }
+    }
+}
+
+/// An untagged response into the view; `* BYE` is an error.
+fn untagged(resp: &Response<'_>, view: &mut View) -> Result<Absorbed, ImapError> {
+    if let Response::Data {
+        status: Status::Bye,
+        outcome,
+    } = resp
+    {
+        return Err(bye(outcome));
+    }
+    Ok(view.absorb(resp))
+}
+
+/// A tagged NO or BAD to `IDLE` (or to its `DONE`): throttling where the server says so.
+fn refused(command: &'static str, status: &Status, outcome: &Outcome<'_>) -> ImapError {
+    if let Some(throttled) = super::throttle::refusal(command, outcome) {
+        return throttled;
+    }
+    let text = outcome.information.as_deref().unwrap_or("").to_string();
+    match status {
+        Status::No => ProtoError::No(text),
+        _ => ProtoError::Bad(text),
+    }
+    .into()
+}
+
+/// Runs one IDLE round — [`enter`], one [`Idling::wait`], [`Idling::done`] — and hands the
+/// session back, with a view of its own. Kept for the call sites that do not hold a
+/// [`View`] yet; what the view collected is dropped, an EXISTS during `DONE` included in
+/// the event.
 pub async fn idle(
     session: Session,
     timers: IdleTimers,
@@ -105,154 +384,22 @@ pub async fn idle(
     cancel: &CancellationToken,
     entered: impl FnOnce(),
 ) -> Result<(Session, IdleEvent), ImapError> {
-    // The session is inside the handle until DONE; a second receiver sees what init() parks.
-    let parked = session.unsolicited_responses.clone();
-    let mut handle = session.idle();
-    // init() and done() are boxed: inline, the larger of them would set the size of every
-    // idle mailbox's task for the whole wait (#5).
-    deadline(timers.done_timeout, "IDLE start", Box::pin(handle.init())).await?;
-    entered();
-    let (event, probe) = match drain(|| parked.try_recv().ok(), None)? {
-        Some(early) => (early, false),
-        None => wait(&mut handle, timers, liveness, cancel).await?,
+    let mut view = View::new(false);
+    let mut idling = enter(session, &mut view, timers, entered).await?;
+    let event = idling.wait(&mut view, timers, liveness, cancel).await?;
+    let session = idling.done(&mut view, timers).await?;
+    let event = match view.take_new_mail() {
+        Some(at) => event.merge(IdleEvent::NewMail { at }),
+        None => event,
     };
-    drop(parked);
-
-    let session = match tokio::time::timeout(timers.done_timeout, Box::pin(handle.done())).await {
-        Ok(done) => done?,
-        // The server was silent for dead_after and does not answer DONE either.
-        Err(_) if probe => return Err(ImapError::Dead),
-        Err(_) => return Err(ImapError::Timeout("DONE")),
-    };
-    // The unsolicited channel drops silently when full: drain it every round.
-    let rx = &session.unsolicited_responses;
-    let event = drain(|| rx.try_recv().ok(), Some(event))?.unwrap_or(event);
     Ok((session, event))
 }
 
-/// Waits in IDLE for news, a timer or shutdown. The flag says whether the round ended to probe
-/// a silence (so an unanswered `DONE` means a dead connection).
-async fn wait(
-    handle: &mut Handle<Box<dyn Io>>,
-    timers: IdleTimers,
-    liveness: &mut Liveness,
-    cancel: &CancellationToken,
-) -> Result<(IdleEvent, bool), ImapError> {
-    let renew_at = Instant::now() + timers.renew;
-    // `+ idling` was the last thing heard.
-    let mut heard = Instant::now();
-    loop {
-        tokio::select! {
-            biased;
-            // Polling the stream again after another branch won loses nothing: a partly read
-            // response stays in async-imap's buffer.
-            resp = handle.next() => {
-                let resp = received(resp.transpose(), "IDLE")?;
-                heard = Instant::now();
-                if let Response::Data { status: Status::Ok, .. } = resp.parsed() {
-                    liveness.keepalives = true;
-                }
-                if let Some(event) = news(resp.parsed())? {
-                    tracing::debug!(response = ?resp.parsed(), "IDLE: server news");
-                    return Ok((event, false));
-                }
-            }
-            _ = cancel.cancelled() => return Ok((IdleEvent::Shutdown, false)),
-            // One timer for both deadlines: each costs an idle mailbox its size.
-            _ = tokio::time::sleep_until(renew_at.min(heard + timers.dead_after)) => {
-                if renew_at <= heard + timers.dead_after {
-                    return Ok((IdleEvent::Renew, false));
-                }
-                if liveness.keepalives {
-                    return Err(ImapError::Dead);
-                }
-                return Ok((IdleEvent::Renew, true));
-            }
-        }
-    }
-}
-
-/// Folds what waits on an unsolicited channel (read by `next`) into `event`. The channel holds
-/// at most 100 entries and nothing is added while it is drained, so this ends.
-fn drain(
-    mut next: impl FnMut() -> Option<UnsolicitedResponse>,
-    mut event: Option<IdleEvent>,
-) -> Result<Option<IdleEvent>, ImapError> {
-    while let Some(u) = next() {
-        let found = match u {
-            UnsolicitedResponse::Exists(_) => Some(IdleEvent::NewMail { at: Instant::now() }),
-            UnsolicitedResponse::Expunge(_) => Some(IdleEvent::Changed),
-            UnsolicitedResponse::Recent(_) | UnsolicitedResponse::Status { .. } => None,
-            UnsolicitedResponse::Other(data) => news(data.parsed())?,
-        };
-        event = match (event, found) {
-            (Some(a), Some(b)) => Some(a.merge(b)),
-            (a, b) => a.or(b),
-        };
-    }
-    Ok(event)
-}
-
-/// What a server response means for an idle mailbox: `None` for no news (keepalives and other
-/// status lines, RECENT, continuations), an error for `* BYE`.
-fn news(resp: &Response<'_>) -> Result<Option<IdleEvent>, ImapError> {
-    match resp {
-        Response::MailboxData(MailboxDatum::Exists(_)) => {
-            Ok(Some(IdleEvent::NewMail { at: Instant::now() }))
-        }
-        Response::Data {
-            status: Status::Bye,
-            outcome,
-        } => Err(bye(outcome)),
-        Response::Data { .. }
-        | Response::Continue { .. }
-        | Response::Done { .. }
-        | Response::MailboxData(MailboxDatum::Recent(_)) => Ok(None),
-        _ => Ok(Some(IdleEvent::Changed)),
-    }
-}
+/// The scripted server of the IDLE and FETCH unit tests (declared once, here).
+#[cfg(test)]
+#[path = "test_server.rs"]
+pub(crate) mod test_server;
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn parsed(line: &[u8]) -> Response<'_> {
-        Response::parse(line).expect("parses").1
-    }
-
-    #[test]
-    fn exists_is_new_mail_and_bye_is_an_error() {
-        let r = parsed(b"* 7 EXISTS\r\n");
-        assert!(matches!(news(&r), Ok(Some(IdleEvent::NewMail { .. }))));
-        let r = parsed(b"* BYE shutting down\r\n");
-        assert!(matches!(news(&r), Err(ImapError::Closed(m)) if m == "shutting down"));
-        let r = parsed(b"* 3 EXPUNGE\r\n");
-        assert_eq!(news(&r).unwrap(), Some(IdleEvent::Changed));
-        for quiet in [
-            &b"* OK Still here\r\n"[..],
-            b"* 4 RECENT\r\n",
-            b"+ idling\r\n",
-        ] {
-            assert_eq!(news(&parsed(quiet)).unwrap(), None, "{quiet:?}");
-        }
-    }
-
-    #[test]
-    fn parked_news_is_merged_and_shutdown_wins() {
-        let mut parked = vec![
-            UnsolicitedResponse::Recent(1),
-            UnsolicitedResponse::Expunge(2),
-            UnsolicitedResponse::Exists(5),
-        ];
-        let ev = drain(|| parked.pop(), None).unwrap();
-        assert!(matches!(ev, Some(IdleEvent::NewMail { .. })), "{ev:?}");
-        assert_eq!(drain(|| None, None).unwrap(), None);
-        let mut parked = vec![UnsolicitedResponse::Exists(5)];
-        let ev = drain(|| parked.pop(), Some(IdleEvent::Shutdown)).unwrap();
-        assert_eq!(ev, Some(IdleEvent::Shutdown));
-        assert_eq!(
-            IdleEvent::Renew.merge(IdleEvent::Changed),
-            IdleEvent::Changed
-        );
-    }
-}
+#[path = "idle_tests.rs"]
+mod tests;

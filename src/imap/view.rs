@@ -11,8 +11,13 @@
 //! every fetched message, and shifted by every `EXPUNGE`.
 
 use async_imap::imap_proto::{AttributeValue, MailboxDatum, Response, ResponseCode, Status};
+use tokio::time::Instant;
 
 use crate::changes::PendingChanges;
+
+/// The most UIDs one `VANISHED` may name. A hostile or broken server could name all 4 billion;
+/// past this the view is [`lost`](View::lost) instead of holding them all as pending.
+pub const MAX_VANISHED: u64 = 1_000_000;
 
 /// What one absorbed response meant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,8 +33,7 @@ pub enum Absorbed {
 /// One connection's view of its selected mailbox.
 #[derive(Debug, Default)]
 pub struct View {
-    /// UIDs by sequence number (index + 1), when changes arrive without UIDs. `None` under
-    /// QRESYNC.
+    /// UIDs by sequence number, when changes arrive without UIDs. `None` under QRESYNC.
     seqs: Option<SeqMap>,
     /// Messages the server last said the mailbox holds.
     exists: u32,
@@ -38,6 +42,9 @@ pub struct View {
     /// A change named a sequence number the map could not resolve: changes may have been
     /// missed, and the connection must catch up again before it is trusted.
     lost: bool,
+    /// When the first `* N EXISTS` not yet acted on was absorbed: new mail may wait to be
+    /// fetched. Set by every EXISTS, cleared by [`View::take_new_mail`].
+    new_mail: Option<Instant>,
 }
 
 impl View {
@@ -65,7 +72,17 @@ impl View {
         self.lost
     }
 
-    /// The message at `seq` has `uid` (from an enumeration or a fetched message).
+    /// When an `* N EXISTS` was absorbed that nothing has acted on yet, and forgets it. The
+    /// IDLE side reports it as new mail ([`super::idle::Idling::wait`] returns at once while
+    /// one waits, so an EXISTS read during `DONE` or a SEARCH is not lost); a `UID FETCH` of
+    /// new mail takes it when it starts, since it fetches whatever that EXISTS announced.
+    pub fn take_new_mail(&mut self) -> Option<Instant> {
+        self.new_mail.take()
+    }
+
+    /// The message at `seq` has `uid` (from an enumeration or a fetched message). The map
+    /// is filled in sequence order from 1: a `seq` past the next one, or a UID that
+    /// contradicts what is known, marks the view [`lost`](View::lost).
     pub fn place(&mut self, seq: u32, uid: u32) {
         if let Some(map) = &mut self.seqs {
             if !map.place(seq, uid) {
@@ -79,9 +96,18 @@ impl View {
         match resp {
             Response::MailboxData(MailboxDatum::Exists(n)) => {
                 self.exists = *n;
+                if self.seqs.as_ref().is_some_and(|m| m.len() > *n) {
+                    // Fewer messages than the map holds, with no EXPUNGE for them.
+                    self.lost = true;
+                }
+                self.new_mail.get_or_insert_with(Instant::now);
                 Absorbed::Exists(*n)
             }
             Response::Expunge(seq) => {
+                if *seq == 0 || (self.exists > 0 && *seq > self.exists) {
+                    // No such message: the server and this view disagree.
+                    self.lost = true;
+                }
                 self.exists = self.exists.saturating_sub(1);
                 match self.seqs.as_mut().map(|m| m.expunge(*seq)) {
                     Some(Some(uid)) => self.pending.expunged(uid),
@@ -94,10 +120,23 @@ impl View {
             }
             Response::Vanished { earlier, uids } => {
                 let mut n = 0u32;
+                let total: u64 = uids
+                    .iter()
+                    .map(|r| u64::from(r.end().saturating_sub(*r.start())) + 1)
+                    .sum();
+                if total > MAX_VANISHED {
+                    // Not expanded into memory: catch up again instead.
+                    self.lost = true;
+                    return Absorbed::Change;
+                }
                 for range in uids {
                     for uid in range.clone() {
                         self.pending.expunged(uid);
-                        n += 1;
+                        // Without QRESYNC (a server that sends it anyway) the map shifts too.
+                        if let Some(map) = &mut self.seqs {
+                            map.remove_uid(uid);
+                        }
+                        n = n.saturating_add(1);
                     }
                 }
                 if !earlier {
@@ -135,11 +174,16 @@ impl View {
         let Some(flags) = flags else {
             return Absorbed::Nothing;
         };
-        let uid = match (uid, &self.seqs) {
-            (Some(uid), _) => {
-                self.place(seq, uid);
+        let uid = match (uid, &mut self.seqs) {
+            (Some(uid), Some(map)) => {
+                // A message not fetched yet may come with its UID; only what the map can
+                // hold is checked against it.
+                if seq <= map.len().saturating_add(1) && !map.place(seq, uid) {
+                    self.lost = true;
+                }
                 Some(uid)
             }
+            (Some(uid), None) => Some(uid),
             (None, Some(map)) => map.uid(seq),
             (None, None) => {
                 self.lost = true;
@@ -159,38 +203,139 @@ impl View {
     }
 }
 
-/// UIDs by sequence number.
-// TODO(#11, imap helper): run-length (O(1) for contiguous UIDs), see the brief.
+/// UIDs by sequence number, run-length: runs of consecutive UIDs `(first_uid, len)`, in
+/// sequence order (so also ascending by UID). A contiguous mailbox is one run, whatever its
+/// size; each gap left by an expunge costs one more.
 #[derive(Debug, Default)]
-struct SeqMap {
-    uids: Vec<u32>,
+pub(crate) struct SeqMap {
+    /// The runs; none is empty.
+    runs: Vec<(u32, u32)>,
+    /// Messages mapped: the sum of the runs' lengths.
+    total: u32,
+    /// The last run looked up and how many messages come before it (its first sequence
+    /// number minus one), so that a storm of changes in ascending sequence order costs O(1)
+    /// per change, not O(runs).
+    hint: (usize, u32),
 }
 
 impl SeqMap {
-    /// Records that `seq` holds `uid`. `false` when that contradicts what is known.
-    fn place(&mut self, seq: u32, uid: u32) -> bool {
-        let i = seq as usize;
-        match i.cmp(&(self.uids.len() + 1)) {
-            std::cmp::Ordering::Equal => {
-                if self.uids.last().is_some_and(|last| *last >= uid) {
-                    return false;
-                }
-                self.uids.push(uid);
-                true
-            }
-            std::cmp::Ordering::Less => i > 0 && self.uids[i - 1] == uid,
-            std::cmp::Ordering::Greater => false,
+    /// Messages mapped (sequence numbers `1..=len`).
+    pub(crate) fn len(&self) -> u32 {
+        self.total
+    }
+
+    /// Runs held (memory is proportional to this).
+    #[cfg(test)]
+    pub(crate) fn runs(&self) -> usize {
+        self.runs.len()
+    }
+
+    /// Records that `seq` holds `uid`. `false` when that contradicts what is known or leaves
+    /// a gap (`seq` past the next one).
+    pub(crate) fn place(&mut self, seq: u32, uid: u32) -> bool {
+        if seq == 0 {
+            return false;
         }
+        if seq <= self.total {
+            return self.uid(seq) == Some(uid);
+        }
+        if seq != self.total.saturating_add(1) {
+            return false;
+        }
+        match self.runs.last_mut() {
+            Some((first, len)) if first.checked_add(*len) == Some(uid) => *len += 1,
+            Some((first, len)) if uid < first.saturating_add(*len) => return false,
+            _ => self.runs.push((uid, 1)),
+        }
+        self.total += 1;
+        true
+    }
+
+    /// The run holding `seq` and how many messages come before that run.
+    fn locate(&mut self, seq: u32) -> Option<(usize, u32)> {
+        if seq == 0 || seq > self.total {
+            return None;
+        }
+        let (mut i, mut before) = self.hint;
+        if i >= self.runs.len() || before >= seq {
+            (i, before) = (0, 0);
+        }
+        // Each step passes a whole run; there are at most `runs.len()` of them.
+        while let Some(&(_, len)) = self.runs.get(i) {
+            if seq <= before.saturating_add(len) {
+                self.hint = (i, before);
+                return Some((i, before));
+            }
+            before = before.saturating_add(len);
+            i += 1;
+        }
+        None
     }
 
     /// The UID at `seq`, when known.
-    fn uid(&self, seq: u32) -> Option<u32> {
-        self.uids.get((seq as usize).checked_sub(1)?).copied()
+    pub(crate) fn uid(&mut self, seq: u32) -> Option<u32> {
+        let (i, before) = self.locate(seq)?;
+        let (first, _) = *self.runs.get(i)?;
+        Some(first + (seq - before - 1))
     }
 
-    /// Removes `seq`; the UID it held, when known.
-    fn expunge(&mut self, seq: u32) -> Option<u32> {
-        let i = (seq as usize).checked_sub(1)?;
-        (i < self.uids.len()).then(|| self.uids.remove(i))
+    /// Removes `seq` (later messages move down by one); the UID it held, when known.
+    pub(crate) fn expunge(&mut self, seq: u32) -> Option<u32> {
+        let (i, before) = self.locate(seq)?;
+        self.remove(i, before, seq - before - 1)
+    }
+
+    /// Removes the message with `uid`, wherever it sits; whether it was mapped.
+    pub(crate) fn remove_uid(&mut self, uid: u32) -> bool {
+        // Runs ascend by UID: the candidate is the last run starting at or below `uid`.
+        let i = self.runs.partition_point(|&(first, _)| first <= uid);
+        let Some(i) = i.checked_sub(1) else {
+            return false;
+        };
+        let Some(&(first, len)) = self.runs.get(i) else {
+            return false;
+        };
+        if uid - first >= len {
+            return false;
+        }
+        let before = self.runs.iter().take(i).map(|&(_, l)| l).sum::<u32>();
+        self.remove(i, before, uid - first).is_some()
+    }
+
+    /// Removes the message at `offset` in run `i` (`before` messages precede the run); its
+    /// UID.
+    fn remove(&mut self, i: usize, before: u32, offset: u32) -> Option<u32> {
+        let &(first, len) = self.runs.get(i)?;
+        if offset >= len {
+            return None;
+        }
+        let uid = first + offset;
+        if len == 1 {
+            // Its neighbours cannot merge: `uid` lay between them.
+            self.runs.remove(i);
+        } else if offset == 0 {
+            self.runs[i] = (first + 1, len - 1);
+        } else if offset == len - 1 {
+            self.runs[i].1 = len - 1;
+        } else {
+            self.runs[i].1 = offset;
+            self.runs.insert(i + 1, (uid + 1, len - offset - 1));
+        }
+        self.total -= 1;
+        if self.runs.capacity() > 4 * self.runs.len().max(8) {
+            // Many runs expunged whole (a mailbox emptied): give the memory back.
+            self.runs.shrink_to_fit();
+        }
+        // Run `i` (or the one now at `i`) still has `before` messages before it.
+        self.hint = if i < self.runs.len() {
+            (i, before)
+        } else {
+            (0, 0)
+        };
+        Some(uid)
     }
 }
+
+#[cfg(test)]
+#[path = "view_tests.rs"]
+mod tests;
