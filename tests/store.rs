@@ -91,7 +91,7 @@ async fn nul_bytes_are_stripped(kind: Kind) -> Result<()> {
     let db = common::db::TestDb::new(kind).await?;
     let store = Store::connect(&storage(&db)).await?;
     store.migrate().await?;
-    store.start_epoch("nul", "INBOX", 1, None).await?;
+    store.start_epoch("nul", "INBOX", 1, None, None).await?;
     let raw = b"From: N\0ul <n@x.test>\r\nSubject: a\0b\r\nMessage-ID: <n\0ul@x>\r\n\r\nbo\0dy\r\n";
     let meta = ImapMeta {
         uid: 1,
@@ -104,10 +104,15 @@ async fn nul_bytes_are_stripped(kind: Kind) -> Result<()> {
         uidvalidity: 1,
     };
     let committed = store
-        .commit_batch(None, target, &[rec], 1, None, |_| "{}".into())
+        .commit_batch(None, target, &[rec], 1, None, |_| {
+            vec![(idlesync::changes::Topic::Sync, "{}".into())]
+        })
         .await?;
     ensure!(committed.inserted == [1]);
-    let outbox = committed.outbox.context("a new row announces a record")?;
+    let outbox = committed
+        .outbox
+        .first()
+        .context("a new row announces a record")?;
     ensure!(outbox.id > 0 && outbox.payload == "{}" && outbox.mailbox == "INBOX");
     let row: (Option<String>, Option<String>, String, Option<String>) = sqlx::query_as(
         "SELECT subject, message_id, from_addr, text_body FROM messages WHERE account_id = 'nul'",
@@ -153,7 +158,7 @@ async fn concurrent_mailboxes_keep_threads_whole(kind: Kind) -> Result<()> {
     const PER_BATCH: u32 = 4;
     let mut tasks = Vec::new();
     for mailbox in ["INBOX", "Sent", "Archive", "Team"] {
-        store.start_epoch("conc", mailbox, 1, None).await?;
+        store.start_epoch("conc", mailbox, 1, None, None).await?;
         let store = store.clone();
         tasks.push(tokio::spawn(async move {
             for b in 0..BATCHES {
@@ -171,7 +176,9 @@ async fn concurrent_mailboxes_keep_threads_whole(kind: Kind) -> Result<()> {
                     .collect();
                 let target = BatchTarget { account_id: "conc", mailbox, uidvalidity: 1 };
                 store
-                    .commit_batch(None, target, &recs, (b + 1) * PER_BATCH, None, |_| "{}".into())
+                    .commit_batch(None, target, &recs, (b + 1) * PER_BATCH, None, |_| {
+                        vec![(idlesync::changes::Topic::Sync, "{}".into())]
+                    })
                     .await?;
             }
             anyhow::Ok(())
