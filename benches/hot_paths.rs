@@ -10,6 +10,7 @@ use std::hint::black_box;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
+use idlesync::changes::Topic;
 use idlesync::config::StorageConfig;
 use idlesync::event::{timestamp_now, RecordKind, SyncRecord};
 use idlesync::message::{extract, ExtractOptions, ImapMeta, MessageRecord};
@@ -152,7 +153,7 @@ fn batch_insert(c: &mut Criterion) {
         let store = rt.block_on(async {
             let s = Store::connect(cfg).await.expect("connect");
             s.migrate().await.expect("migrate");
-            s.start_epoch("bench", "INBOX", 1, None)
+            s.start_epoch("bench", "INBOX", 1, None, None)
                 .await
                 .expect("epoch");
             s
@@ -171,7 +172,7 @@ fn batch_insert(c: &mut Criterion) {
                 |(first, batch)| {
                     rt.block_on(
                         store.commit_batch(None, TARGET, &batch, first + 99, None, |u| {
-                            format!("{}", u.len())
+                            vec![(Topic::Sync, format!("{}", u.len()))]
                         }),
                     )
                     .expect("commit")
@@ -209,7 +210,7 @@ fn batch_insert(c: &mut Criterion) {
                     },
                     |(uid, batch, tx)| {
                         rt.block_on(store.commit_batch(tx, TARGET, &batch, uid, None, |u| {
-                            format!("{}", u.len())
+                            vec![(Topic::Sync, format!("{}", u.len()))]
                         }))
                         .expect("commit")
                     },

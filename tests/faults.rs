@@ -599,7 +599,7 @@ async fn commit_numbered(
     n: u32,
 ) -> Result<OutboxRow> {
     store
-        .start_epoch(account, "INBOX", n, Some(&format!("{{\"n\":{n}}}")))
+        .start_epoch(account, "INBOX", n, None, Some(&format!("{{\"n\":{n}}}")))
         .await?
         .context("a committed record")
 }

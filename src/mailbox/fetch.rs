@@ -260,20 +260,25 @@ async fn commit(
     let committed = ctx
         .store
         .commit_batch(tx, target, &batch, new_last, exists_at_us, |uids| {
-            SyncRecord {
-                account_id: &ctx.account_id,
-                email_address: &ctx.email,
-                count: uids.len(),
-                timestamp: timestamp_now(),
-                kind: RecordKind::NewMail,
-                mailbox: &ctx.mailbox,
-                uid_validity: uidvalidity,
-                uids,
-            }
-            .to_json()
+            // store shim (#11): one newMail record as before; the lead splits imported/newMail.
+            vec![(
+                crate::changes::Topic::Sync,
+                SyncRecord {
+                    account_id: &ctx.account_id,
+                    email_address: &ctx.email,
+                    count: uids.len(),
+                    timestamp: timestamp_now(),
+                    kind: RecordKind::NewMail,
+                    mailbox: &ctx.mailbox,
+                    uid_validity: uidvalidity,
+                    uids,
+                }
+                .to_json(),
+            )]
         })
         .await?;
-    if let Some(row) = committed.outbox {
+    // store shim (#11): at most one record as before.
+    if let Some(row) = committed.outbox.into_iter().next() {
         let count = committed.inserted.len();
         let newest = batch.iter().filter_map(|m| m.received_at_ms).max();
         ctx.reporter.stored(count as u64, newest);

@@ -226,6 +226,7 @@ async fn establish_epoch(ctx: &MailboxCtx, sel: Selected) -> Result<SyncState, S
                     &ctx.account_id,
                     &ctx.mailbox,
                     sel.uid_validity,
+                    None, // store shim (#11): the lead passes the import boundary
                     Some(&record),
                 )
                 .await?;
@@ -235,6 +236,7 @@ async fn establish_epoch(ctx: &MailboxCtx, sel: Selected) -> Result<SyncState, S
             Ok(SyncState {
                 uidvalidity: sel.uid_validity,
                 last_uid: 0,
+                ..SyncState::default() // store shim (#11)
             })
         }
         // A new mailbox: its first batch writes its state row (an upsert), so coming online
@@ -242,6 +244,7 @@ async fn establish_epoch(ctx: &MailboxCtx, sel: Selected) -> Result<SyncState, S
         None => Ok(SyncState {
             uidvalidity: sel.uid_validity,
             last_uid: 0,
+            ..SyncState::default() // store shim (#11)
         }),
     }
 }

@@ -1,5 +1,5 @@
-//! Sync state and the batch transaction: messages (with attachments, raw bytes and threads),
-//! `last_uid` and the outbox record commit together.
+//! The batch transaction: messages (with attachments, raw bytes and threads), `last_uid` and
+//! the outbox records commit together.
 
 use std::collections::HashMap;
 
@@ -7,20 +7,13 @@ use sqlx::Row;
 
 use super::attachments::{insert_attachments, insert_raw};
 use super::chunk::{insert_sql, runs};
-use super::outbox::{insert_outbox, OutboxRow};
+use super::outbox::{fill_ids, insert_outbox, OutboxRow};
+use super::state::modseq_to_db;
 use super::stmt::{run_all, Stmt};
 use super::threads::{assign_threads, lock_account};
 use super::{now_ms, to_u32, Backend, NewRow, Store, StoreError};
+use crate::changes::Topic;
 use crate::message::MessageRecord;
-
-/// The per-mailbox sync state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SyncState {
-    /// UIDVALIDITY the `last_uid` belongs to.
-    pub uidvalidity: u32,
-    /// Highest UID stored.
-    pub last_uid: u32,
-}
 
 /// Where one batch goes.
 #[derive(Debug, Clone, Copy)]
@@ -59,6 +52,9 @@ const MESSAGE_COLUMNS: &[&str] = &[
     "truncated",
     "parse_error",
     "stored_at",
+    "modseq",
+    "email_id",
+    "server_thread_id",
 ];
 
 /// Rows per INSERT statement; keeps placeholders far below SQLite's 32,766.
@@ -67,58 +63,6 @@ const ROWS_PER_STATEMENT: usize = 500;
 const BYTES_PER_STATEMENT: usize = 32 * 1024 * 1024;
 
 impl Store {
-    /// The sync state of a mailbox, if it was ever selected.
-    pub async fn sync_state(
-        &self,
-        account_id: &str,
-        mailbox: &str,
-    ) -> Result<Option<SyncState>, StoreError> {
-        let row = sqlx::query("SELECT uidvalidity, last_uid FROM mailbox_state WHERE account_id = $1 AND mailbox = $2")
-            .bind(account_id)
-            .bind(mailbox)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.map(|r| SyncState {
-            uidvalidity: to_u32(r.get::<i64, _>(0)),
-            last_uid: to_u32(r.get::<i64, _>(1)),
-        }))
-    }
-
-    /// Records a UIDVALIDITY change (or, optionally, a mailbox seen for the first time; a first
-    /// batch creates the row anyway): `last_uid` starts again from 0. Rows of the old
-    /// UIDVALIDITY stay, told apart by their `uidvalidity`.
-    /// `reset_record`, when given, goes to the outbox in the same transaction, and is returned
-    /// as committed, for the publisher.
-    pub async fn start_epoch(
-        &self,
-        account_id: &str,
-        mailbox: &str,
-        uidvalidity: u32,
-        reset_record: Option<&str>,
-    ) -> Result<Option<OutboxRow>, StoreError> {
-        let now = now_ms();
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO mailbox_state (account_id, mailbox, uidvalidity, last_uid, updated_at) VALUES ($1, $2, $3, 0, $4) \
-             ON CONFLICT (account_id, mailbox) DO UPDATE SET uidvalidity = excluded.uidvalidity, last_uid = 0, updated_at = excluded.updated_at",
-        )
-        .bind(account_id)
-        .bind(mailbox)
-        .bind(i64::from(uidvalidity))
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        let mut record = None;
-        if let Some(payload) = reset_record {
-            let mut row = OutboxRow::new(account_id, mailbox, payload.to_string(), None);
-            let ids = run_all(&mut tx, self.backend, vec![insert_outbox(&row)]).await?;
-            row.id = ids.first().map_or(0, |r| r.get(0));
-            record = Some(row);
-        }
-        tx.commit().await?;
-        Ok(record)
-    }
-
     /// Opens a batch transaction ahead of [`Store::commit_batch`], so that BEGIN's round trip
     /// overlaps waiting for the server. Only on a pooled connection that is idle now and that
     /// no commit is queued for (the pool hands released connections to waiters first), never
@@ -138,8 +82,10 @@ impl Store {
 
     /// Stores a batch and advances `last_uid` to `new_last_uid` in one transaction: the messages,
     /// their attachments and raw bytes, their threads, the sync state and, when any row is new,
-    /// the announcement `record(uids)` in the outbox. Returns the UIDs actually inserted (a
-    /// re-fetch inserts nothing) and the outbox record as committed.
+    /// the announcements `records(uids)` in the outbox (`uids`: those inserted, ascending; the
+    /// caller may split them, e.g. into `imported` and `newMail`). Returns the UIDs actually
+    /// inserted (a re-fetch inserts nothing) and the outbox records as committed, in
+    /// publication order.
     ///
     /// Round trips on PostgreSQL, whatever the batch size (up to 500 messages): BEGIN, the lock
     /// with the message insert, the thread lookup (and the touched threads, when a message joins
@@ -153,7 +99,7 @@ impl Store {
         messages: &[MessageRecord],
         new_last_uid: u32,
         exists_at_us: Option<i64>,
-        record: impl FnOnce(&[u32]) -> String,
+        records: impl FnOnce(&[u32]) -> Vec<(Topic, String)>,
     ) -> Result<Committed, StoreError> {
         let now = now_ms();
         let by_uid: HashMap<u32, &MessageRecord> = messages.iter().map(|m| (m.uid, m)).collect();
@@ -212,21 +158,29 @@ impl Store {
         );
         let mut inserted: Vec<u32> = new_rows.iter().map(|r| r.rec.uid).collect();
         inserted.sort_unstable();
-        let mut outbox = (!inserted.is_empty()).then(|| {
-            OutboxRow::new(
-                target.account_id,
-                target.mailbox,
-                record(&inserted),
-                exists_at_us,
-            )
-        });
-        if let Some(row) = &outbox {
-            // Last, so that the grouped statement returns the record's id.
-            writes.push(insert_outbox(row));
+        let mut outbox: Vec<OutboxRow> = if inserted.is_empty() {
+            Vec::new()
+        } else {
+            records(&inserted)
+                .into_iter()
+                .map(|(topic, payload)| {
+                    OutboxRow::new(
+                        target.account_id,
+                        target.mailbox,
+                        topic,
+                        payload,
+                        exists_at_us,
+                    )
+                })
+                .collect()
+        };
+        if !outbox.is_empty() {
+            // Last, so that the grouped statement returns the records' ids.
+            writes.push(insert_outbox(&outbox));
         }
         let rows = run_all(&mut tx, self.backend, writes).await?;
-        if let Some(row) = &mut outbox {
-            row.id = rows.first().map_or(0, |r| r.get(0));
+        if !outbox.is_empty() {
+            fill_ids(&mut outbox, &rows);
         }
         tx.commit().await?;
         Ok(Committed { inserted, outbox })
@@ -242,8 +196,9 @@ pub struct BatchTx(sqlx::Transaction<'static, sqlx::Any>);
 pub struct Committed {
     /// UIDs inserted, ascending (a re-fetch inserts none).
     pub inserted: Vec<u32>,
-    /// The announcement added to the outbox, when any row was new.
-    pub outbox: Option<OutboxRow>,
+    /// The announcements added to the outbox (none when no row was new), ids filled, in
+    /// publication order.
+    pub outbox: Vec<OutboxRow>,
 }
 
 /// The multi-row `messages` insert of one chunk; returns `id, uid` of the rows it added.
@@ -280,6 +235,9 @@ fn insert_messages<'a>(target: BatchTarget<'a>, chunk: &'a [MessageRecord], now:
         q.push(m.truncated);
         q.push(m.parse_error);
         q.push(now);
+        q.push(m.modseq.map(modseq_to_db));
+        q.push(m.email_id.as_deref());
+        q.push(m.server_thread_id.as_deref());
     }
     q
 }

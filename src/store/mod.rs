@@ -5,7 +5,10 @@
 //! folders, `migrations/postgres` and `migrations/sqlite`, picked at run time. `$N` placeholders
 //! work on both.
 //!
-//! - [`batch`]: sync state and the batch transaction.
+//! - [`state`]: per-mailbox sync state, UIDVALIDITY epochs, present rows.
+//! - [`batch`]: the batch transaction.
+//! - [`changes`]: flag changes and expunges of stored rows ([`changes_plan`]: what they change,
+//!   computed in memory).
 //! - [`attachments`]: attachment and raw-message rows of a batch.
 //! - [`threads`]: conversation assignment inside the batch transaction ([`thread_model`]: the
 //!   in-memory aggregates and grouping; [`thread_writes`]: its multi-row writes).
@@ -19,21 +22,27 @@
 
 mod attachments;
 mod batch;
+mod changes;
+mod changes_plan;
 mod chunk;
 mod outbox;
+mod state;
 mod stmt;
 mod thread_model;
 mod thread_writes;
 mod threads;
 
-pub use batch::{BatchTarget, BatchTx, Committed, SyncState};
+pub use batch::{BatchTarget, BatchTx, Committed};
+pub use changes::Applied;
 pub use outbox::OutboxRow;
+pub use state::SyncState;
 
 use std::time::Duration;
 
 use sqlx::any::AnyPoolOptions;
 use sqlx::AnyPool;
 
+use crate::changes::ExpungeMode;
 use crate::config::StorageConfig;
 use crate::message::{ExtractOptions, MessageRecord};
 
@@ -120,6 +129,8 @@ pub struct Store {
     extract: ExtractOptions,
     /// `storage.thread_by_subject`: subject may link messages that no Message-ID links.
     thread_by_subject: bool,
+    /// `storage.expunged`: what becomes of a row whose message left the mailbox.
+    expunged: ExpungeMode,
 }
 
 /// A message row this batch inserted: its `messages.id` and its record.
@@ -186,6 +197,7 @@ impl Store {
             backend,
             extract: ExtractOptions::from(cfg),
             thread_by_subject: cfg.thread_by_subject,
+            expunged: cfg.expunged,
         })
     }
 

@@ -1,9 +1,12 @@
 //! The outbox: records committed with their messages, waiting for the publisher.
 
+use sqlx::any::AnyRow;
 use sqlx::{AssertSqlSafe, Row};
 
+use super::chunk::insert_sql;
 use super::stmt::Stmt;
 use super::{now_ms, Store, StoreError};
+use crate::changes::Topic;
 
 /// A record waiting in the outbox.
 #[derive(Debug, Clone)]
@@ -15,7 +18,7 @@ pub struct OutboxRow {
     /// For metric labels.
     pub mailbox: String,
     /// Which channel it goes to.
-    pub topic: crate::changes::Topic,
+    pub topic: Topic,
     /// The JSON record.
     pub payload: String,
     /// When the EXISTS behind it was read (Unix µs), for the latency histogram.
@@ -29,6 +32,7 @@ impl OutboxRow {
     pub(super) fn new(
         account_id: &str,
         mailbox: &str,
+        topic: Topic,
         payload: String,
         exists_at_us: Option<i64>,
     ) -> OutboxRow {
@@ -36,7 +40,7 @@ impl OutboxRow {
             id: 0,
             account_id: account_id.to_string(),
             mailbox: mailbox.to_string(),
-            topic: crate::changes::Topic::Sync,
+            topic,
             payload,
             exists_at_us,
             created_at: now_ms(),
@@ -48,7 +52,8 @@ impl Store {
     /// The oldest records waiting, in publication order.
     pub async fn outbox_pending(&self, limit: i64) -> Result<Vec<OutboxRow>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, account_id, mailbox, payload, exists_at_us, created_at FROM outbox ORDER BY id LIMIT $1",
+            "SELECT id, account_id, mailbox, payload, exists_at_us, created_at, topic FROM outbox \
+             ORDER BY id LIMIT $1",
         )
         .bind(limit)
         .fetch_all(&self.pool)
@@ -59,7 +64,7 @@ impl Store {
                 id: r.get(0),
                 account_id: r.get(1),
                 mailbox: r.get(2),
-                topic: crate::changes::Topic::Sync,
+                topic: Topic::parse(&r.get::<String, _>(6)),
                 payload: r.get(3),
                 exists_at_us: r.get(4),
                 created_at: r.get(5),
@@ -118,15 +123,39 @@ impl Store {
     }
 }
 
-/// Adds a record to the outbox; the statement returns its id.
-pub(super) fn insert_outbox<'a>(row: &'a OutboxRow) -> Stmt<'a> {
-    Stmt::new(
-        "INSERT INTO outbox (account_id, mailbox, payload, created_at, exists_at_us) \
-         VALUES ($1, $2, $3, $4, $5) RETURNING id",
-    )
-    .bind(row.account_id.as_str())
-    .bind(row.mailbox.as_str())
-    .bind(row.payload.as_str())
-    .bind(row.created_at)
-    .bind(row.exists_at_us)
+/// Adds records to the outbox in one statement, which returns their ids (in any order: see
+/// [`fill_ids`]). `rows` must not be empty.
+pub(super) fn insert_outbox<'a>(rows: &'a [OutboxRow]) -> Stmt<'a> {
+    let mut q = Stmt::new(insert_sql(
+        "outbox",
+        &[
+            "account_id",
+            "mailbox",
+            "topic",
+            "payload",
+            "created_at",
+            "exists_at_us",
+        ],
+        rows.len(),
+        "RETURNING id",
+    ));
+    for row in rows {
+        q.push(row.account_id.as_str());
+        q.push(row.mailbox.as_str());
+        q.push(row.topic.as_str());
+        q.push(row.payload.as_str());
+        q.push(row.created_at);
+        q.push(row.exists_at_us);
+    }
+    q
+}
+
+/// Gives `rows` the ids [`insert_outbox`] returned. Ids ascend in insertion order on both
+/// backends, but `RETURNING` promises no row order (SQLite says so), so they are sorted first.
+pub(super) fn fill_ids(rows: &mut [OutboxRow], returned: &[AnyRow]) {
+    let mut ids: Vec<i64> = returned.iter().map(|r| r.get(0)).collect();
+    ids.sort_unstable();
+    for (row, id) in rows.iter_mut().zip(ids) {
+        row.id = id;
+    }
 }
