@@ -6,7 +6,7 @@
 //!   backoff ([`MailboxStatus::is_ready`]); 503 with the reasons otherwise.
 //! - `/status`: JSON, one object per mailbox ([`crate::status::MailboxStatus`]), with the
 //!   progress of this connection's import, if one ran: `"import": {"stored": 1500, "total":
-//!   10300, "ratePerSec": 42.5, "startedAt": "…", "done": false}`, else `"import": null`.
+//!   10300, "rate_per_sec": 42.5, "started_at": "…", "done": false}`, else `"import": null`.
 //! - `/status/summary`: JSON, how many mailboxes are in each state: `{"mailboxes": 10000,
 //!   "states": {"idling": 9998, "backoff": 2, …}}`. Cheap at any scale, for dashboards and
 //!   scripts that poll.

@@ -105,6 +105,15 @@ impl PendingChanges {
         self.flags.insert(uid, (flags, modseq));
     }
 
+    /// A message's flags as an enumeration saw them, unless the server reported them since
+    /// (a report pushed during the enumeration is newer than its snapshot) or the message
+    /// was expunged meanwhile.
+    pub fn flags_if_unreported(&mut self, uid: u32, flags: String) {
+        if !self.expunged.contains(&uid) {
+            self.flags.entry(uid).or_insert((flags, None));
+        }
+    }
+
     /// A message left the mailbox.
     pub fn expunged(&mut self, uid: u32) {
         self.flags.remove(&uid);

@@ -118,6 +118,7 @@ impl Daemon {
                 )),
                 imap: config.imap.clone(),
                 backoff: config.backoff.clone(),
+                import_since: config.storage.import_since,
                 grace,
             },
             root.child_token(),

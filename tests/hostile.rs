@@ -65,7 +65,15 @@ async fn selected(server: &Hostile, db: &TestDb) -> Result<Session> {
     let t = Duration::from_secs(10);
     let client = connect::open(&ep, t).await?;
     let mut session = connect::login(client, &ep, t).await?;
-    connect::select(&mut session, "INBOX", t).await?;
+    connect::select(
+        &mut session,
+        "INBOX",
+        Default::default(),
+        None,
+        &mut idlesync::imap::view::View::new(false),
+        t,
+    )
+    .await?;
     Ok(session)
 }
 
@@ -74,7 +82,17 @@ async fn fetch_error(attack: Attack) -> Result<ImapError> {
     let server = hostile::start(attack).await?;
     let db = TestDb::sqlite()?;
     let mut session = selected(&server, &db).await?;
-    let mut run = fetch::start(&mut session, 0, 1024 * 1024, Duration::from_secs(10)).await?;
+    let mut view = idlesync::imap::view::View::new(false);
+    let mut run = fetch::start(
+        &mut session,
+        &mut view,
+        "1:*",
+        0,
+        1024 * 1024,
+        Default::default(),
+        Duration::from_secs(10),
+    )
+    .await?;
     let r = tokio::time::timeout(
         WAIT,
         run.next_until(&CancellationToken::new(), |b, _| b.len()),
@@ -157,7 +175,17 @@ async fn a_fetch_in_progress_ends_on_cancellation() -> Result<()> {
     .await?;
     let db = TestDb::sqlite()?;
     let mut session = selected(&server, &db).await?;
-    let mut run = fetch::start(&mut session, 0, 1024 * 1024, Duration::from_secs(10)).await?;
+    let mut view = idlesync::imap::view::View::new(false);
+    let mut run = fetch::start(
+        &mut session,
+        &mut view,
+        "1:*",
+        0,
+        1024 * 1024,
+        Default::default(),
+        Duration::from_secs(10),
+    )
+    .await?;
     let cancel = CancellationToken::new();
     let trigger = cancel.clone();
     tokio::spawn(async move { trigger.cancel() });

@@ -298,9 +298,16 @@ async fn throttled_errors_carry_the_suggested_delay() -> Result<()> {
         let client = connect::open(&ep, t).await?;
         let err = match connect::login(client, &ep, t).await {
             Err(e) => e,
-            Ok(mut session) => connect::select(&mut session, "INBOX", t)
-                .await
-                .expect_err("the first SELECT is refused"),
+            Ok(mut session) => connect::select(
+                &mut session,
+                "INBOX",
+                Default::default(),
+                None,
+                &mut idlesync::imap::view::View::new(false),
+                t,
+            )
+            .await
+            .expect_err("the first SELECT is refused"),
         };
         assert_eq!(err.kind(), "throttled", "{err:?}");
         assert!(!err.is_auth(), "{err:?}");

@@ -99,7 +99,7 @@ async fn select(dc: &Dovecot, known: Option<Known>) -> Result<(Session, Caps, Vi
     let mut s = session(dc).await?;
     let caps = caps::negotiate(&mut s, false, T).await?;
     let mut view = View::new(caps.qresync);
-    let sel = connect::select_with(&mut s, "INBOX", caps, known, &mut view, T).await?;
+    let sel = connect::select(&mut s, "INBOX", caps, known, &mut view, T).await?;
     Ok((s, caps, view, sel))
 }
 
@@ -167,7 +167,7 @@ async fn negotiation_follows_what_is_advertised() -> Result<()> {
         let caps = caps::negotiate(&mut s, true, T).await?;
         assert_eq!(caps, want, "with {extra:?}");
         let mut view = View::new(caps.qresync);
-        let sel = connect::select_with(&mut s, "INBOX", caps, None, &mut view, T).await?;
+        let sel = connect::select(&mut s, "INBOX", caps, None, &mut view, T).await?;
         assert_eq!(sel.highest_modseq.is_some(), caps.condstore, "{sel:?}");
         assert_eq!(view.tracks_seqs(), !caps.qresync);
         connect::logout(s, T).await;
@@ -360,10 +360,10 @@ async fn search_since_finds_the_recent_messages() -> Result<()> {
     let (mut s, _, mut view, _) = select(&dc, None).await?;
     let since = chrono::NaiveDate::from_ymd_opt(2026, 9, 1).context("date")?;
     assert_eq!(sync::imap_date(since), "1-Sep-2026");
-    let got = sync::search_since(&mut s, &mut view, since, T).await?;
+    let got = sync::search_since(&mut s, &mut view, since, (1, 1000), T).await?;
     assert_eq!(got, vec![uids[2], uids[3]]);
     let never = chrono::NaiveDate::from_ymd_opt(2030, 1, 1).context("date")?;
-    assert!(sync::search_since(&mut s, &mut view, never, T)
+    assert!(sync::search_since(&mut s, &mut view, never, (1, 1000), T)
         .await?
         .is_empty());
     connect::logout(s, T).await;
@@ -400,7 +400,7 @@ async fn the_scripted_server_answers_the_catch_up() -> Result<()> {
         let caps = caps::negotiate(&mut s, true, T).await?;
         assert_eq!(caps.condstore, offered.is_some());
         let mut view = View::new(caps.qresync);
-        let sel = connect::select_with(&mut s, "INBOX", caps, None, &mut view, T).await?;
+        let sel = connect::select(&mut s, "INBOX", caps, None, &mut view, T).await?;
         assert_eq!(sel.highest_modseq, offered.map(|_| 1));
         let mut e = sync::enumerate(&mut s, &mut view, 2, T).await?;
         let all = e.next_batch(10).await?;
@@ -412,14 +412,23 @@ async fn the_scripted_server_answers_the_catch_up() -> Result<()> {
         let old = chrono::NaiveDate::from_ymd_opt(2023, 11, 1).context("date")?;
         let new = chrono::NaiveDate::from_ymd_opt(2023, 12, 1).context("date")?;
         assert_eq!(
-            sync::search_since(&mut s, &mut view, old, T).await?,
+            sync::search_since(&mut s, &mut view, old, (1, 1000), T).await?,
             vec![1, 2, 3]
         );
-        assert!(sync::search_since(&mut s, &mut view, new, T)
+        assert!(sync::search_since(&mut s, &mut view, new, (1, 1000), T)
             .await?
             .is_empty());
         // The body fetch is still the one refused on the first connection.
-        let mut run = idlesync::imap::fetch::start(&mut s, 0, 1 << 20, T).await?;
+        let mut run = idlesync::imap::fetch::start(
+            &mut s,
+            &mut view,
+            "1:*",
+            0,
+            1 << 20,
+            Default::default(),
+            T,
+        )
+        .await?;
         let cancel = tokio_util::sync::CancellationToken::new();
         assert!(run.next_until(&cancel, |_, m| m.uid).await?.is_some());
         let err = run

@@ -207,25 +207,6 @@ pub async fn login(
     super::auth::login(client, &ep.credentials, &ep.username, &ep.host, ep.port, t).await
 }
 
-/// SELECT with what the caller knows; see [`select_with`]. Without [`Caps`] or a view:
-/// CAPABILITY and `ENABLE UTF8=ACCEPT` only for a name that is not [`mailbox_name::is_plain`],
-/// and the untagged responses go to a throwaway view.
-// TODO(#11, lead): delete this shim once every caller negotiates [`Caps`] and keeps a view;
-// then rename `select_with` to `select`.
-pub async fn select(
-    session: &mut Session,
-    mailbox: &str,
-    t: Duration,
-) -> Result<Selected, ImapError> {
-    let caps = if !mailbox_name::is_plain(mailbox) && mailbox_name::utf8_quotable(mailbox) {
-        super::caps::negotiate_with(session, false, true, t).await?
-    } else {
-        Caps::default()
-    };
-    let mut view = View::new(caps.qresync);
-    select_with(session, mailbox, caps, None, &mut view, t).await
-}
-
 /// SELECT the mailbox (read-write, so that flag changes are reported; we only ever PEEK).
 ///
 /// - `(QRESYNC (uidvalidity modseq 1:last_uid))` when `caps.qresync` and `known` has a UID
@@ -242,7 +223,7 @@ pub async fn select(
 /// elsewhere. The responses are read here, not by async-imap's `select()`, which would quote
 /// the name a second time and would flatten a tagged NO into text, losing the response code
 /// that says the server is throttling. Bounded by `t`.
-pub async fn select_with(
+pub async fn select(
     session: &mut Session,
     mailbox: &str,
     caps: Caps,

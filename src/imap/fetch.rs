@@ -60,35 +60,18 @@ const INTERNALDATE: &str = "%d-%b-%Y %H:%M:%S %z";
 pub struct FetchRun<'a> {
     session: &'a mut Session,
     /// Where every response read goes.
-    view: Slot<'a>,
+    view: &'a mut View,
     tag: RequestId,
     last_uid: u32,
     /// `* N EXISTS` arrived during the fetch: more mail may be waiting.
     pub saw_exists: bool,
 }
 
-/// The view a fetch feeds: the caller's, or (for [`start`]) one of its own.
-enum Slot<'a> {
-    /// The connection's view.
-    Caller(&'a mut View),
-    /// A view dropped with the fetch.
-    Own(Box<View>),
-}
-
-impl Slot<'_> {
-    fn get(&mut self) -> &mut View {
-        match self {
-            Slot::Caller(v) => v,
-            Slot::Own(v) => v,
-        }
-    }
-}
-
 /// Sends `UID FETCH <uids>`, bodies cut at `max_bytes`, with the `extras` asked for. `uids`
 /// is an IMAP sequence set (`41:*` for new mail, `3,7:9` for an `import_since` subset);
 /// messages at or below `last_uid` are not handed out (the server answers `N:*` with the last
 /// message even when its UID is below N). Every response read goes through `view`.
-pub async fn start_uids<'a>(
+pub async fn start<'a>(
     session: &'a mut Session,
     view: &'a mut View,
     uids: &str,
@@ -97,44 +80,12 @@ pub async fn start_uids<'a>(
     extras: Extras,
     t: Duration,
 ) -> Result<FetchRun<'a>, ImapError> {
-    send(
-        session,
-        Slot::Caller(view),
-        uids,
-        last_uid,
-        max_bytes,
-        extras,
-        t,
-    )
-    .await
-}
-
-/// Sends `UID FETCH <last_uid+1>:*`, bodies cut at `max_bytes`, with a view of its own (what
-/// it collects is dropped). Kept for the call sites that do not hold a [`View`] yet; use
-/// [`start_uids`].
-pub async fn start(
-    session: &mut Session,
-    last_uid: u32,
-    max_bytes: usize,
-    t: Duration,
-) -> Result<FetchRun<'_>, ImapError> {
-    let uids = format!("{}:*", last_uid.saturating_add(1));
-    let view = Slot::Own(Box::new(View::new(true)));
-    send(
-        session,
-        view,
-        &uids,
-        last_uid,
-        max_bytes,
-        Extras::default(),
-        t,
-    )
-    .await
+    send(session, view, uids, last_uid, max_bytes, extras, t).await
 }
 
 async fn send<'a>(
     session: &'a mut Session,
-    mut view: Slot<'a>,
+    view: &'a mut View,
     uids: &str,
     last_uid: u32,
     max_bytes: usize,
@@ -157,7 +108,7 @@ async fn send<'a>(
     };
     if uids.ends_with('*') {
         // This fetch covers whatever an EXISTS read before it announced.
-        view.get().take_new_mail();
+        view.take_new_mail();
     }
     Ok(FetchRun {
         session,
@@ -191,7 +142,7 @@ impl FetchRun<'_> {
                 Ok(None) => return Err(ImapError::Closed("EOF during UID FETCH".into())),
                 Ok(Some(resp)) => resp,
             };
-            let view = self.view.get();
+            let view = &mut *self.view;
             match resp.parsed() {
                 Response::Fetch(seq, attrs) if has_body(attrs) => {
                     let Some((meta, body)) = parse_message(attrs) else {

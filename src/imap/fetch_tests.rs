@@ -120,7 +120,7 @@ async fn expunge_between_bodies_keeps_sequence_numbers_right() {
         ..Extras::default()
     };
     let fetch = async {
-        let mut run = start_uids(&mut s, &mut view, "13:*", 12, 1000, extras, t).await?;
+        let mut run = start(&mut s, &mut view, "13:*", 12, 1000, extras, t).await?;
         let mut got = Vec::new();
         while let Some(m) = run
             .next_until(&cancel, |body, meta| (meta, body.to_vec()))
@@ -155,7 +155,7 @@ async fn a_bad_uid_set_is_refused_before_sending() {
     let (mut s, _server) = session().await;
     let mut view = View::new(true);
     let t = Duration::from_secs(1);
-    let r = start_uids(&mut s, &mut view, "1:* BODY[]", 0, 10, Extras::default(), t).await;
+    let r = start(&mut s, &mut view, "1:* BODY[]", 0, 10, Extras::default(), t).await;
     assert!(
         matches!(
             r,

@@ -91,23 +91,6 @@ pub enum IdleEvent {
     Shutdown,
 }
 
-impl IdleEvent {
-    /// Which of two reasons wins: shutdown, then new mail (the earliest), then changes.
-    fn merge(self, other: IdleEvent) -> IdleEvent {
-        let rank = |e: &IdleEvent| match e {
-            IdleEvent::Renew => 0,
-            IdleEvent::Changed => 1,
-            IdleEvent::NewMail { .. } => 2,
-            IdleEvent::Shutdown => 3,
-        };
-        if rank(&other) > rank(&self) {
-            other
-        } else {
-            self
-        }
-    }
-}
-
 /// A session in IDLE: the server accepted `IDLE` and `DONE` has not been sent.
 ///
 /// The session moves in and out by value: on error it is dropped, so a broken connection is
@@ -371,28 +354,6 @@ fn refused(command: &'static str, status: &Status, outcome: &Outcome<'_>) -> Ima
         _ => ProtoError::Bad(text),
     }
     .into()
-}
-
-/// Runs one IDLE round — [`enter`], one [`Idling::wait`], [`Idling::done`] — and hands the
-/// session back, with a view of its own. Kept for the call sites that do not hold a
-/// [`View`] yet; what the view collected is dropped, an EXISTS during `DONE` included in
-/// the event.
-pub async fn idle(
-    session: Session,
-    timers: IdleTimers,
-    liveness: &mut Liveness,
-    cancel: &CancellationToken,
-    entered: impl FnOnce(),
-) -> Result<(Session, IdleEvent), ImapError> {
-    let mut view = View::new(false);
-    let mut idling = enter(session, &mut view, timers, entered).await?;
-    let event = idling.wait(&mut view, timers, liveness, cancel).await?;
-    let session = idling.done(&mut view, timers).await?;
-    let event = match view.take_new_mail() {
-        Some(at) => event.merge(IdleEvent::NewMail { at }),
-        None => event,
-    };
-    Ok((session, event))
 }
 
 /// The scripted server of the IDLE and FETCH unit tests (declared once, here).

@@ -218,27 +218,6 @@ async fn unanswered_done_after_news_is_a_timeout() {
     assert!(matches!(r, Err(ImapError::Timeout("DONE"))), "{r:?}");
 }
 
-#[tokio::test]
-async fn old_round_reports_exists_during_done() {
-    let (s, mut server) = session().await;
-    let cancel = CancellationToken::new();
-    let mut live = Liveness::default();
-    let round = idle(s, TIMERS, &mut live, &cancel, || {});
-    let serve = async {
-        let tag = server.command("IDLE").await;
-        server
-            .send("+ idling\r\n* 2 FETCH (FLAGS (\\Seen))\r\n")
-            .await;
-        assert_eq!(server.line().await, "DONE");
-        server
-            .send(&format!("* 3 EXISTS\r\n{tag} OK done\r\n"))
-            .await;
-    };
-    let (r, ()) = tokio::join!(round, serve);
-    let (_session, ev) = r.expect("round");
-    assert!(matches!(ev, IdleEvent::NewMail { .. }), "{ev:?}");
-}
-
 /// What an idle mailbox holds while it waits: the session in IDLE, its view and the wait.
 /// The round this replaces (async-imap's `Handle` and its wait) was 944 bytes; #11 allows
 /// idle memory to grow by at most 2 KiB per mailbox.

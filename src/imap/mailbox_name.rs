@@ -8,7 +8,7 @@
 //!   ([`super::caps::Caps::utf8_accept`]: [`super::caps::negotiate`] enables it).
 //!
 //! Either way the name goes as a quoted string ([`quoted`]). async-imap's `select()` would
-//! quote again, so [`super::connect::select_with`] sends its own command: each name is quoted
+//! quote again, so [`super::connect::select`] sends its own command: each name is quoted
 //! once.
 //! A name of printable ASCII without `&` is the same in both forms ([`is_plain`]).
 

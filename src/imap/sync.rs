@@ -18,6 +18,10 @@ use async_imap::imap_proto::{AttributeValue, MailboxDatum, Outcome, RequestId, R
 use super::view::View;
 use super::{bye, received, ImapError, Session};
 
+/// Most UIDs one `UID SEARCH` window spans: its answer (at most 11 bytes per UID) stays under
+/// the guard's usual line limit.
+pub const SEARCH_WINDOW: u32 = 5000;
+
 /// The line limit for `UID SEARCH`, whose answer is a single line: 8 MiB, about a million
 /// UIDs of 7 digits. async-imap parses a line again at every 4 KiB it grows, so a line of `L`
 /// bytes costs about `L² / 8 KiB` bytes of parsing, on the task's thread. Measured through the
@@ -139,19 +143,25 @@ impl Enumeration<'_> {
     }
 }
 
-/// `UID SEARCH SINCE <date>` (RFC 3501 date, e.g. `1-Sep-2026`), UIDs ascending. The guard's
-/// line limit is raised to [`SEARCH_MAX_LINE`] for this one command and restored after it,
-/// whatever its outcome; a longer answer is refused by the guard (a `protocol` error).
+/// `UID SEARCH UID <from>:<to> SINCE <date>` (RFC 3501 date, e.g. `1-Sep-2026`), UIDs
+/// ascending. The guard's line limit is raised to [`SEARCH_MAX_LINE`] for this one command and
+/// restored after it, whatever its outcome; a longer answer is refused by the guard (a
+/// `protocol` error).
+///
+/// Callers search in windows of at most [`SEARCH_WINDOW`] UIDs: async-imap parses a response
+/// again after every read, so one answer of `n` UIDs costs O(n²) (1.1 s for 100,000 UIDs, 90 s
+/// for a million, debug build), while a window's answer stays under the guard's usual 64 KiB.
 ///
 /// `SINCE` compares INTERNALDATE's date, in the server's time zone, ignoring the time.
 pub async fn search_since(
     session: &mut Session,
     view: &mut View,
     since: chrono::NaiveDate,
+    window: (u32, u32),
     t: Duration,
 ) -> Result<Vec<u32>, ImapError> {
     super::guard::set_max_line(&mut **session.as_mut(), SEARCH_MAX_LINE);
-    let r = search(session, view, since, t).await;
+    let r = search(session, view, since, window, t).await;
     super::guard::set_max_line(&mut **session.as_mut(), super::guard::MAX_LINE);
     r
 }
@@ -160,9 +170,10 @@ async fn search(
     session: &mut Session,
     view: &mut View,
     since: chrono::NaiveDate,
+    (from, to): (u32, u32),
     t: Duration,
 ) -> Result<Vec<u32>, ImapError> {
-    let command = format!("UID SEARCH SINCE {}", imap_date(since));
+    let command = format!("UID SEARCH UID {from}:{to} SINCE {}", imap_date(since));
     let tag = send(session, command, t, "UID SEARCH").await?;
     let mut uids = Vec::new();
     loop {
@@ -409,11 +420,11 @@ mod tests {
         let mut view = View::new(true);
         let t = Duration::from_secs(5);
         let day = chrono::NaiveDate::from_ymd_opt(2026, 9, 1).expect("a date");
-        let err = search_since(&mut s, &mut view, day, t)
+        let err = search_since(&mut s, &mut view, day, (1, 10), t)
             .await
             .expect_err("refused");
         assert_eq!(err.kind(), "throttled", "{err:?}");
-        let err = search_since(&mut s, &mut view, day, t)
+        let err = search_since(&mut s, &mut view, day, (1, 10), t)
             .await
             .expect_err("refused");
         assert_eq!(err.kind(), "search_refused", "{err:?}");

@@ -15,9 +15,13 @@ use tokio::time::Instant;
 
 use crate::changes::PendingChanges;
 
-/// The most UIDs one `VANISHED` may name. A hostile or broken server could name all 4 billion;
-/// past this the view is [`lost`](View::lost) instead of holding them all as pending.
-pub const MAX_VANISHED: u64 = 1_000_000;
+/// The most changes the view holds unapplied. A hostile or broken server could name all 4
+/// billion UIDs in one `VANISHED`, or push flag changes without end during a long FETCH or a
+/// DONE; past this the view is [`lost`](View::lost) and drops what comes, instead of holding
+/// it (about 60 bytes each). The connection is then rebuilt, and its catch-up, which reads the
+/// mailbox against the stored rows, finds what a real change of that size did. IDLE applies
+/// changes every 2,000, so only a server pushing this many between two reads reaches it.
+pub const MAX_HELD: usize = 200_000;
 
 /// What one absorbed response meant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,6 +114,7 @@ impl View {
                 }
                 self.exists = self.exists.saturating_sub(1);
                 match self.seqs.as_mut().map(|m| m.expunge(*seq)) {
+                    Some(Some(_)) if self.pending.len() >= MAX_HELD => self.lost = true,
                     Some(Some(uid)) => self.pending.expunged(uid),
                     // Beyond what is known: a message never fetched, nothing stored for it.
                     Some(None) => {}
@@ -124,7 +129,7 @@ impl View {
                     .iter()
                     .map(|r| u64::from(r.end().saturating_sub(*r.start())) + 1)
                     .sum();
-                if total > MAX_VANISHED {
+                if total.saturating_add(self.pending.len() as u64) > MAX_HELD as u64 {
                     // Not expanded into memory: catch up again instead.
                     self.lost = true;
                     return Absorbed::Change;
@@ -191,6 +196,7 @@ impl View {
             }
         };
         match uid {
+            Some(_) if self.pending.len() >= MAX_HELD => self.lost = true,
             Some(uid) => self.pending.flags(uid, flags, modseq),
             // A message not fetched yet: its fetch will carry its flags.
             None => {

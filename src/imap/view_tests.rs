@@ -268,3 +268,16 @@ fn a_huge_vanished_is_lost_not_expanded() {
     assert!(!v.lost());
     assert_eq!(v.pending.len(), 2_000);
 }
+
+#[test]
+fn endless_flag_changes_are_capped_and_lose_the_view() {
+    let mut v = View::new(true);
+    for uid in 1..=(MAX_HELD as u32 + 10) {
+        let line = format!("* 1 FETCH (UID {uid} FLAGS (\\Seen))\r\n");
+        v.absorb(&parse(line.as_bytes()));
+    }
+    assert!(v.lost(), "past the cap the connection must be rebuilt");
+    assert_eq!(v.pending.len(), MAX_HELD, "nothing held past the cap");
+    v.absorb(&parse(b"* VANISHED 7\r\n"));
+    assert_eq!(v.pending.len(), MAX_HELD);
+}

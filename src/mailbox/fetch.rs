@@ -1,5 +1,6 @@
 //! Fetching new mail: `UID FETCH last_uid+1:*` read message by message, parsed, and committed
-//! in batches, one batch committing while the next is read.
+//! in batches, one batch committing while the next is read. Messages below the import boundary
+//! are history and announced as `imported` on the changes channel; the rest is `newMail`.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -8,13 +9,13 @@ use futures::future::Either;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::MailboxCtx;
-use crate::event::{timestamp_now, RecordKind, SyncRecord};
-use crate::imap::{fetch, ImapError, Session};
+use super::import::Import;
+use super::{Conn, MailboxCtx, MailboxError};
+use crate::changes::Topic;
+use crate::event::{self, timestamp_now, Origin, RecordKind, SyncRecord};
+use crate::imap::{fetch, ImapError};
 use crate::message::{extract, ExtractOptions, ImapMeta, MessageRecord};
-use crate::store::{BatchTarget, BatchTx, Store, StoreError, SyncState};
-
-use super::MailboxError;
+use crate::store::{BatchTx, Store, StoreError, SyncState};
 
 /// A batch is committed early once its records hold about this many bytes. With one batch
 /// committing while the next is read, at most about twice this is held.
@@ -39,14 +40,14 @@ pub(super) enum Fetched {
 /// read committed.
 pub(super) async fn fetch_new(
     ctx: &MailboxCtx,
-    session: &mut Session,
-    state: &mut SyncState,
+    conn: &mut Conn,
     exists_at: Option<Instant>,
     cancel: &CancellationToken,
 ) -> Result<Fetched, MailboxError> {
     let exists_at_us = exists_at.map(unix_micros);
     for _ in 0..MAX_FETCH_ROUNDS {
-        match fetch_round(ctx, session, state, exists_at_us, cancel).await? {
+        let above = format!("{}:*", conn.state.last_uid.saturating_add(1));
+        match fetch_round(ctx, conn, &above, exists_at_us, cancel).await? {
             Fetched::More => {}
             done => return Ok(done),
         }
@@ -68,23 +69,29 @@ enum Parsed {
 /// A full batch being committed while the next one is read. Resolves to its highest UID.
 type Pending<'a> = Pin<Box<dyn Future<Output = Result<u32, StoreError>> + Send + 'a>>;
 
-/// One `UID FETCH last_uid+1:*`: [`Fetched::More`] when EXISTS arrived meanwhile.
+/// One `UID FETCH <uids>` (`last_uid+1:*`, or a set of an import): [`Fetched::More`] when
+/// EXISTS arrived meanwhile. Changes the server sends during the fetch go to the view.
 ///
 /// A full batch commits while the next one is read (at most one commit in flight, so
 /// `last_uid` still advances in order): reading from the server and writing to the database
 /// overlap instead of taking turns.
-async fn fetch_round(
+pub(super) async fn fetch_round(
     ctx: &MailboxCtx,
-    session: &mut Session,
-    state: &mut SyncState,
+    conn: &mut Conn,
+    uids: &str,
     exists_at_us: Option<i64>,
     cancel: &CancellationToken,
 ) -> Result<Fetched, MailboxError> {
     let opts = *ctx.store.extract_options();
+    let state = &mut conn.state;
+    let import = &conn.import;
     let mut run = fetch::start(
-        session,
+        &mut conn.session,
+        &mut conn.view,
+        uids,
         state.last_uid,
         opts.max_message_size,
+        conn.extras,
         ctx.timers.connect_timeout,
     )
     .await?;
@@ -143,6 +150,7 @@ async fn fetch_round(
             let full = std::mem::take(&mut batch);
             pending = Some(Box::pin(commit(
                 ctx,
+                import,
                 state.uidvalidity,
                 full,
                 exists_at_us,
@@ -158,7 +166,7 @@ async fn fetch_round(
         settle(ctx, state, commit.await?);
     }
     let early = early.take().map(|e| e.tx);
-    let last = commit(ctx, state.uidvalidity, batch, exists_at_us, early).await?;
+    let last = commit(ctx, import, state.uidvalidity, batch, exists_at_us, early).await?;
     settle(ctx, state, last);
     outcome?;
     Ok(if cancelled {
@@ -241,9 +249,11 @@ async fn parse_blocking(body: Vec<u8>, meta: ImapMeta, opts: ExtractOptions) -> 
     })
 }
 
-/// Commits one batch; returns its highest UID (0 for an empty batch).
+/// Commits one batch; returns its highest UID (0 for an empty batch). Its records: the UIDs
+/// below the import boundary as `imported` (changes channel), the rest as `newMail`.
 async fn commit(
     ctx: &MailboxCtx,
+    import: &Import,
     uidvalidity: u32,
     batch: Vec<MessageRecord>,
     exists_at_us: Option<i64>,
@@ -252,41 +262,72 @@ async fn commit(
     let Some(new_last) = batch.iter().map(|m| m.uid).max() else {
         return Ok(0);
     };
-    let target = BatchTarget {
-        account_id: &ctx.account_id,
-        mailbox: &ctx.mailbox,
-        uidvalidity,
-    };
     let committed = ctx
         .store
-        .commit_batch(tx, target, &batch, new_last, exists_at_us, |uids| {
-            // store shim (#11): one newMail record as before; the lead splits imported/newMail.
-            vec![(
-                crate::changes::Topic::Sync,
-                SyncRecord {
-                    account_id: &ctx.account_id,
-                    email_address: &ctx.email,
-                    count: uids.len(),
-                    timestamp: timestamp_now(),
-                    kind: RecordKind::NewMail,
-                    mailbox: &ctx.mailbox,
-                    uid_validity: uidvalidity,
-                    uids,
-                }
-                .to_json(),
-            )]
-        })
+        .commit_batch(
+            tx,
+            ctx.target(uidvalidity),
+            &batch,
+            new_last,
+            exists_at_us,
+            |uids| records(ctx, import, uidvalidity, uids),
+        )
         .await?;
-    // store shim (#11): at most one record as before.
-    if let Some(row) = committed.outbox.into_iter().next() {
-        let count = committed.inserted.len();
+    let count = committed.inserted.len();
+    if count > 0 {
+        let history = committed
+            .inserted
+            .iter()
+            .filter(|u| import.is_history(**u))
+            .count();
         let newest = batch.iter().filter_map(|m| m.received_at_ms).max();
         ctx.reporter.stored(count as u64, newest);
-        // After the counters, so a record is never seen before the metrics that explain it.
+        if history > 0 {
+            ctx.reporter.imported(history as u64);
+        }
+        tracing::info!(count, history, last_uid = new_last, "stored messages");
+    }
+    // After the counters, so a record is never seen before the metrics that explain it.
+    for row in committed.outbox {
         ctx.handoff.committed(row);
-        tracing::info!(count, last_uid = new_last, "stored new messages");
     }
     Ok(new_last)
+}
+
+/// The records of one batch's inserted UIDs (ascending): history first, then new mail.
+fn records(
+    ctx: &MailboxCtx,
+    import: &Import,
+    uidvalidity: u32,
+    uids: &[u32],
+) -> Vec<(Topic, String)> {
+    let split = uids.partition_point(|u| import.is_history(*u));
+    let (history, new) = uids.split_at(split);
+    let mut out = Vec::with_capacity(2);
+    if !history.is_empty() {
+        let origin = Origin {
+            account_id: &ctx.account_id,
+            email_address: &ctx.email,
+            mailbox: &ctx.mailbox,
+            uid_validity: uidvalidity,
+        };
+        let progress = import.progress(history.len() as u64);
+        out.push((Topic::Changes, event::imported(&origin, history, progress)));
+    }
+    if !new.is_empty() {
+        let record = SyncRecord {
+            account_id: &ctx.account_id,
+            email_address: &ctx.email,
+            count: new.len(),
+            timestamp: timestamp_now(),
+            kind: RecordKind::NewMail,
+            mailbox: &ctx.mailbox,
+            uid_validity: uidvalidity,
+            uids: new,
+        };
+        out.push((Topic::Sync, record.to_json()));
+    }
+    out
 }
 
 /// An `Instant` in the past as Unix microseconds (for the cross-task latency histogram).

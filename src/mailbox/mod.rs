@@ -2,12 +2,22 @@
 //!
 //! One call of [`run`] is one connection's life. It returns `Ok(())` only on shutdown; any
 //! error drops the connection and goes back to the supervisor, which decides when to call
-//! [`run`] again. Nothing here writes SQL or talks to Redis: batches go to the store, and each
-//! committed record is handed to the publisher through a [`Handoff`].
+//! [`run`] again. Nothing here writes SQL or talks to Redis: batches and changes go to the
+//! store, and each committed record is handed to the publisher through a [`Handoff`].
+//!
+//! The store mirrors the mailbox (#11): flag changes and expunges pushed into IDLE are applied
+//! while the connection stays in IDLE ([`changes`]); what changed while no connection was open
+//! is caught up at the start of each connection, by the cheapest path the server's
+//! CAPABILITY allows ([`catchup`]). A mailbox seen for the first time is imported as history,
+//! not announced as new mail ([`fetch`], [`import`]).
 
+mod catchup;
+mod changes;
 mod fetch;
+mod import;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
@@ -15,12 +25,14 @@ use crate::backoff::ErrorClass;
 use crate::config::ImapTimers;
 use crate::event::{timestamp_now, RecordKind, SyncRecord};
 use crate::handoff::Handoff;
-use crate::imap::connect::{self, Endpoint, Selected};
+use crate::imap::caps;
+use crate::imap::connect::{self, Endpoint, Known, Selected};
 use crate::imap::idle::{IdleEvent, IdleTimers};
-use crate::imap::{idle, ImapError, Session};
+use crate::imap::view::View;
+use crate::imap::{idle, mailbox_name, ImapError, Session};
 use crate::limiter::ConnectLimiter;
 use crate::status::{MailboxState, Reporter};
-use crate::store::{Store, StoreError, SyncState};
+use crate::store::{BatchTarget, Store, StoreError, SyncState};
 
 use fetch::{fetch_new, Fetched};
 
@@ -45,6 +57,30 @@ pub struct MailboxCtx {
     pub reporter: Reporter,
     /// Spreads connection attempts per host.
     pub limiter: Arc<ConnectLimiter>,
+    /// `storage.import_since`: a first import only fetches mail at most this old.
+    pub import_since: Option<Duration>,
+}
+
+impl MailboxCtx {
+    /// Where this mailbox's rows of `uidvalidity` go.
+    fn target(&self, uidvalidity: u32) -> BatchTarget<'_> {
+        BatchTarget {
+            account_id: &self.account_id,
+            mailbox: &self.mailbox,
+            uidvalidity,
+        }
+    }
+}
+
+/// One open connection: the session, what it knows about the mailbox, and the sync state.
+struct Conn {
+    session: Session,
+    view: View,
+    state: SyncState,
+    /// What each fetch asks for beyond the message (MODSEQ, EMAILID, …).
+    extras: crate::imap::fetch::Extras,
+    /// The import under way, if any.
+    import: import::Import,
 }
 
 /// Why a connection's life ended early.
@@ -91,11 +127,12 @@ impl MailboxError {
 /// One connection's life. `Ok(())` means shutdown was requested and handled cleanly.
 ///
 /// An idle mailbox's task holds only this function's state and the IDLE future. Connecting,
-/// catching up and fetching build much larger futures (the TLS handshake, login, the store's
-/// queries); each is boxed, so its memory is freed once done instead of being part of every
-/// idle task's fixed size (5.5 KiB per mailbox before, in #5's heap profile).
+/// catching up, fetching and applying changes build much larger futures (the TLS handshake,
+/// login, the store's queries); each is boxed, so its memory is freed once done instead of
+/// being part of every idle task's fixed size (5.5 KiB per mailbox before, in #5's heap
+/// profile).
 pub async fn run(ctx: &MailboxCtx, cancel: &CancellationToken) -> Result<(), MailboxError> {
-    let Some((mut session, mut state)) = Box::pin(open_and_catch_up(ctx, cancel)).await? else {
+    let Some(mut conn) = Box::pin(open_and_catch_up(ctx, cancel)).await? else {
         return Ok(());
     };
     let timers = IdleTimers {
@@ -105,26 +142,46 @@ pub async fn run(ctx: &MailboxCtx, cancel: &CancellationToken) -> Result<(), Mai
     };
     let mut liveness = idle::Liveness::default();
     while !cancel.is_cancelled() {
-        let (s, event) = idle::idle(session, timers, &mut liveness, cancel, || {
+        let mut idling = Box::pin(idle::enter(conn.session, &mut conn.view, timers, || {
             ctx.reporter.set_state(MailboxState::Idling)
-        })
+        }))
         .await?;
-        session = s;
+        let event = loop {
+            let event = idling.wait(&mut conn.view, timers, &mut liveness, cancel);
+            match event.await? {
+                // Applied while the connection stays in IDLE: nothing is sent to the server.
+                IdleEvent::Changed => {
+                    Box::pin(changes::apply(ctx, &mut conn.view, &mut conn.state)).await?;
+                    changes::check(&conn.view)?;
+                }
+                other => break other,
+            }
+        };
+        conn.session = Box::pin(idling.done(&mut conn.view, timers)).await?;
         match event {
             IdleEvent::NewMail { at } => {
                 ctx.reporter.set_state(MailboxState::Fetching);
-                let fetched = fetch_new(ctx, &mut session, &mut state, Some(at), cancel);
+                // Changes first: a message flagged or expunged before it is fetched is fetched
+                // (or not) as it is now, and its rows never go back in time.
+                Box::pin(changes::apply(ctx, &mut conn.view, &mut conn.state)).await?;
+                let fetched = fetch_new(ctx, &mut conn, Some(at), cancel);
                 if Box::pin(fetched).await? == Fetched::Interrupted {
-                    interrupted(ctx, session);
+                    interrupted(ctx, conn.session);
                     return Ok(());
                 }
+                Box::pin(changes::apply(ctx, &mut conn.view, &mut conn.state)).await?;
             }
-            IdleEvent::Changed | IdleEvent::Renew => {}
+            IdleEvent::Changed | IdleEvent::Renew => {
+                // What came during DONE.
+                Box::pin(changes::apply(ctx, &mut conn.view, &mut conn.state)).await?;
+            }
+            // Changes read during DONE are left: the next connection catches them up.
             IdleEvent::Shutdown => break,
         }
+        changes::check(&conn.view)?;
     }
     ctx.reporter.set_state(MailboxState::Stopping);
-    Box::pin(connect::logout(session, ctx.timers.done_timeout)).await;
+    Box::pin(connect::logout(conn.session, ctx.timers.done_timeout)).await;
     Ok(())
 }
 
@@ -137,12 +194,12 @@ fn interrupted(ctx: &MailboxCtx, session: Session) {
     drop(session);
 }
 
-/// Connect, log in, select, and fetch what arrived while we were away. `None` when shutdown
-/// was requested first.
+/// Connect, log in, select, catch up what changed and fetch what arrived while we were away.
+/// `None` when shutdown was requested first.
 async fn open_and_catch_up(
     ctx: &MailboxCtx,
     cancel: &CancellationToken,
-) -> Result<Option<(Session, SyncState)>, MailboxError> {
+) -> Result<Option<Conn>, MailboxError> {
     let t = ctx.timers.connect_timeout;
     ctx.reporter.set_state(MailboxState::Connecting);
     // Held until the mailbox is selected: the server's login work is what the cap protects.
@@ -160,23 +217,78 @@ async fn open_and_catch_up(
         return Ok(None);
     };
     ctx.reporter.set_state(MailboxState::Syncing);
-    let Some(selected) =
-        until_cancelled(cancel, connect::select(&mut session, &ctx.mailbox, t)).await?
+    let want_utf8 =
+        !mailbox_name::is_plain(&ctx.mailbox) && mailbox_name::utf8_quotable(&ctx.mailbox);
+    let Some(caps) = until_cancelled(cancel, caps::negotiate(&mut session, want_utf8, t)).await?
     else {
         return Ok(None);
     };
+    let stored = ctx.store.sync_state(&ctx.account_id, &ctx.mailbox).await?;
+    let known = stored.and_then(|s| {
+        Some(Known {
+            uidvalidity: s.uidvalidity,
+            highest_modseq: s.highest_modseq?,
+            last_uid: s.last_uid,
+        })
+    });
+    let mut view = View::new(caps.qresync);
+    let select = connect::select(&mut session, &ctx.mailbox, caps, known, &mut view, t);
+    let Some(selected) = until_cancelled(cancel, select).await? else {
+        return Ok(None);
+    };
     drop(permit);
-    let (exists, uid_next) = (selected.exists, selected.uid_next);
-    let mut state = establish_epoch(ctx, selected).await?;
+    // SELECT's EXISTS is answered by the fetch below (or needs none): only an EXISTS read
+    // after it should end the first IDLE at once.
+    view.take_new_mail();
+    let (mut state, fresh) = establish_epoch(ctx, stored, &selected).await?;
     crate::fault::panic_point(&ctx.account_id, &ctx.mailbox);
     ctx.reporter.set_last_uid(state.last_uid);
-    if may_hold_new(exists, uid_next, state.last_uid)
-        && fetch_new(ctx, &mut session, &mut state, None, cancel).await? == Fetched::Interrupted
+    if fresh {
+        // Whatever the server reported belongs to no stored row of this epoch.
+        view.pending = Default::default();
+    } else if state.last_uid > 0 {
+        let resynced = caps.qresync && known.is_some_and(|k| k.uidvalidity == state.uidvalidity);
+        let path = catchup::Path::choose(caps, resynced, &selected, &state);
+        Box::pin(catchup::changes(ctx, &mut session, &mut view, &state, path)).await?;
+    }
+    // Persisted once the changes it covers are; unchanged, it costs no transaction (the common
+    // case of a reconnect with nothing new).
+    if let Some(m) = selected
+        .highest_modseq
+        .filter(|m| Some(*m) != state.highest_modseq)
     {
-        interrupted(ctx, session);
+        view.pending.modseq_seen(m);
+    }
+    Box::pin(changes::apply(ctx, &mut view, &mut state)).await?;
+    let extras = crate::imap::fetch::Extras {
+        modseq: selected.highest_modseq.is_some(),
+        objectid: caps.objectid,
+        gmail: caps.gmail,
+    };
+    let import = import::Import::new(state.import_uid_next);
+    let mut conn = Conn {
+        session,
+        view,
+        state,
+        extras,
+        import,
+    };
+    let imported = import::run(ctx, &mut conn, &selected, cancel);
+    if Box::pin(imported).await? == Fetched::Interrupted {
+        interrupted(ctx, conn.session);
         return Ok(None);
     }
-    Ok(Some((session, state)))
+    if may_hold_new(selected.exists, selected.uid_next, conn.state.last_uid) {
+        let fetched = fetch_new(ctx, &mut conn, None, cancel);
+        if Box::pin(fetched).await? == Fetched::Interrupted {
+            interrupted(ctx, conn.session);
+            return Ok(None);
+        }
+    }
+    import::finished(ctx, &conn);
+    Box::pin(changes::apply(ctx, &mut conn.view, &mut conn.state)).await?;
+    changes::check(&conn.view)?;
+    Ok(Some(conn))
 }
 
 /// Whether SELECT's answer leaves room for messages above `last_uid`: not when the mailbox is
@@ -197,56 +309,60 @@ async fn until_cancelled<T>(
     }
 }
 
-/// Loads the sync state, starting a new epoch when the mailbox's UIDVALIDITY changed (then a
-/// `mailboxReset` record is announced).
-async fn establish_epoch(ctx: &MailboxCtx, sel: Selected) -> Result<SyncState, StoreError> {
-    let known = ctx.store.sync_state(&ctx.account_id, &ctx.mailbox).await?;
-    match known {
-        Some(s) if s.uidvalidity == sel.uid_validity => Ok(s),
+/// The sync state for this connection, and whether it starts a new epoch (a mailbox seen for
+/// the first time, or a UIDVALIDITY change, announced by a `mailboxReset` record). A new
+/// epoch's state row is written at once with UIDNEXT as its import boundary: mail below it was
+/// there before idlesync looked, and is imported as history; mail from it on is new. Written
+/// before the import begins, so a restart in the middle of one keeps the same boundary.
+async fn establish_epoch(
+    ctx: &MailboxCtx,
+    stored: Option<SyncState>,
+    sel: &Selected,
+) -> Result<(SyncState, bool), StoreError> {
+    let record = match stored {
+        Some(s) if s.uidvalidity == sel.uid_validity => return Ok((s, false)),
         Some(old) => {
             tracing::warn!(
                 old = old.uidvalidity,
                 new = sel.uid_validity,
                 "UIDVALIDITY changed: resyncing the mailbox; rows of the old epoch are kept under their uidvalidity"
             );
-            let record = SyncRecord {
-                account_id: &ctx.account_id,
-                email_address: &ctx.email,
-                count: 0,
-                timestamp: timestamp_now(),
-                kind: RecordKind::MailboxReset,
-                mailbox: &ctx.mailbox,
-                uid_validity: sel.uid_validity,
-                uids: &[],
-            }
-            .to_json();
-            let committed = ctx
-                .store
-                .start_epoch(
-                    &ctx.account_id,
-                    &ctx.mailbox,
-                    sel.uid_validity,
-                    None, // store shim (#11): the lead passes the import boundary
-                    Some(&record),
-                )
-                .await?;
-            if let Some(row) = committed {
-                ctx.handoff.committed(row);
-            }
-            Ok(SyncState {
-                uidvalidity: sel.uid_validity,
-                last_uid: 0,
-                ..SyncState::default() // store shim (#11)
-            })
+            Some(
+                SyncRecord {
+                    account_id: &ctx.account_id,
+                    email_address: &ctx.email,
+                    count: 0,
+                    timestamp: timestamp_now(),
+                    kind: RecordKind::MailboxReset,
+                    mailbox: &ctx.mailbox,
+                    uid_validity: sel.uid_validity,
+                    uids: &[],
+                }
+                .to_json(),
+            )
         }
-        // A new mailbox: its first batch writes its state row (an upsert), so coming online
-        // costs no write, and an empty mailbox never needs one.
-        None => Ok(SyncState {
-            uidvalidity: sel.uid_validity,
-            last_uid: 0,
-            ..SyncState::default() // store shim (#11)
-        }),
+        None => None,
+    };
+    let committed = ctx
+        .store
+        .start_epoch(
+            &ctx.account_id,
+            &ctx.mailbox,
+            sel.uid_validity,
+            sel.uid_next,
+            record.as_deref(),
+        )
+        .await?;
+    if let Some(row) = committed {
+        ctx.handoff.committed(row);
     }
+    let state = SyncState {
+        uidvalidity: sel.uid_validity,
+        last_uid: 0,
+        highest_modseq: None,
+        import_uid_next: sel.uid_next,
+    };
+    Ok((state, true))
 }
 
 #[cfg(test)]

@@ -7,7 +7,6 @@ use serde::Serialize;
 
 /// An import's progress in `/status` (`import`), `null` when none ran on this connection.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
 pub struct ImportProgress {
     /// Messages of the import stored so far.
     pub stored: u64,

@@ -79,10 +79,10 @@ fn import_progress_per_connection_in_status_json() {
     );
     assert_eq!(import["done"], false);
     assert!(
-        import["ratePerSec"].as_f64().is_some_and(|r| r >= 0.0),
+        import["rate_per_sec"].as_f64().is_some_and(|r| r >= 0.0),
         "{import}"
     );
-    let started = import["startedAt"].as_str().unwrap_or_default();
+    let started = import["started_at"].as_str().unwrap_or_default();
     assert!(
         chrono::DateTime::parse_from_rfc3339(started).is_ok(),
         "{import}"

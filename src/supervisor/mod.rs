@@ -51,6 +51,8 @@ pub struct Shared {
     pub imap: ImapTimers,
     /// Retry schedules, as started.
     pub backoff: BackoffConfig,
+    /// `storage.import_since`, as started.
+    pub import_since: Option<Duration>,
     /// How long mailboxes get to leave IDLE and log out when stopped.
     pub grace: Duration,
 }
@@ -157,6 +159,7 @@ impl Supervisor {
             handoff: s.handoff.clone(),
             reporter: Reporter::new(s.board.clone(), &account.id, mailbox),
             limiter: s.limiter.clone(),
+            import_since: s.import_since,
         };
         let cancel = self.root.child_token();
         let span =

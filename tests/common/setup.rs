@@ -106,10 +106,12 @@ impl ConfigToml {
         self
     }
 
-    /// Publishes to `channel` on the Redis at `url`.
+    /// Publishes to `channel` on the Redis at `url`, and changes to `channel:changes`
+    /// ([`changes_channel`]), so that tests running together never share a channel.
     pub fn redis(self, url: &str, channel: &str) -> Self {
         self.set("redis", "url", url)
             .set("redis", "channel", channel)
+            .set("redis", "changes_channel", changes_channel(channel))
     }
 
     /// Adds an `[[accounts]]` entry for a test Dovecot user on 127.0.0.1 (`ca_file` when given).
@@ -174,6 +176,11 @@ fn put(table: &mut Table, key: &str, value: Value) {
     }
 }
 
+/// The `redis.changes_channel` tests use beside `channel`.
+pub fn changes_channel(channel: &str) -> String {
+    format!("{channel}:changes")
+}
+
 /// What most integration tests start: a Dovecot with these users, a database of the test's
 /// own and a Redis channel nobody else uses.
 pub struct Setup {
@@ -209,6 +216,12 @@ impl Setup {
     /// A subscriber on this setup's channel; subscribe before starting the daemon.
     pub async fn subscribe(&self) -> Result<redis::Subscriber> {
         redis::subscribe(&redis::url(), &self.channel).await
+    }
+
+    /// A subscriber on this setup's changes channel (`flagsChanged`, `messagesExpunged`,
+    /// `imported`); subscribe before starting the daemon.
+    pub async fn subscribe_changes(&self) -> Result<redis::Subscriber> {
+        redis::subscribe(&redis::url(), &changes_channel(&self.channel)).await
     }
 
     /// Starts the daemon on `config`, exactly as `idlesync run` would parse it.
