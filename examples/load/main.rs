@@ -8,12 +8,14 @@
 //! cargo run --release --example load -- scale --mailboxes 10000
 //! cargo run --release --example load -- burst --messages 10000 --mailboxes 100
 //! cargo run --release --example load -- catchup --messages 20000
+//! cargo run --release --example load -- changes --messages 10000
 //! cargo run --release --example load -- smoke
 //! ```
 //!
 //! Needs root (Dovecot's master), `dovecot-imapd`, `python3` for the bare client, and raised
 //! inotify limits (`scripts/prepare`).
 
+mod changes;
 #[path = "../../tests/common/db.rs"]
 #[allow(dead_code)]
 mod db;
@@ -79,6 +81,11 @@ enum Mode {
         #[arg(long, default_value_t = 10_000)]
         size: usize,
     },
+    /// (e) A flag storm: `STORE 1:N +FLAGS (\\Seen)` on a watched N-message mailbox.
+    Changes {
+        #[arg(long, default_value_t = 10_000)]
+        messages: usize,
+    },
     /// Every scenario, small (what tests/load_smoke.rs runs).
     Smoke,
 }
@@ -112,6 +119,7 @@ async fn main() -> Result<()> {
             size,
         } => vec![scenarios::burst(&s, messages, mailboxes, size).await?],
         Mode::Catchup { messages, size } => vec![scenarios::catchup(&s, messages, size).await?],
+        Mode::Changes { messages } => vec![changes::changes(&s, messages).await?],
         Mode::Smoke => scenarios::smoke(&s).await?,
     };
     for t in tables {

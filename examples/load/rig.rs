@@ -66,6 +66,11 @@ pub struct Sinks {
     pub channel: String,
 }
 
+/// The changes channel beside a sync channel (`flagsChanged`, `messagesExpunged`, `imported`).
+pub fn changes_channel(channel: &str) -> String {
+    format!("{channel}:changes")
+}
+
 impl Sinks {
     /// Creates the database; Redis must answer.
     pub async fn new() -> Result<Sinks> {
@@ -112,7 +117,7 @@ impl Drop for Subscriber {
 }
 
 impl Subscriber {
-    /// Subscribed before it returns.
+    /// Subscribed to both channels (new mail and changes) before it returns.
     pub async fn new(sinks: &Sinks) -> Result<Subscriber> {
         let client = redis::Client::open(sinks.redis_url.as_str())?;
         let mut pubsub = client
@@ -120,6 +125,7 @@ impl Subscriber {
             .await
             .with_context(|| format!("Redis at {}", sinks.redis_url))?;
         pubsub.subscribe(&sinks.channel).await?;
+        pubsub.subscribe(changes_channel(&sinks.channel)).await?;
         let (tx, rx) = mpsc::unbounded_channel();
         let task = tokio::spawn(async move {
             let mut stream = pubsub.into_on_message();
@@ -185,7 +191,7 @@ pub fn config_toml(
     connects_per_second: Option<u32>,
 ) -> String {
     let mut s = format!(
-        "[storage]\nurl = \"{db}\"\n\n[redis]\nurl = \"{redis}\"\nchannel = \"{channel}\"\n\n\
+        "[storage]\nurl = \"{db}\"\n\n[redis]\nurl = \"{redis}\"\nchannel = \"{channel}\"\nchanges_channel = \"{changes}\"\n\n\
          [metrics]\nlisten = \"{admin}\"\n\n[imap]\n{rate}{imap}\n",
         // Without --rate, idlesync's default applies.
         rate = connects_per_second
@@ -198,6 +204,7 @@ pub fn config_toml(
         },
         redis = sinks.redis_url,
         channel = sinks.channel,
+        changes = changes_channel(&sinks.channel),
         // IDLESYNC_LOAD_IMAP (say `max_connecting = 10000`) is added to the `[imap]` section.
         imap = std::env::var("IDLESYNC_LOAD_IMAP").unwrap_or_default(),
     );

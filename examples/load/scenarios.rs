@@ -1,5 +1,5 @@
-//! The load harness's scenarios (issue #5): latency, scale, burst, catch-up, and the small
-//! smoke run that `tests/load_smoke.rs` keeps in the default test suite.
+//! The load harness's scenarios (issue #5): latency, scale, burst, catch-up (and, in
+//! [`crate::changes`], the flag storm of #11), and the small smoke run that `tests/load_smoke.rs` keeps in the default test suite.
 //!
 //! Each scenario starts its own Dovecot, database and Redis channel, runs the idlesync binary
 //! as a child process (so RSS and CPU are idlesync's alone) and returns a [`Table`].
@@ -65,14 +65,19 @@ pub struct Table {
 }
 
 impl Table {
-    fn new(title: impl Into<String>) -> Table {
+    pub(crate) fn new(title: impl Into<String>) -> Table {
         Table {
             title: title.into(),
             rows: Vec::new(),
         }
     }
 
-    fn row(&mut self, figure: impl Into<String>, measured: impl Into<String>, target: &str) {
+    pub(crate) fn row(
+        &mut self,
+        figure: impl Into<String>,
+        measured: impl Into<String>,
+        target: &str,
+    ) {
         self.rows.push(Row {
             figure: figure.into(),
             measured: measured.into(),
@@ -538,7 +543,7 @@ pub async fn catchup(s: &Settings, messages: usize, size: usize) -> Result<Table
 
 /// Waits until `n` messages are stored and announced; returns both times since `t0` and the
 /// number of records.
-async fn await_all(
+pub(crate) async fn await_all(
     sub: &mut Subscriber,
     sinks: &Sinks,
     pool: &sqlx::AnyPool,
@@ -566,7 +571,8 @@ async fn await_all(
             }
         }
         if let Some(r) = sub.next(Duration::from_millis(20)).await {
-            if r.record["kind"] == "newMail" {
+            // Mail waiting at the first start is history: `imported`, on the changes channel.
+            if r.record["kind"] == "newMail" || r.record["kind"] == "imported" {
                 announced += r.record["count"].as_u64().unwrap_or(0) as usize;
                 records += 1;
             }
@@ -597,5 +603,6 @@ pub async fn smoke(s: &Settings) -> Result<Vec<Table>> {
             .context("scale")?,
         burst(s, 20, 10, 10_000).await.context("burst")?,
         catchup(s, 20, 10_000).await.context("catchup")?,
+        crate::changes::changes(s, 200).await.context("changes")?,
     ])
 }

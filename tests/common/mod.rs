@@ -6,6 +6,7 @@ pub mod daemon;
 pub mod db;
 pub mod dovecot;
 pub mod hostile;
+pub mod mirror;
 pub mod oauth;
 pub mod proxy;
 pub mod redis;

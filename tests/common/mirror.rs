@@ -1,0 +1,177 @@
+//! What the server holds and what the store holds, side by side, for the tests of issue #11
+//! (the store mirrors the mailbox).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use anyhow::{ensure, Context, Result};
+use futures::TryStreamExt;
+use sqlx::Row;
+
+use super::db::TestDb;
+use super::dovecot::wire::Wire;
+use super::dovecot::Dovecot;
+
+/// UID → flags (without `\Recent`, which is per session).
+pub type Flags = BTreeMap<u32, BTreeSet<String>>;
+
+fn flag_set<'a>(flags: impl IntoIterator<Item = &'a str>) -> BTreeSet<String> {
+    flags
+        .into_iter()
+        .filter(|f| !f.is_empty() && !f.eq_ignore_ascii_case("\\Recent"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Every message in `mailbox` and its flags, as the server says: `UID FETCH 1:* (UID FLAGS)` on a
+/// session of its own (async-imap, not idlesync's code).
+pub async fn server_flags(dc: &Dovecot, user: &str, mailbox: &str) -> Result<Flags> {
+    let tls = dc.connect_tls().await?;
+    let mut client = async_imap::Client::new(tls);
+    client.read_response().await?.context("no greeting")?;
+    let pass = dc.password(user).context("no such user")?;
+    let mut session = client
+        .login(user, pass)
+        .await
+        .map_err(|(e, _)| anyhow::anyhow!("login: {e}"))?;
+    let mb = session.examine(mailbox).await?;
+    let mut out = Flags::new();
+    if mb.exists > 0 {
+        let fetches: Vec<_> = session
+            .uid_fetch("1:*", "(UID FLAGS)")
+            .await?
+            .try_collect()
+            .await?;
+        for f in fetches {
+            let uid = f.uid.context("FETCH without UID")?;
+            let flags: Vec<String> = f.flags().map(imap_flag).collect();
+            out.insert(uid, flag_set(flags.iter().map(String::as_str)));
+        }
+    }
+    let _ = session.logout().await;
+    Ok(out)
+}
+
+/// async-imap's `Flag` back to IMAP's spelling.
+fn imap_flag(f: async_imap::types::Flag<'_>) -> String {
+    use async_imap::types::Flag;
+    match f {
+        Flag::Seen => "\\Seen".into(),
+        Flag::Answered => "\\Answered".into(),
+        Flag::Flagged => "\\Flagged".into(),
+        Flag::Deleted => "\\Deleted".into(),
+        Flag::Draft => "\\Draft".into(),
+        Flag::Recent => "\\Recent".into(),
+        Flag::MayCreate => "\\*".into(),
+        Flag::Custom(c) => c.into_owned(),
+    }
+}
+
+/// The present rows of `mailbox` (`expunged_at IS NULL`) and their flags.
+pub async fn stored_flags(db: &TestDb, account: &str, mailbox: &str) -> Result<Flags> {
+    let pool = db.pool().await?;
+    let rows = sqlx::query(
+        "SELECT uid, flags FROM messages WHERE account_id = $1 AND mailbox = $2 \
+         AND expunged_at IS NULL ORDER BY uid",
+    )
+    .bind(account)
+    .bind(mailbox)
+    .fetch_all(&pool)
+    .await?;
+    pool.close().await;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let uid: i64 = r.get(0);
+            let flags: String = r.get(1);
+            (uid as u32, flag_set(flags.split(' ')))
+        })
+        .collect())
+}
+
+/// UIDs of `mailbox`'s rows marked expunged, ascending.
+pub async fn expunged_uids(db: &TestDb, account: &str, mailbox: &str) -> Result<Vec<u32>> {
+    let pool = db.pool().await?;
+    let rows = sqlx::query(
+        "SELECT uid FROM messages WHERE account_id = $1 AND mailbox = $2 \
+         AND expunged_at IS NOT NULL ORDER BY uid",
+    )
+    .bind(account)
+    .bind(mailbox)
+    .fetch_all(&pool)
+    .await?;
+    pool.close().await;
+    Ok(rows.iter().map(|r| r.get::<i64, _>(0) as u32).collect())
+}
+
+/// Every row of `mailbox`, present or not: `(uid, thread_id)`.
+pub async fn rows(db: &TestDb, account: &str, mailbox: &str) -> Result<Vec<(u32, i64)>> {
+    let pool = db.pool().await?;
+    let rows = sqlx::query(
+        "SELECT uid, thread_id FROM messages WHERE account_id = $1 AND mailbox = $2 ORDER BY uid",
+    )
+    .bind(account)
+    .bind(mailbox)
+    .fetch_all(&pool)
+    .await?;
+    pool.close().await;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get::<i64, _>(0) as u32, r.get(1)))
+        .collect())
+}
+
+/// `(message_count, unread_count)` of a thread.
+pub async fn thread_counts(db: &TestDb, thread_id: i64) -> Result<(i64, i64)> {
+    let pool = db.pool().await?;
+    let row = sqlx::query("SELECT message_count, unread_count FROM threads WHERE id = $1")
+        .bind(thread_id)
+        .fetch_one(&pool)
+        .await?;
+    pool.close().await;
+    Ok((row.get(0), row.get(1)))
+}
+
+/// A second IMAP session with `mailbox` selected, for the changes another client makes.
+pub async fn other_client(dc: &Dovecot, user: &str, mailbox: &str) -> Result<Wire> {
+    let mut w = Wire::login(dc, user).await?;
+    let r = w
+        .command(
+            &format!("SELECT {}", super::dovecot::wire::quote(mailbox)?),
+            None,
+        )
+        .await?;
+    ensure!(r.starts_with("OK"), "SELECT {mailbox}: {r}");
+    Ok(w)
+}
+
+/// Runs `command` on `w`; fails unless the server answers OK.
+pub async fn ok(w: &mut Wire, command: &str) -> Result<()> {
+    let r = w.command(command, None).await?;
+    ensure!(r.starts_with("OK"), "{command}: {r}");
+    Ok(())
+}
+
+/// Records on a changes subscriber until `kind`'s `count`s add up to `n`; the others seen on
+/// the way are returned too, in order.
+pub async fn collect_kind(
+    sub: &mut super::redis::Subscriber,
+    kind: &str,
+    n: usize,
+    timeout: std::time::Duration,
+) -> Result<Vec<serde_json::Value>> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut got = Vec::new();
+    let mut total = 0;
+    while total < n {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let rec = sub
+            .next(left)
+            .await
+            .with_context(|| format!("{total} of {n} {kind} announced: {got:?}"))?;
+        if rec["kind"] == kind {
+            total += rec["count"].as_u64().unwrap_or(0) as usize;
+        }
+        got.push(rec);
+    }
+    Ok(got)
+}

@@ -1,0 +1,339 @@
+//! Issue #11, after a gap: what changed while idlesync was stopped is caught up at the next
+//! connection, by QRESYNC, by CONDSTORE alone, or by a full flag enumeration, chosen from what
+//! Dovecot advertises (`imap_capability` hides extensions). Also the first import (history, not
+//! new mail), `import_since`, and an expunge racing a large fetch.
+
+mod common;
+
+use std::time::Duration;
+
+use anyhow::Result;
+use common::daemon::{mail, wait_idling, AccountSpec};
+use common::db::{Kind, TestDb};
+use common::dovecot::{Dovecot, DovecotOptions};
+use common::mirror::{collect_kind, ok, other_client, server_flags, stored_flags};
+use common::proxy::{Pace, Proxy};
+use common::setup::Setup;
+
+const WAIT: Duration = Duration::from_secs(15);
+
+/// What Dovecot advertises after login, with the extension under test removed. idlesync must
+/// pick its path from this list, not from the server's name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Path {
+    Qresync,
+    CondstoreOnly,
+    Neither,
+}
+
+fn setup_users(path: Path) -> String {
+    const BASE: &str = "IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE IDLE LITERAL+ UIDPLUS MOVE \
+                        NAMESPACE UNSELECT CHILDREN";
+    match path {
+        Path::Qresync => String::new(),
+        Path::CondstoreOnly => format!("imap_capability = {BASE} CONDSTORE\n"),
+        Path::Neither => format!("imap_capability = {BASE}\n"),
+    }
+}
+
+async fn setup(user: &str, kind: Kind, path: Path, test: &str) -> Result<Setup> {
+    let dc = Dovecot::start_with(DovecotOptions {
+        users: vec![(user.to_string(), "secret-pw-1".to_string())],
+        extra_config: setup_users(path),
+        ..DovecotOptions::default()
+    })?;
+    Ok(Setup {
+        dc,
+        db: TestDb::new(kind).await?,
+        channel: common::redis::unique_channel(test),
+    })
+}
+
+fn uid_list(uids: &[u32]) -> String {
+    uids.iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// (c) With idlesync stopped, flags are set and cleared, messages expunged and new ones
+/// appended. After a restart the store equals the server, UID by UID and flag by flag, and the
+/// commands on the wire show which path was taken.
+async fn catch_up(kind: Kind, path: Path) -> Result<()> {
+    let s = setup("erin", kind, path, "mirror-catchup").await?;
+    // Plain IMAP on loopback, so that the proxy can read the commands idlesync sends.
+    let proxy = Proxy::start(s.dc.imap_addr()).await?;
+    let id = format!("mirror-c-{kind:?}-{path:?}");
+    let acc = AccountSpec {
+        tls: "none",
+        ..AccountSpec::implicit(&id, "erin", "secret-pw-1", proxy.addr().port(), &["INBOX"])
+    };
+    let config = s.implicit(s.config(), &acc);
+    let mut sync = s.subscribe().await?;
+    let d = s.start(&config).await?;
+    wait_idling(&d, 1, WAIT).await?;
+    let mut uids = Vec::new();
+    for i in 0..6 {
+        uids.push(
+            s.dc.append("erin", "INBOX", &mail(&format!("c-{i}")))
+                .await?,
+        );
+    }
+    sync.collect_messages(6, WAIT).await?;
+    let mut other = other_client(&s.dc, "erin", "INBOX").await?;
+    ok(
+        &mut other,
+        &format!("UID STORE {} +FLAGS (\\Seen)", uids[5]),
+    )
+    .await?;
+    common::wait_until(WAIT, || async {
+        Ok(
+            stored_flags(&s.db, &id, "INBOX").await?
+                == server_flags(&s.dc, "erin", "INBOX").await?,
+        )
+    })
+    .await?;
+    d.shutdown().await;
+
+    // While stopped.
+    let lines_before = proxy.client_lines().len();
+    ok(
+        &mut other,
+        &format!("UID STORE {} +FLAGS (\\Seen)", uid_list(&uids[0..2])),
+    )
+    .await?;
+    ok(
+        &mut other,
+        &format!("UID STORE {} +FLAGS (\\Flagged $Work)", uids[2]),
+    )
+    .await?;
+    ok(
+        &mut other,
+        &format!("UID STORE {} -FLAGS (\\Seen)", uids[5]),
+    )
+    .await?;
+    ok(
+        &mut other,
+        &format!(
+            "UID STORE {} +FLAGS.SILENT (\\Deleted)",
+            uid_list(&uids[3..5])
+        ),
+    )
+    .await?;
+    ok(&mut other, "EXPUNGE").await?;
+    other.logout().await;
+    let new1 = s.dc.append("erin", "INBOX", &mail("c-new-1")).await?;
+    let new2 = s.dc.append("erin", "INBOX", &mail("c-new-2")).await?;
+
+    let mut changes = s.subscribe_changes().await?;
+    let d = s.start(&config).await?;
+    let got = sync.collect_messages(2, WAIT).await?;
+    assert_eq!(
+        got.last().map(|r| r["uids"].clone()),
+        Some(serde_json::json!([new1, new2]))
+    );
+    // Changes are committed before the new mail is fetched: the store is complete now.
+    let server = server_flags(&s.dc, "erin", "INBOX").await?;
+    assert_eq!(stored_flags(&s.db, &id, "INBOX").await?, server);
+    assert_eq!(server.len(), 6, "{server:?}");
+    collect_kind(&mut changes, "messagesExpunged", 2, WAIT).await?;
+
+    let lines = proxy.client_lines()[lines_before..].join("\n");
+    let select = lines
+        .lines()
+        .find(|l| l.contains("SELECT"))
+        .unwrap_or_default()
+        .to_string();
+    match path {
+        Path::Qresync => {
+            assert!(select.contains("QRESYNC"), "{lines}");
+            assert!(!lines.contains("CHANGEDSINCE"), "{lines}");
+        }
+        Path::CondstoreOnly => {
+            assert!(!lines.contains("QRESYNC"), "{lines}");
+            assert!(lines.contains("CHANGEDSINCE"), "{lines}");
+        }
+        Path::Neither => {
+            assert!(
+                !lines.contains("QRESYNC") && !lines.contains("CONDSTORE"),
+                "{lines}"
+            );
+            assert!(!lines.contains("CHANGEDSINCE"), "{lines}");
+            assert!(lines.contains("(UID FLAGS)"), "{lines}");
+        }
+    }
+    d.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catch_up_qresync_postgres() -> Result<()> {
+    catch_up(Kind::Postgres, Path::Qresync).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catch_up_qresync_sqlite() -> Result<()> {
+    catch_up(Kind::Sqlite, Path::Qresync).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catch_up_condstore_only_postgres() -> Result<()> {
+    catch_up(Kind::Postgres, Path::CondstoreOnly).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catch_up_condstore_only_sqlite() -> Result<()> {
+    catch_up(Kind::Sqlite, Path::CondstoreOnly).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catch_up_neither_postgres() -> Result<()> {
+    catch_up(Kind::Postgres, Path::Neither).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catch_up_neither_sqlite() -> Result<()> {
+    catch_up(Kind::Sqlite, Path::Neither).await
+}
+
+/// (g) A mailbox holding 30 messages before idlesync first starts: they are announced as
+/// `imported` on the changes channel with their progress, never on `email:sync`; the next
+/// message is `newMail`.
+async fn first_import(kind: Kind) -> Result<()> {
+    let s = setup("frank", kind, Path::Qresync, "mirror-import").await?;
+    let mut w = common::dovecot::wire::Wire::login(&s.dc, "frank").await?;
+    for i in 0..30 {
+        w.append("INBOX", &mail(&format!("old-{i}"))).await?;
+    }
+    w.logout().await;
+    let id = format!("mirror-g-{kind:?}");
+    let acc = AccountSpec::implicit(&id, "frank", "secret-pw-1", s.dc.imaps_port(), &["INBOX"]);
+    let mut sync = s.subscribe().await?;
+    let mut changes = s.subscribe_changes().await?;
+    let d = s.start(&s.implicit(s.config(), &acc)).await?;
+    let got = collect_kind(&mut changes, "imported", 30, WAIT).await?;
+    let last = got.last().expect("a record");
+    assert_eq!(last["progress"]["stored"], 30, "{last}");
+    assert_eq!(last["progress"]["total"], 30, "{last}");
+    wait_idling(&d, 1, WAIT).await?;
+
+    let uid = s.dc.append("frank", "INBOX", &mail("fresh")).await?;
+    // The first record on email:sync is the new message: none came for the 30.
+    let rec = sync.next(WAIT).await?;
+    assert_eq!(rec["kind"], "newMail", "{rec}");
+    assert_eq!(rec["uids"], serde_json::json!([uid]), "{rec}");
+    assert_eq!(stored_flags(&s.db, &id, "INBOX").await?.len(), 31);
+    d.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_import_postgres() -> Result<()> {
+    first_import(Kind::Postgres).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_import_sqlite() -> Result<()> {
+    first_import(Kind::Sqlite).await
+}
+
+/// (g) `import_since = "90d"`: messages APPENDed with an INTERNALDATE in 2020 are never
+/// fetched; recent ones are imported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_since_skips_old_mail() -> Result<()> {
+    let s = setup("gina", Kind::Sqlite, Path::Qresync, "mirror-since").await?;
+    let mut w = common::dovecot::wire::Wire::login(&s.dc, "gina").await?;
+    let mut recent = Vec::new();
+    for i in 0..3 {
+        let raw = mail(&format!("ancient-{i}"));
+        let r = w
+            .command("APPEND INBOX () \"01-Jan-2020 10:00:00 +0000\"", Some(&raw))
+            .await?;
+        anyhow::ensure!(r.starts_with("OK"), "APPEND: {r}");
+        recent.push(w.append("INBOX", &mail(&format!("recent-{i}"))).await?);
+    }
+    w.logout().await;
+    let id = "mirror-since";
+    let acc = AccountSpec::implicit(id, "gina", "secret-pw-1", s.dc.imaps_port(), &["INBOX"]);
+    let mut changes = s.subscribe_changes().await?;
+    let config = s
+        .implicit(s.config(), &acc)
+        .set("storage", "import_since", "90d");
+    let d = s.start(&config).await?;
+    collect_kind(&mut changes, "imported", 3, WAIT).await?;
+    wait_idling(&d, 1, WAIT).await?;
+    let stored: Vec<u32> = stored_flags(&s.db, id, "INBOX")
+        .await?
+        .into_keys()
+        .collect();
+    assert_eq!(stored, recent);
+    let subjects = s.db.messages(id).await?;
+    assert!(
+        subjects
+            .iter()
+            .all(|(_, s)| s.as_deref().is_some_and(|s| s.starts_with("recent-"))),
+        "{subjects:?}"
+    );
+    d.shutdown().await;
+    Ok(())
+}
+
+/// (f) Messages are expunged by another client while a slow first import is being fetched:
+/// the store ends equal to the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expunge_during_a_large_fetch() -> Result<()> {
+    const N: usize = 40;
+    let s = setup("hank", Kind::Postgres, Path::Qresync, "mirror-race").await?;
+    let mut w = common::dovecot::wire::Wire::login(&s.dc, "hank").await?;
+    let filler = "x".repeat(200 * 1024);
+    let mut uids = Vec::new();
+    for i in 0..N {
+        let mut raw = mail(&format!("big-{i}"));
+        raw.extend_from_slice(filler.as_bytes());
+        uids.push(w.append("INBOX", &raw).await?);
+    }
+    w.logout().await;
+    let proxy = Proxy::start(s.dc.imaps_addr()).await?;
+    // About 8 MB at 1 MB/s: the fetch is in flight for seconds.
+    proxy.set_server_pace(Some(Pace {
+        bytes: 32 * 1024,
+        every: Duration::from_millis(30),
+    }));
+    let id = "mirror-race";
+    let acc = AccountSpec::implicit(id, "hank", "secret-pw-1", proxy.addr().port(), &["INBOX"]);
+    // Small batches: the import's progress shows while the fetch is still in flight.
+    let config = s
+        .implicit(s.config(), &acc)
+        .set("imap", "fetch_batch", 4u32);
+    let d = s.start(&config).await?;
+    // The import is under way: some of it stored, the rest still coming through the proxy.
+    common::wait_until(WAIT, || async {
+        let status = d.board().snapshot();
+        Ok(status[0]
+            .import
+            .as_ref()
+            .is_some_and(|i| i.stored > 0 && i.stored < i.total))
+    })
+    .await?;
+    // Early and late UIDs: some stored already, some not fetched yet.
+    let gone: Vec<u32> = uids.iter().copied().step_by(4).collect();
+    let mut other = other_client(&s.dc, "hank", "INBOX").await?;
+    ok(
+        &mut other,
+        &format!("UID STORE {} +FLAGS.SILENT (\\Deleted)", uid_list(&gone)),
+    )
+    .await?;
+    ok(&mut other, "EXPUNGE").await?;
+    other.logout().await;
+    proxy.set_server_pace(None);
+    common::wait_until(Duration::from_secs(60), || async {
+        Ok(stored_flags(&s.db, id, "INBOX").await? == server_flags(&s.dc, "hank", "INBOX").await?)
+    })
+    .await?;
+    assert_eq!(
+        stored_flags(&s.db, id, "INBOX").await?.len(),
+        N - gone.len()
+    );
+    d.shutdown().await;
+    Ok(())
+}
