@@ -77,22 +77,30 @@ async fn selected(server: &Hostile, db: &TestDb) -> Result<Session> {
     Ok(session)
 }
 
-/// The same attack through the library, for the error itself.
-async fn fetch_error(attack: Attack) -> Result<ImapError> {
-    let server = hostile::start(attack).await?;
-    let db = TestDb::sqlite()?;
-    let mut session = selected(&server, &db).await?;
-    let mut view = idlesync::imap::view::View::new(false);
-    let mut run = fetch::start(
-        &mut session,
-        &mut view,
+/// `UID FETCH 1:*` of every message, bodies up to 1 MiB.
+async fn fetch_all<'a>(
+    session: &'a mut Session,
+    view: &'a mut idlesync::imap::view::View,
+) -> Result<fetch::FetchRun<'a>> {
+    Ok(fetch::start(
+        session,
+        view,
         "1:*",
         0,
         1024 * 1024,
         Default::default(),
         Duration::from_secs(10),
     )
-    .await?;
+    .await?)
+}
+
+/// The same attack through the library, for the error itself.
+async fn fetch_error(attack: Attack) -> Result<ImapError> {
+    let server = hostile::start(attack).await?;
+    let db = TestDb::sqlite()?;
+    let mut session = selected(&server, &db).await?;
+    let mut view = idlesync::imap::view::View::new(false);
+    let mut run = fetch_all(&mut session, &mut view).await?;
     let r = tokio::time::timeout(
         WAIT,
         run.next_until(&CancellationToken::new(), |b, _| b.len()),
@@ -176,16 +184,7 @@ async fn a_fetch_in_progress_ends_on_cancellation() -> Result<()> {
     let db = TestDb::sqlite()?;
     let mut session = selected(&server, &db).await?;
     let mut view = idlesync::imap::view::View::new(false);
-    let mut run = fetch::start(
-        &mut session,
-        &mut view,
-        "1:*",
-        0,
-        1024 * 1024,
-        Default::default(),
-        Duration::from_secs(10),
-    )
-    .await?;
+    let mut run = fetch_all(&mut session, &mut view).await?;
     let cancel = CancellationToken::new();
     let trigger = cancel.clone();
     tokio::spawn(async move { trigger.cancel() });

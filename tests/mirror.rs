@@ -10,7 +10,7 @@ use anyhow::Result;
 use common::daemon::{mail, wait_idling, AccountSpec};
 use common::db::Kind;
 use common::mirror::{
-    collect_kind, expunged_uids, ok, other_client, rows, server_flags, stored_flags, thread_counts,
+    expunged_uids, ok, other_client, rows, server_flags, stored_flags, thread_counts,
 };
 use common::proxy::Proxy;
 use common::setup::Setup;
@@ -156,7 +156,7 @@ async fn live_expunge(kind: Kind, mode: &str) -> Result<()> {
     )
     .await?;
     ok(&mut other, "EXPUNGE").await?;
-    let got = collect_kind(&mut changes, "messagesExpunged", 3, WAIT).await?;
+    let got = changes.collect_kind("messagesExpunged", 3, WAIT).await?;
     let expunged: Vec<u64> = got
         .iter()
         .filter(|r| r["kind"] == "messagesExpunged")
@@ -244,7 +244,7 @@ async fn live_move(kind: Kind) -> Result<()> {
     .await?;
     // Archive's new placements are new mail there; INBOX's are expunged.
     sync.collect_messages(2, WAIT).await?;
-    collect_kind(&mut changes, "messagesExpunged", 2, WAIT).await?;
+    changes.collect_kind("messagesExpunged", 2, WAIT).await?;
 
     assert!(stored_flags(&s.db, &id, "INBOX").await?.is_empty());
     assert_eq!(expunged_uids(&s.db, &id, "INBOX").await?, vec![root, re]);
@@ -286,12 +286,16 @@ async fn flag_storm_is_batched() -> Result<()> {
     let acc = AccountSpec::implicit(id, "dan", "secret-pw-1", s.dc.imaps_port(), &["INBOX"]);
     let mut changes = s.subscribe_changes().await?;
     let d = s.start(&s.implicit(s.config(), &acc)).await?;
-    collect_kind(&mut changes, "imported", N, Duration::from_secs(120)).await?;
+    changes
+        .collect_kind("imported", N, Duration::from_secs(120))
+        .await?;
     wait_idling(&d, 1, WAIT).await?;
 
     let mut other = other_client(&s.dc, "dan", "INBOX").await?;
     ok(&mut other, "STORE 1:* +FLAGS.SILENT (\\Seen)").await?;
-    let got = collect_kind(&mut changes, "flagsChanged", N, Duration::from_secs(60)).await?;
+    let got = changes
+        .collect_kind("flagsChanged", N, Duration::from_secs(60))
+        .await?;
     let records = got.iter().filter(|r| r["kind"] == "flagsChanged").count();
     eprintln!("{N} flag changes came as {records} records");
     assert!(records <= 20, "{records} records for {N} changes");

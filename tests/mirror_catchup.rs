@@ -11,7 +11,7 @@ use anyhow::Result;
 use common::daemon::{mail, wait_idling, AccountSpec};
 use common::db::{Kind, TestDb};
 use common::dovecot::{Dovecot, DovecotOptions};
-use common::mirror::{collect_kind, ok, other_client, server_flags, stored_flags};
+use common::mirror::{ok, other_client, server_flags, stored_flags};
 use common::proxy::{Pace, Proxy};
 use common::setup::Setup;
 
@@ -136,7 +136,7 @@ async fn catch_up(kind: Kind, path: Path) -> Result<()> {
     let server = server_flags(&s.dc, "erin", "INBOX").await?;
     assert_eq!(stored_flags(&s.db, &id, "INBOX").await?, server);
     assert_eq!(server.len(), 6, "{server:?}");
-    collect_kind(&mut changes, "messagesExpunged", 2, WAIT).await?;
+    changes.collect_kind("messagesExpunged", 2, WAIT).await?;
 
     let lines = proxy.client_lines()[lines_before..].join("\n");
     let select = lines
@@ -211,7 +211,7 @@ async fn first_import(kind: Kind) -> Result<()> {
     let mut sync = s.subscribe().await?;
     let mut changes = s.subscribe_changes().await?;
     let d = s.start(&s.implicit(s.config(), &acc)).await?;
-    let got = collect_kind(&mut changes, "imported", 30, WAIT).await?;
+    let got = changes.collect_kind("imported", 30, WAIT).await?;
     let last = got.last().expect("a record");
     assert_eq!(last["progress"]["stored"], 30, "{last}");
     assert_eq!(last["progress"]["total"], 30, "{last}");
@@ -260,7 +260,7 @@ async fn import_since_skips_old_mail() -> Result<()> {
         .implicit(s.config(), &acc)
         .set("storage", "import_since", "90d");
     let d = s.start(&config).await?;
-    collect_kind(&mut changes, "imported", 3, WAIT).await?;
+    changes.collect_kind("imported", 3, WAIT).await?;
     wait_idling(&d, 1, WAIT).await?;
     let stored: Vec<u32> = stored_flags(&s.db, id, "INBOX")
         .await?

@@ -80,18 +80,6 @@ pub async fn start<'a>(
     extras: Extras,
     t: Duration,
 ) -> Result<FetchRun<'a>, ImapError> {
-    send(session, view, uids, last_uid, max_bytes, extras, t).await
-}
-
-async fn send<'a>(
-    session: &'a mut Session,
-    view: &'a mut View,
-    uids: &str,
-    last_uid: u32,
-    max_bytes: usize,
-    extras: Extras,
-    t: Duration,
-) -> Result<FetchRun<'a>, ImapError> {
     if let Some(c) = uids
         .chars()
         .find(|c| !(c.is_ascii_digit() || matches!(c, ':' | ',' | '*')))

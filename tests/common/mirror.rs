@@ -66,19 +66,29 @@ fn imap_flag(f: async_imap::types::Flag<'_>) -> String {
     }
 }
 
+/// The rows `sql` selects with `$1` = account and `$2` = mailbox.
+async fn of_mailbox(
+    db: &TestDb,
+    sql: &'static str,
+    account: &str,
+    mailbox: &str,
+) -> Result<Vec<sqlx::any::AnyRow>> {
+    let pool = db.pool().await?;
+    let rows = sqlx::query(sql)
+        .bind(account)
+        .bind(mailbox)
+        .fetch_all(&pool)
+        .await?;
+    pool.close().await;
+    Ok(rows)
+}
+
 /// The present rows of `mailbox` (`expunged_at IS NULL`) and their flags.
 pub async fn stored_flags(db: &TestDb, account: &str, mailbox: &str) -> Result<Flags> {
-    let pool = db.pool().await?;
-    let rows = sqlx::query(
-        "SELECT uid, flags FROM messages WHERE account_id = $1 AND mailbox = $2 \
-         AND expunged_at IS NULL ORDER BY uid",
-    )
-    .bind(account)
-    .bind(mailbox)
-    .fetch_all(&pool)
-    .await?;
-    pool.close().await;
-    Ok(rows
+    let sql = "SELECT uid, flags FROM messages WHERE account_id = $1 AND mailbox = $2 \
+               AND expunged_at IS NULL ORDER BY uid";
+    Ok(of_mailbox(db, sql, account, mailbox)
+        .await?
         .iter()
         .map(|r| {
             let uid: i64 = r.get(0);
@@ -90,31 +100,21 @@ pub async fn stored_flags(db: &TestDb, account: &str, mailbox: &str) -> Result<F
 
 /// UIDs of `mailbox`'s rows marked expunged, ascending.
 pub async fn expunged_uids(db: &TestDb, account: &str, mailbox: &str) -> Result<Vec<u32>> {
-    let pool = db.pool().await?;
-    let rows = sqlx::query(
-        "SELECT uid FROM messages WHERE account_id = $1 AND mailbox = $2 \
-         AND expunged_at IS NOT NULL ORDER BY uid",
-    )
-    .bind(account)
-    .bind(mailbox)
-    .fetch_all(&pool)
-    .await?;
-    pool.close().await;
-    Ok(rows.iter().map(|r| r.get::<i64, _>(0) as u32).collect())
+    let sql = "SELECT uid FROM messages WHERE account_id = $1 AND mailbox = $2 \
+               AND expunged_at IS NOT NULL ORDER BY uid";
+    Ok(of_mailbox(db, sql, account, mailbox)
+        .await?
+        .iter()
+        .map(|r| r.get::<i64, _>(0) as u32)
+        .collect())
 }
 
 /// Every row of `mailbox`, present or not: `(uid, thread_id)`.
 pub async fn rows(db: &TestDb, account: &str, mailbox: &str) -> Result<Vec<(u32, i64)>> {
-    let pool = db.pool().await?;
-    let rows = sqlx::query(
-        "SELECT uid, thread_id FROM messages WHERE account_id = $1 AND mailbox = $2 ORDER BY uid",
-    )
-    .bind(account)
-    .bind(mailbox)
-    .fetch_all(&pool)
-    .await?;
-    pool.close().await;
-    Ok(rows
+    let sql =
+        "SELECT uid, thread_id FROM messages WHERE account_id = $1 AND mailbox = $2 ORDER BY uid";
+    Ok(of_mailbox(db, sql, account, mailbox)
+        .await?
         .iter()
         .map(|r| (r.get::<i64, _>(0) as u32, r.get(1)))
         .collect())
@@ -149,29 +149,4 @@ pub async fn ok(w: &mut Wire, command: &str) -> Result<()> {
     let r = w.command(command, None).await?;
     ensure!(r.starts_with("OK"), "{command}: {r}");
     Ok(())
-}
-
-/// Records on a changes subscriber until `kind`'s `count`s add up to `n`; the others seen on
-/// the way are returned too, in order.
-pub async fn collect_kind(
-    sub: &mut super::redis::Subscriber,
-    kind: &str,
-    n: usize,
-    timeout: std::time::Duration,
-) -> Result<Vec<serde_json::Value>> {
-    let deadline = tokio::time::Instant::now() + timeout;
-    let mut got = Vec::new();
-    let mut total = 0;
-    while total < n {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let rec = sub
-            .next(left)
-            .await
-            .with_context(|| format!("{total} of {n} {kind} announced: {got:?}"))?;
-        if rec["kind"] == kind {
-            total += rec["count"].as_u64().unwrap_or(0) as usize;
-        }
-        got.push(rec);
-    }
-    Ok(got)
 }

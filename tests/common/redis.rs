@@ -74,6 +74,17 @@ impl Subscriber {
         n: usize,
         timeout: Duration,
     ) -> Result<Vec<serde_json::Value>> {
+        self.collect_kind("newMail", n, timeout).await
+    }
+
+    /// Records until the `count`s of those of `kind` add up to `n`; the others seen on the
+    /// way are returned too, in order. Fails on timeout.
+    pub async fn collect_kind(
+        &mut self,
+        kind: &str,
+        n: usize,
+        timeout: Duration,
+    ) -> Result<Vec<serde_json::Value>> {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut got = Vec::new();
         let mut total = 0;
@@ -82,8 +93,8 @@ impl Subscriber {
             let rec = self
                 .next(left)
                 .await
-                .with_context(|| format!("{total} of {n} messages announced: {got:?}"))?;
-            if rec["kind"] == "newMail" {
+                .with_context(|| format!("{total} of {n} {kind} announced: {got:?}"))?;
+            if rec["kind"] == kind {
                 total += rec["count"].as_u64().unwrap_or(0) as usize;
             }
             got.push(rec);
