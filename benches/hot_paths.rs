@@ -153,7 +153,7 @@ fn batch_insert(c: &mut Criterion) {
         let store = rt.block_on(async {
             let s = Store::connect(cfg).await.expect("connect");
             s.migrate().await.expect("migrate");
-            s.start_epoch("bench", "INBOX", 1, None, None)
+            s.start_epoch("bench", "INBOX", 1, None, None, None)
                 .await
                 .expect("epoch");
             s

@@ -606,7 +606,14 @@ async fn commit_numbered(
     n: u32,
 ) -> Result<OutboxRow> {
     store
-        .start_epoch(account, "INBOX", n, None, Some(&format!("{{\"n\":{n}}}")))
+        .start_epoch(
+            account,
+            "INBOX",
+            n,
+            None,
+            None,
+            Some(&format!("{{\"n\":{n}}}")),
+        )
         .await?
         .context("a committed record")
 }

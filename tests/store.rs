@@ -91,7 +91,9 @@ async fn nul_bytes_are_stripped(kind: Kind) -> Result<()> {
     let db = common::db::TestDb::new(kind).await?;
     let store = Store::connect(&storage(&db)).await?;
     store.migrate().await?;
-    store.start_epoch("nul", "INBOX", 1, None, None).await?;
+    store
+        .start_epoch("nul", "INBOX", 1, None, None, None)
+        .await?;
     let raw = b"From: N\0ul <n@x.test>\r\nSubject: a\0b\r\nMessage-ID: <n\0ul@x>\r\n\r\nbo\0dy\r\n";
     let meta = ImapMeta {
         uid: 1,
@@ -158,7 +160,9 @@ async fn concurrent_mailboxes_keep_threads_whole(kind: Kind) -> Result<()> {
     const PER_BATCH: u32 = 4;
     let mut tasks = Vec::new();
     for mailbox in ["INBOX", "Sent", "Archive", "Team"] {
-        store.start_epoch("conc", mailbox, 1, None, None).await?;
+        store
+            .start_epoch("conc", mailbox, 1, None, None, None)
+            .await?;
         let store = store.clone();
         tasks.push(tokio::spawn(async move {
             for b in 0..BATCHES {
@@ -351,7 +355,9 @@ async fn seen_storm(kind: Kind) -> Result<()> {
     let db = common::db::TestDb::new(kind).await?;
     let store = Store::connect(&storage(&db)).await?;
     store.migrate().await?;
-    store.start_epoch("storm", "INBOX", 1, None, None).await?;
+    store
+        .start_epoch("storm", "INBOX", 1, None, None, None)
+        .await?;
     let target = BatchTarget {
         account_id: "storm",
         mailbox: "INBOX",

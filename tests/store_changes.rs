@@ -30,7 +30,7 @@ async fn store(db: &TestDb, expunged: ExpungeMode) -> Result<Store> {
     let store = Store::connect(&cfg).await?;
     store.migrate().await?;
     store
-        .start_epoch(ACCOUNT, "INBOX", 7, Some(100), None)
+        .start_epoch(ACCOUNT, "INBOX", 7, Some(100), None, None)
         .await?;
     Ok(store)
 }
@@ -346,12 +346,17 @@ async fn highest_modseq_grows_in_the_same_transaction(kind: Kind) -> Result<()> 
     ensure!(row(&store, 1).await? == (String::new(), Some(10), None));
     ensure!(row(&store, 2).await?.2.is_none());
     ensure!(counts(&store).await? == (3, 3));
-    // A new epoch forgets it and records the import boundary.
+    // A new epoch forgets it and records the import boundary (and its own HIGHESTMODSEQ).
     store
-        .start_epoch(ACCOUNT, "INBOX", 9, Some(4242), None)
+        .start_epoch(ACCOUNT, "INBOX", 9, Some(4242), None, None)
         .await?;
     let s = store.sync_state(ACCOUNT, "INBOX").await?.context("state")?;
     ensure!(s.highest_modseq.is_none() && s.import_uid_next == Some(4242) && s.last_uid == 0);
+    store
+        .start_epoch(ACCOUNT, "INBOX", 10, Some(7), Some(99), None)
+        .await?;
+    let s = store.sync_state(ACCOUNT, "INBOX").await?.context("state")?;
+    ensure!(s.highest_modseq == Some(99) && s.uidvalidity == 10);
     store.pool().close().await;
     Ok(())
 }

@@ -13,13 +13,13 @@ use crate::rig::{
 use crate::scenarios::{await_all, Settings, Table};
 
 /// Runs the storm on `messages` messages (imported first, as history).
-pub async fn changes(s: &Settings, messages: usize) -> Result<Table> {
+pub async fn changes(s: &Settings, messages: usize, size: usize) -> Result<Table> {
     let dc = start_dovecot(1, &[], 1)?;
     let sinks = Sinks::new().await?;
     let mut writer = MaildirWriter::new(&dc, &user(0))?;
     let dir = writer.prepare(&dc, &user(0))?;
     for i in 0..messages {
-        writer.deliver(&dir, &message(i, &user(0), 2_000))?;
+        writer.deliver(&dir, &message(i, &user(0), size))?;
     }
     dc.doveadm(&["mailbox", "status", "-u", &user(0), "messages", "INBOX"])?;
     let mut sub = Subscriber::new(&sinks).await?;
@@ -74,7 +74,8 @@ pub async fn changes(s: &Settings, messages: usize) -> Result<Table> {
     let span = all.saturating_sub(first).as_secs_f64();
     let cpu = after.cpu_s - before.cpu_s;
     let mut t = Table::new(format!(
-        "(e) changes: STORE 1:{messages} +FLAGS (\\Seen) on a watched mailbox, PostgreSQL"
+        "(e) changes: STORE 1:{messages} +FLAGS (\\Seen) on a watched mailbox of {} KB messages, PostgreSQL",
+        size / 1000
     ));
     t.row(
         "records published",

@@ -85,6 +85,8 @@ enum Mode {
     Changes {
         #[arg(long, default_value_t = 10_000)]
         messages: usize,
+        #[arg(long, default_value_t = 10_000)]
+        size: usize,
     },
     /// Every scenario, small (what tests/load_smoke.rs runs).
     Smoke,
@@ -119,7 +121,7 @@ async fn main() -> Result<()> {
             size,
         } => vec![scenarios::burst(&s, messages, mailboxes, size).await?],
         Mode::Catchup { messages, size } => vec![scenarios::catchup(&s, messages, size).await?],
-        Mode::Changes { messages } => vec![changes::changes(&s, messages).await?],
+        Mode::Changes { messages, size } => vec![changes::changes(&s, messages, size).await?],
         Mode::Smoke => scenarios::smoke(&s).await?,
     };
     for t in tables {

@@ -603,6 +603,8 @@ pub async fn smoke(s: &Settings) -> Result<Vec<Table>> {
             .context("scale")?,
         burst(s, 20, 10, 10_000).await.context("burst")?,
         catchup(s, 20, 10_000).await.context("catchup")?,
-        crate::changes::changes(s, 200).await.context("changes")?,
+        crate::changes::changes(s, 200, 10_000)
+            .await
+            .context("changes")?,
     ])
 }

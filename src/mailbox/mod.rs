@@ -311,7 +311,8 @@ async fn until_cancelled<T>(
 
 /// The sync state for this connection, and whether it starts a new epoch (a mailbox seen for
 /// the first time, or a UIDVALIDITY change, announced by a `mailboxReset` record). A new
-/// epoch's state row is written at once with UIDNEXT as its import boundary: mail below it was
+/// epoch's state row is written at once, in one statement, with SELECT's HIGHESTMODSEQ (nothing
+/// stored in the epoch predates it) and UIDNEXT as its import boundary: mail below it was
 /// there before idlesync looked, and is imported as history; mail from it on is new. Written
 /// before the import begins, so a restart in the middle of one keeps the same boundary.
 async fn establish_epoch(
@@ -350,6 +351,7 @@ async fn establish_epoch(
             &ctx.mailbox,
             sel.uid_validity,
             sel.uid_next,
+            sel.highest_modseq,
             record.as_deref(),
         )
         .await?;
@@ -359,7 +361,7 @@ async fn establish_epoch(
     let state = SyncState {
         uidvalidity: sel.uid_validity,
         last_uid: 0,
-        highest_modseq: None,
+        highest_modseq: sel.highest_modseq,
         import_uid_next: sel.uid_next,
     };
     Ok((state, true))

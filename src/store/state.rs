@@ -59,8 +59,8 @@ impl Store {
 
     /// Starts a UIDVALIDITY epoch: on a UIDVALIDITY change, or for a mailbox seen for the first
     /// time (so that its import boundary survives a restart in the middle of the import).
-    /// `last_uid` starts again from 0, `highest_modseq` is forgotten and `import_uid_next` is
-    /// set. Rows of an old UIDVALIDITY stay, told apart by their `uidvalidity`.
+    /// `last_uid` starts again from 0, `highest_modseq` is SELECT's HIGHESTMODSEQ of the new
+    /// epoch (nothing stored in it predates it) and `import_uid_next` is set. Rows of an old UIDVALIDITY stay, told apart by their `uidvalidity`.
     /// `reset_record`, when given, goes to the outbox ([`Topic::Sync`]) in the same
     /// transaction, and is returned as committed, for the publisher.
     pub async fn start_epoch(
@@ -69,40 +69,43 @@ impl Store {
         mailbox: &str,
         uidvalidity: u32,
         import_uid_next: Option<u32>,
+        highest_modseq: Option<u64>,
         reset_record: Option<&str>,
     ) -> Result<Option<OutboxRow>, StoreError> {
         let now = now_ms();
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(
+        let upsert = sqlx::query(
             "INSERT INTO mailbox_state (account_id, mailbox, uidvalidity, last_uid, updated_at, \
-             highest_modseq, import_uid_next) VALUES ($1, $2, $3, 0, $4, NULL, $5) \
+             highest_modseq, import_uid_next) VALUES ($1, $2, $3, 0, $4, $5, $6) \
              ON CONFLICT (account_id, mailbox) DO UPDATE SET uidvalidity = excluded.uidvalidity, \
-             last_uid = 0, updated_at = excluded.updated_at, highest_modseq = NULL, \
-             import_uid_next = excluded.import_uid_next",
+             last_uid = 0, updated_at = excluded.updated_at, \
+             highest_modseq = excluded.highest_modseq, import_uid_next = excluded.import_uid_next",
         )
         .bind(account_id)
         .bind(mailbox)
         .bind(i64::from(uidvalidity))
         .bind(now)
-        .bind(import_uid_next.map(i64::from))
-        .execute(&mut *tx)
-        .await?;
-        let mut record = None;
-        if let Some(payload) = reset_record {
-            let mut rows = [OutboxRow::new(
-                account_id,
-                mailbox,
-                Topic::Sync,
-                payload.to_string(),
-                None,
-            )];
-            let ids = run_all(&mut tx, self.backend, vec![insert_outbox(&rows)]).await?;
-            fill_ids(&mut rows, &ids);
-            let [row] = rows;
-            record = Some(row);
-        }
+        .bind(highest_modseq.map(modseq_to_db))
+        .bind(import_uid_next.map(i64::from));
+        let Some(payload) = reset_record else {
+            // One statement, no transaction around it: what 10,000 mailboxes seen for the
+            // first time cost at start-up is one round trip each.
+            upsert.execute(&self.pool).await?;
+            return Ok(None);
+        };
+        let mut tx = self.pool.begin().await?;
+        upsert.execute(&mut *tx).await?;
+        let mut rows = [OutboxRow::new(
+            account_id,
+            mailbox,
+            Topic::Sync,
+            payload.to_string(),
+            None,
+        )];
+        let ids = run_all(&mut tx, self.backend, vec![insert_outbox(&rows)]).await?;
+        fill_ids(&mut rows, &ids);
         tx.commit().await?;
-        Ok(record)
+        let [row] = rows;
+        Ok(Some(row))
     }
 
     /// Present rows (`expunged_at IS NULL`) of the mailbox with UID in `(after, upto]`,
