@@ -337,3 +337,71 @@ async fn expunge_during_a_large_fetch() -> Result<()> {
     d.shutdown().await;
     Ok(())
 }
+
+/// Live changes on a server without QRESYNC (and without CONDSTORE): `* N EXPUNGE` and
+/// `* N FETCH (FLAGS …)` carry sequence numbers only, and the connection's sequence map turns
+/// them into UIDs. An expunge in the middle shifts every later number.
+async fn live_by_sequence_numbers(kind: Kind) -> Result<()> {
+    let s = setup("ivan", kind, Path::Neither, "mirror-seq").await?;
+    let id = format!("mirror-s-{kind:?}");
+    let acc = AccountSpec::implicit(&id, "ivan", "secret-pw-1", s.dc.imaps_port(), &["INBOX"]);
+    let mut sync = s.subscribe().await?;
+    let mut changes = s.subscribe_changes().await?;
+    let d = s.start(&s.implicit(s.config(), &acc)).await?;
+    wait_idling(&d, 1, WAIT).await?;
+    let mut uids = Vec::new();
+    for i in 0..6 {
+        uids.push(
+            s.dc.append("ivan", "INBOX", &mail(&format!("q-{i}")))
+                .await?,
+        );
+    }
+    sync.collect_messages(6, WAIT).await?;
+    let mut other = other_client(&s.dc, "ivan", "INBOX").await?;
+    ok(
+        &mut other,
+        &format!(
+            "UID STORE {} +FLAGS.SILENT (\\Deleted)",
+            uid_list(&uids[1..3])
+        ),
+    )
+    .await?;
+    ok(&mut other, "EXPUNGE").await?;
+    changes.collect_kind("messagesExpunged", 2, WAIT).await?;
+    // Sequence numbers 3 and 4 are UIDs 5 and 6 now.
+    ok(&mut other, "STORE 3:4 +FLAGS (\\Flagged)").await?;
+    let got = changes.collect_kind("flagsChanged", 2, WAIT).await?;
+    let flagged: Vec<u64> = got
+        .iter()
+        .filter(|r| r["kind"] == "flagsChanged")
+        .flat_map(|r| r["changes"].as_array().cloned().unwrap_or_default())
+        .filter(|c| {
+            c["flags"]
+                .as_array()
+                .is_some_and(|f| f.iter().any(|f| f == "\\Flagged"))
+        })
+        .filter_map(|c| c["uid"].as_u64())
+        .collect();
+    assert_eq!(
+        flagged,
+        vec![u64::from(uids[4]), u64::from(uids[5])],
+        "{got:?}"
+    );
+    assert_eq!(
+        stored_flags(&s.db, &id, "INBOX").await?,
+        server_flags(&s.dc, "ivan", "INBOX").await?
+    );
+    other.logout().await;
+    d.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_by_sequence_numbers_postgres() -> Result<()> {
+    live_by_sequence_numbers(Kind::Postgres).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_by_sequence_numbers_sqlite() -> Result<()> {
+    live_by_sequence_numbers(Kind::Sqlite).await
+}
