@@ -18,6 +18,9 @@ use anyhow::{Context, Result};
 use futures::StreamExt;
 use idlesync::{Config, Daemon};
 
+/// Where changes to stored mail go (`redis.changes_channel`'s default).
+const CHANGES: &str = "email:changes";
+
 #[tokio::main]
 async fn main() -> Result<()> {
     tracing_subscriber::fmt()
@@ -63,8 +66,9 @@ async fn main() -> Result<()> {
     let mut records = if redis_up {
         let mut pubsub = redis::Client::open(redis_url)?.get_async_pubsub().await?;
         pubsub.subscribe(channel).await?;
+        pubsub.subscribe(CHANGES).await?;
         eprintln!(
-            "subscribed to Redis channel {channel}; records appear below as the web app sees them"
+            "subscribed to Redis channels {channel} and {CHANGES}; records appear below as the web app sees them"
         );
         Some(pubsub.into_on_message())
     } else {
@@ -116,6 +120,28 @@ async fn main() -> Result<()> {
                 })
                 .await;
         }
+    }
+    if let Some(stream) = records.as_mut() {
+        // Another client reads the first message: the store follows, and the change goes out on
+        // the changes channel (never on email:sync, whose count is the web app's badge).
+        let mut other = dovecot::Wire::login(&dc, "demo").await?;
+        other.command("SELECT INBOX", None).await?;
+        let sent = Instant::now();
+        let r = other.command("UID STORE 1 +FLAGS (\\Seen)", None).await?;
+        anyhow::ensure!(r.starts_with("OK"), "STORE: {r}");
+        eprintln!("another client marked UID 1 \\Seen");
+        let msg = tokio::time::timeout(Duration::from_secs(10), stream.next())
+            .await
+            .context("no change record within 10 s")?
+            .context("Redis subscription closed")?;
+        let payload: String = msg.get_payload()?;
+        println!("{payload}");
+        eprintln!(
+            "  ↳ on {} {} ms after STORE",
+            msg.get_channel_name(),
+            sent.elapsed().as_millis()
+        );
+        other.logout().await;
     }
     daemon.shutdown().await;
     eprintln!("done: {n} messages stored and announced (the temp dir is removed now)");

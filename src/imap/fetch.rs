@@ -248,9 +248,16 @@ fn parse_message<'r>(attrs: &'r [AttributeValue<'_>]) -> Option<(ImapMeta, &'r [
     Some((meta, body?))
 }
 
-/// Flags as IMAP writes them, space-separated (`\Seen \Flagged $Label`).
-fn flags_text(flags: &[Cow<'_, str>]) -> String {
-    flags.join(" ")
+/// Flags as IMAP writes them, space-separated (`\Seen \Flagged $Label`), without `\Recent`:
+/// it belongs to one session (the first to see a message), not to the message, so it would
+/// make `messages.flags` differ from what any other client sees, and churn.
+pub(crate) fn flags_text(flags: &[Cow<'_, str>]) -> String {
+    let kept: Vec<&str> = flags
+        .iter()
+        .map(|f| f.as_ref())
+        .filter(|f| !f.eq_ignore_ascii_case("\\Recent"))
+        .collect();
+    kept.join(" ")
 }
 
 #[cfg(test)]

@@ -165,3 +165,13 @@ async fn a_bad_uid_set_is_refused_before_sending() {
         r.err()
     );
 }
+
+#[test]
+fn recent_is_a_session_flag_and_is_not_kept() {
+    let m = meta_of(b"* 1 FETCH (UID 9 FLAGS (\\Seen \\Recent $Work) BODY[]<0> {1}\r\nx)\r\n");
+    assert_eq!(m.flags, "\\Seen $Work");
+    let mut v = View::new(true);
+    v.absorb(&parse(b"* 1 FETCH (UID 9 FLAGS (\\Recent))\r\n"));
+    let set = v.pending.take_batch(10);
+    assert_eq!(set.flags[0].flags, "", "{set:?}");
+}

@@ -217,7 +217,7 @@ fn entry(attrs: &[AttributeValue<'_>]) -> Option<(u32, String, Option<u64>)> {
     for a in attrs {
         match a {
             AttributeValue::Uid(u) => uid = Some(*u),
-            AttributeValue::Flags(f) => flags = Some(f.join(" ")),
+            AttributeValue::Flags(f) => flags = Some(super::fetch::flags_text(f)),
             AttributeValue::ModSeq(m) => modseq = Some(*m),
             _ => {}
         }

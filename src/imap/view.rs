@@ -171,7 +171,7 @@ impl View {
         for a in attrs {
             match a {
                 AttributeValue::Uid(u) => uid = Some(*u),
-                AttributeValue::Flags(f) => flags = Some(f.join(" ")),
+                AttributeValue::Flags(f) => flags = Some(super::fetch::flags_text(f)),
                 AttributeValue::ModSeq(m) => modseq = Some(*m),
                 _ => {}
             }
