@@ -405,3 +405,41 @@ async fn live_by_sequence_numbers_postgres() -> Result<()> {
 async fn live_by_sequence_numbers_sqlite() -> Result<()> {
     live_by_sequence_numbers(Kind::Sqlite).await
 }
+
+/// The newest messages of the history were expunged before the first start: UIDNEXT (the
+/// import boundary) lies above every message left. The import still ends: `/status` says done,
+/// and the next connection does not start it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_ends_when_the_newest_history_is_gone() -> Result<()> {
+    let s = setup("judy", Kind::Sqlite, Path::Qresync, "mirror-import-end").await?;
+    let mut w = common::dovecot::wire::Wire::login(&s.dc, "judy").await?;
+    for i in 0..5 {
+        w.append("INBOX", &mail(&format!("h-{i}"))).await?;
+    }
+    ok(&mut w, "SELECT INBOX").await?;
+    ok(&mut w, "STORE 4:5 +FLAGS.SILENT (\\Deleted)").await?;
+    ok(&mut w, "EXPUNGE").await?;
+    w.logout().await;
+    let id = "mirror-import-end";
+    let acc = AccountSpec::implicit(id, "judy", "secret-pw-1", s.dc.imaps_port(), &["INBOX"]);
+    let config = s.implicit(s.config(), &acc);
+    let mut changes = s.subscribe_changes().await?;
+    let d = s.start(&config).await?;
+    changes.collect_kind("imported", 3, WAIT).await?;
+    wait_idling(&d, 1, WAIT).await?;
+    let status = d.board().snapshot();
+    let import = status[0].import.clone().expect("an import ran");
+    assert!(import.done, "{import:?}");
+    assert_eq!(
+        status[0].last_uid,
+        Some(5),
+        "the import ends at the boundary"
+    );
+    d.shutdown().await;
+
+    let d = s.start(&config).await?;
+    wait_idling(&d, 1, WAIT).await?;
+    assert!(d.board().snapshot()[0].import.is_none(), "no import again");
+    d.shutdown().await;
+    Ok(())
+}

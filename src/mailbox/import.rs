@@ -49,6 +49,15 @@ impl Import {
         Progress { stored, total }
     }
 
+    /// The import (re)starts on this connection with `total` messages in all; an empty one is
+    /// not shown.
+    fn started(&self, ctx: &MailboxCtx, total: u64) {
+        self.total.store(total, Ordering::Relaxed);
+        if total > 0 {
+            ctx.reporter.import_started(total);
+        }
+    }
+
     /// Whether history below the boundary may still be unfetched.
     fn pending(&self, last_uid: u32) -> bool {
         self.boundary
@@ -78,8 +87,7 @@ pub(super) async fn run(
     conn.import.stored.store(stored, Ordering::Relaxed);
     let Some(since) = ctx.import_since else {
         let total = u64::from(sel.exists).max(stored);
-        conn.import.total.store(total, Ordering::Relaxed);
-        ctx.reporter.import_started(total);
+        conn.import.started(ctx, total);
         return Ok(Fetched::Done);
     };
     let t = ctx.timers.connect_timeout;
@@ -118,8 +126,7 @@ pub(super) async fn run(
         }
     }
     let total = stored + todo.len() as u64;
-    conn.import.total.store(total, Ordering::Relaxed);
-    ctx.reporter.import_started(total);
+    conn.import.started(ctx, total);
     tracing::info!(total, skipped_before = %cutoff.date_naive(), "importing recent mail only");
     for chunk in todo.chunks(IMPORT_CHUNK) {
         if fetch_round(ctx, conn, &uid_set(chunk), None, cancel).await? == Fetched::Interrupted {
@@ -136,11 +143,28 @@ pub(super) async fn run(
     Ok(Fetched::Done)
 }
 
-/// Marks the import done on the status page once nothing is left below the boundary.
-pub(super) fn finished(ctx: &MailboxCtx, conn: &Conn) {
-    if conn.import.total.load(Ordering::Relaxed) > 0 && !conn.import.pending(conn.state.last_uid) {
+/// After a complete `UID FETCH last_uid+1:*`: every message below the boundary has been read,
+/// and a UID in `(last_uid, boundary)` that did not come no longer exists (the newest history
+/// was expunged before it was fetched). `last_uid` then moves to the boundary, so that the
+/// import ends here and the next connection does not start it again, and the status page says
+/// it is done.
+pub(super) async fn finished(ctx: &MailboxCtx, conn: &mut Conn) -> Result<(), MailboxError> {
+    let Some(boundary) = conn.import.boundary else {
+        return Ok(());
+    };
+    if conn.import.pending(conn.state.last_uid) {
+        let end = boundary - 1;
+        let target = ctx.target(conn.state.uidvalidity);
+        ctx.store
+            .commit_batch(None, target, &[], end, None, |_| Vec::new())
+            .await?;
+        conn.state.last_uid = end;
+        ctx.reporter.set_last_uid(end);
+    }
+    if conn.import.total.load(Ordering::Relaxed) > 0 {
         ctx.reporter.import_done();
     }
+    Ok(())
 }
 
 /// Ascending UIDs as an IMAP sequence set, runs compressed (`3:5,9`).

@@ -285,7 +285,7 @@ async fn open_and_catch_up(
             return Ok(None);
         }
     }
-    import::finished(ctx, &conn);
+    Box::pin(import::finished(ctx, &mut conn)).await?;
     Box::pin(changes::apply(ctx, &mut conn.view, &mut conn.state)).await?;
     changes::check(&conn.view)?;
     Ok(Some(conn))
