@@ -10,7 +10,7 @@ use anyhow::Result;
 use common::daemon::{mail, wait_idling, AccountSpec};
 use common::db::Kind;
 use common::mirror::{
-    expunged_uids, ok, other_client, rows, server_flags, stored_flags, thread_counts,
+    expunged_uids, ok, other_client, rows, server_flags, stored_flags, thread_counts, uid_list,
 };
 use common::proxy::Proxy;
 use common::setup::Setup;
@@ -26,13 +26,6 @@ fn reply(subject: &str, parent: &str) -> Vec<u8> {
          Date: Tue, 14 Nov 2023 22:14:20 +0000\r\n\r\nBody of {subject}\r\n"
     )
     .into_bytes()
-}
-
-fn uid_list(uids: &[u32]) -> String {
-    uids.iter()
-        .map(u32::to_string)
-        .collect::<Vec<_>>()
-        .join(",")
 }
 
 /// (a) Another session stores `\Seen` and `\Flagged`: the rows and the thread's unread count

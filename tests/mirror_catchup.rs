@@ -1,7 +1,7 @@
 //! Issue #11, after a gap: what changed while idlesync was stopped is caught up at the next
 //! connection, by QRESYNC, by CONDSTORE alone, or by a full flag enumeration, chosen from what
-//! Dovecot advertises (`imap_capability` hides extensions). Also the first import (history, not
-//! new mail), `import_since`, and an expunge racing a large fetch.
+//! Dovecot advertises (`imap_capability` hides extensions). Also an expunge racing a large
+//! fetch, and live changes by sequence number. The first import is in `tests/mirror_import.rs`.
 
 mod common;
 
@@ -9,57 +9,16 @@ use std::time::Duration;
 
 use anyhow::Result;
 use common::daemon::{mail, wait_idling, AccountSpec};
-use common::db::{Kind, TestDb};
-use common::dovecot::{Dovecot, DovecotOptions};
-use common::mirror::{ok, other_client, server_flags, stored_flags};
+use common::db::Kind;
+use common::mirror::{ok, other_client, server_flags, setup, stored_flags, uid_list, Advertised};
 use common::proxy::{Pace, Proxy};
-use common::setup::Setup;
 
 const WAIT: Duration = Duration::from_secs(15);
-
-/// What Dovecot advertises after login, with the extension under test removed. idlesync must
-/// pick its path from this list, not from the server's name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Path {
-    Qresync,
-    CondstoreOnly,
-    Neither,
-}
-
-fn setup_users(path: Path) -> String {
-    const BASE: &str = "IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE IDLE LITERAL+ UIDPLUS MOVE \
-                        NAMESPACE UNSELECT CHILDREN";
-    match path {
-        Path::Qresync => String::new(),
-        Path::CondstoreOnly => format!("imap_capability = {BASE} CONDSTORE\n"),
-        Path::Neither => format!("imap_capability = {BASE}\n"),
-    }
-}
-
-async fn setup(user: &str, kind: Kind, path: Path, test: &str) -> Result<Setup> {
-    let dc = Dovecot::start_with(DovecotOptions {
-        users: vec![(user.to_string(), "secret-pw-1".to_string())],
-        extra_config: setup_users(path),
-        ..DovecotOptions::default()
-    })?;
-    Ok(Setup {
-        dc,
-        db: TestDb::new(kind).await?,
-        channel: common::redis::unique_channel(test),
-    })
-}
-
-fn uid_list(uids: &[u32]) -> String {
-    uids.iter()
-        .map(u32::to_string)
-        .collect::<Vec<_>>()
-        .join(",")
-}
 
 /// (c) With idlesync stopped, flags are set and cleared, messages expunged and new ones
 /// appended. After a restart the store equals the server, UID by UID and flag by flag, and the
 /// commands on the wire show which path was taken.
-async fn catch_up(kind: Kind, path: Path) -> Result<()> {
+async fn catch_up(kind: Kind, path: Advertised) -> Result<()> {
     let s = setup("erin", kind, path, "mirror-catchup").await?;
     // Plain IMAP on loopback, so that the proxy can read the commands idlesync sends.
     let proxy = Proxy::start(s.dc.imap_addr()).await?;
@@ -145,15 +104,15 @@ async fn catch_up(kind: Kind, path: Path) -> Result<()> {
         .unwrap_or_default()
         .to_string();
     match path {
-        Path::Qresync => {
+        Advertised::Qresync => {
             assert!(select.contains("QRESYNC"), "{lines}");
             assert!(!lines.contains("CHANGEDSINCE"), "{lines}");
         }
-        Path::CondstoreOnly => {
+        Advertised::CondstoreOnly => {
             assert!(!lines.contains("QRESYNC"), "{lines}");
             assert!(lines.contains("CHANGEDSINCE"), "{lines}");
         }
-        Path::Neither => {
+        Advertised::Neither => {
             assert!(
                 !lines.contains("QRESYNC") && !lines.contains("CONDSTORE"),
                 "{lines}"
@@ -168,114 +127,32 @@ async fn catch_up(kind: Kind, path: Path) -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn catch_up_qresync_postgres() -> Result<()> {
-    catch_up(Kind::Postgres, Path::Qresync).await
+    catch_up(Kind::Postgres, Advertised::Qresync).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn catch_up_qresync_sqlite() -> Result<()> {
-    catch_up(Kind::Sqlite, Path::Qresync).await
+    catch_up(Kind::Sqlite, Advertised::Qresync).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn catch_up_condstore_only_postgres() -> Result<()> {
-    catch_up(Kind::Postgres, Path::CondstoreOnly).await
+    catch_up(Kind::Postgres, Advertised::CondstoreOnly).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn catch_up_condstore_only_sqlite() -> Result<()> {
-    catch_up(Kind::Sqlite, Path::CondstoreOnly).await
+    catch_up(Kind::Sqlite, Advertised::CondstoreOnly).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn catch_up_neither_postgres() -> Result<()> {
-    catch_up(Kind::Postgres, Path::Neither).await
+    catch_up(Kind::Postgres, Advertised::Neither).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn catch_up_neither_sqlite() -> Result<()> {
-    catch_up(Kind::Sqlite, Path::Neither).await
-}
-
-/// (g) A mailbox holding 30 messages before idlesync first starts: they are announced as
-/// `imported` on the changes channel with their progress, never on `email:sync`; the next
-/// message is `newMail`.
-async fn first_import(kind: Kind) -> Result<()> {
-    let s = setup("frank", kind, Path::Qresync, "mirror-import").await?;
-    let mut w = common::dovecot::wire::Wire::login(&s.dc, "frank").await?;
-    for i in 0..30 {
-        w.append("INBOX", &mail(&format!("old-{i}"))).await?;
-    }
-    w.logout().await;
-    let id = format!("mirror-g-{kind:?}");
-    let acc = AccountSpec::implicit(&id, "frank", "secret-pw-1", s.dc.imaps_port(), &["INBOX"]);
-    let mut sync = s.subscribe().await?;
-    let mut changes = s.subscribe_changes().await?;
-    let d = s.start(&s.implicit(s.config(), &acc)).await?;
-    let got = changes.collect_kind("imported", 30, WAIT).await?;
-    let last = got.last().expect("a record");
-    assert_eq!(last["progress"]["stored"], 30, "{last}");
-    assert_eq!(last["progress"]["total"], 30, "{last}");
-    wait_idling(&d, 1, WAIT).await?;
-
-    let uid = s.dc.append("frank", "INBOX", &mail("fresh")).await?;
-    // The first record on email:sync is the new message: none came for the 30.
-    let rec = sync.next(WAIT).await?;
-    assert_eq!(rec["kind"], "newMail", "{rec}");
-    assert_eq!(rec["uids"], serde_json::json!([uid]), "{rec}");
-    assert_eq!(stored_flags(&s.db, &id, "INBOX").await?.len(), 31);
-    d.shutdown().await;
-    Ok(())
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn first_import_postgres() -> Result<()> {
-    first_import(Kind::Postgres).await
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn first_import_sqlite() -> Result<()> {
-    first_import(Kind::Sqlite).await
-}
-
-/// (g) `import_since = "90d"`: messages APPENDed with an INTERNALDATE in 2020 are never
-/// fetched; recent ones are imported.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn import_since_skips_old_mail() -> Result<()> {
-    let s = setup("gina", Kind::Sqlite, Path::Qresync, "mirror-since").await?;
-    let mut w = common::dovecot::wire::Wire::login(&s.dc, "gina").await?;
-    let mut recent = Vec::new();
-    for i in 0..3 {
-        let raw = mail(&format!("ancient-{i}"));
-        let r = w
-            .command("APPEND INBOX () \"01-Jan-2020 10:00:00 +0000\"", Some(&raw))
-            .await?;
-        anyhow::ensure!(r.starts_with("OK"), "APPEND: {r}");
-        recent.push(w.append("INBOX", &mail(&format!("recent-{i}"))).await?);
-    }
-    w.logout().await;
-    let id = "mirror-since";
-    let acc = AccountSpec::implicit(id, "gina", "secret-pw-1", s.dc.imaps_port(), &["INBOX"]);
-    let mut changes = s.subscribe_changes().await?;
-    let config = s
-        .implicit(s.config(), &acc)
-        .set("storage", "import_since", "90d");
-    let d = s.start(&config).await?;
-    changes.collect_kind("imported", 3, WAIT).await?;
-    wait_idling(&d, 1, WAIT).await?;
-    let stored: Vec<u32> = stored_flags(&s.db, id, "INBOX")
-        .await?
-        .into_keys()
-        .collect();
-    assert_eq!(stored, recent);
-    let subjects = s.db.messages(id).await?;
-    assert!(
-        subjects
-            .iter()
-            .all(|(_, s)| s.as_deref().is_some_and(|s| s.starts_with("recent-"))),
-        "{subjects:?}"
-    );
-    d.shutdown().await;
-    Ok(())
+    catch_up(Kind::Sqlite, Advertised::Neither).await
 }
 
 /// (f) Messages are expunged by another client while a slow first import is being fetched:
@@ -283,7 +160,7 @@ async fn import_since_skips_old_mail() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expunge_during_a_large_fetch() -> Result<()> {
     const N: usize = 40;
-    let s = setup("hank", Kind::Postgres, Path::Qresync, "mirror-race").await?;
+    let s = setup("hank", Kind::Postgres, Advertised::Qresync, "mirror-race").await?;
     let mut w = common::dovecot::wire::Wire::login(&s.dc, "hank").await?;
     let filler = "x".repeat(200 * 1024);
     let mut uids = Vec::new();
@@ -342,7 +219,7 @@ async fn expunge_during_a_large_fetch() -> Result<()> {
 /// `* N FETCH (FLAGS …)` carry sequence numbers only, and the connection's sequence map turns
 /// them into UIDs. An expunge in the middle shifts every later number.
 async fn live_by_sequence_numbers(kind: Kind) -> Result<()> {
-    let s = setup("ivan", kind, Path::Neither, "mirror-seq").await?;
+    let s = setup("ivan", kind, Advertised::Neither, "mirror-seq").await?;
     let id = format!("mirror-s-{kind:?}");
     let acc = AccountSpec::implicit(&id, "ivan", "secret-pw-1", s.dc.imaps_port(), &["INBOX"]);
     let mut sync = s.subscribe().await?;
@@ -404,88 +281,4 @@ async fn live_by_sequence_numbers_postgres() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_by_sequence_numbers_sqlite() -> Result<()> {
     live_by_sequence_numbers(Kind::Sqlite).await
-}
-
-/// The newest messages of the history were expunged before the first start: UIDNEXT (the
-/// import boundary) lies above every message left. The import still ends: `/status` says done,
-/// and the next connection does not start it again.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn import_ends_when_the_newest_history_is_gone() -> Result<()> {
-    let s = setup("judy", Kind::Sqlite, Path::Qresync, "mirror-import-end").await?;
-    let mut w = common::dovecot::wire::Wire::login(&s.dc, "judy").await?;
-    for i in 0..5 {
-        w.append("INBOX", &mail(&format!("h-{i}"))).await?;
-    }
-    ok(&mut w, "SELECT INBOX").await?;
-    ok(&mut w, "STORE 4:5 +FLAGS.SILENT (\\Deleted)").await?;
-    ok(&mut w, "EXPUNGE").await?;
-    w.logout().await;
-    let id = "mirror-import-end";
-    let acc = AccountSpec::implicit(id, "judy", "secret-pw-1", s.dc.imaps_port(), &["INBOX"]);
-    let config = s.implicit(s.config(), &acc);
-    let mut changes = s.subscribe_changes().await?;
-    let d = s.start(&config).await?;
-    changes.collect_kind("imported", 3, WAIT).await?;
-    wait_idling(&d, 1, WAIT).await?;
-    let status = d.board().snapshot();
-    let import = status[0].import.clone().expect("an import ran");
-    assert!(import.done, "{import:?}");
-    assert_eq!(
-        status[0].last_uid,
-        Some(5),
-        "the import ends at the boundary"
-    );
-    d.shutdown().await;
-
-    let d = s.start(&config).await?;
-    wait_idling(&d, 1, WAIT).await?;
-    assert!(d.board().snapshot()[0].import.is_none(), "no import again");
-    d.shutdown().await;
-    Ok(())
-}
-
-/// (g) A message delivered while a slow first import is being fetched is new mail: it arrives
-/// on `email:sync` as `newMail`, while the history goes on as `imported`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mail_arriving_during_the_import_is_new_mail() -> Result<()> {
-    const N: usize = 30;
-    let s = setup("kate", Kind::Sqlite, Path::Qresync, "mirror-during").await?;
-    let mut w = common::dovecot::wire::Wire::login(&s.dc, "kate").await?;
-    let filler = "y".repeat(100 * 1024);
-    for i in 0..N {
-        let mut raw = mail(&format!("hist-{i}"));
-        raw.extend_from_slice(filler.as_bytes());
-        w.append("INBOX", &raw).await?;
-    }
-    w.logout().await;
-    let proxy = Proxy::start(s.dc.imaps_addr()).await?;
-    proxy.set_server_pace(Some(Pace {
-        bytes: 32 * 1024,
-        every: Duration::from_millis(30),
-    }));
-    let id = "mirror-during";
-    let acc = AccountSpec::implicit(id, "kate", "secret-pw-1", proxy.addr().port(), &["INBOX"]);
-    let config = s
-        .implicit(s.config(), &acc)
-        .set("imap", "fetch_batch", 4u32);
-    let mut sync = s.subscribe().await?;
-    let mut changes = s.subscribe_changes().await?;
-    let d = s.start(&config).await?;
-    common::wait_until(WAIT, || async {
-        let status = d.board().snapshot();
-        Ok(status[0]
-            .import
-            .as_ref()
-            .is_some_and(|i| i.stored > 0 && i.stored < i.total))
-    })
-    .await?;
-    let uid = s.dc.append("kate", "INBOX", &mail("during")).await?;
-    proxy.set_server_pace(None);
-    let rec = sync.next(WAIT).await?;
-    assert_eq!(rec["kind"], "newMail", "{rec}");
-    assert_eq!(rec["uids"], serde_json::json!([uid]), "{rec}");
-    changes.collect_kind("imported", N, WAIT).await?;
-    assert_eq!(stored_flags(&s.db, id, "INBOX").await?.len(), N + 1);
-    d.shutdown().await;
-    Ok(())
 }

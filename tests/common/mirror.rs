@@ -7,9 +7,10 @@ use anyhow::{ensure, Context, Result};
 use futures::TryStreamExt;
 use sqlx::Row;
 
-use super::db::TestDb;
+use super::db::{Kind, TestDb};
 use super::dovecot::wire::Wire;
-use super::dovecot::Dovecot;
+use super::dovecot::{Dovecot, DovecotOptions};
+use super::setup::Setup;
 
 /// UID → flags (without `\Recent`, which is per session).
 pub type Flags = BTreeMap<u32, BTreeSet<String>>;
@@ -149,4 +150,49 @@ pub async fn ok(w: &mut Wire, command: &str) -> Result<()> {
     let r = w.command(command, None).await?;
     ensure!(r.starts_with("OK"), "{command}: {r}");
     Ok(())
+}
+
+/// What Dovecot advertises after login: all of it, or its own list with QRESYNC (and then
+/// CONDSTORE) removed through `imap_capability`. idlesync must pick its catch-up path from
+/// this list, not from the server's name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Advertised {
+    /// Dovecot's own list (QRESYNC and CONDSTORE).
+    Qresync,
+    /// Without QRESYNC.
+    CondstoreOnly,
+    /// Without either.
+    Neither,
+}
+
+fn capability_setting(path: Advertised) -> String {
+    const BASE: &str = "IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE IDLE LITERAL+ UIDPLUS MOVE \
+                        NAMESPACE UNSELECT CHILDREN";
+    match path {
+        Advertised::Qresync => String::new(),
+        Advertised::CondstoreOnly => format!("imap_capability = {BASE} CONDSTORE\n"),
+        Advertised::Neither => format!("imap_capability = {BASE}\n"),
+    }
+}
+
+/// A [`Setup`] whose Dovecot (one user, password `secret-pw-1`) advertises `path`.
+pub async fn setup(user: &str, kind: Kind, path: Advertised, test: &str) -> Result<Setup> {
+    let dc = Dovecot::start_with(DovecotOptions {
+        users: vec![(user.to_string(), "secret-pw-1".to_string())],
+        extra_config: capability_setting(path),
+        ..DovecotOptions::default()
+    })?;
+    Ok(Setup {
+        dc,
+        db: TestDb::new(kind).await?,
+        channel: super::redis::unique_channel(test),
+    })
+}
+
+/// UIDs as an IMAP set, comma-separated.
+pub fn uid_list(uids: &[u32]) -> String {
+    uids.iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
 }
