@@ -10,8 +10,11 @@ use std::time::Duration;
 use anyhow::Result;
 use common::daemon::{mail, wait_idling, AccountSpec};
 use common::db::Kind;
-use common::mirror::{ok, other_client, server_flags, setup, stored_flags, uid_list, Advertised};
-use common::proxy::{Pace, Proxy};
+use common::mirror::{
+    import_under_way, ok, other_client, server_flags, setup, slow_import, stored_flags, uid_list,
+    Advertised,
+};
+use common::proxy::Proxy;
 
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -161,37 +164,11 @@ async fn catch_up_neither_sqlite() -> Result<()> {
 async fn expunge_during_a_large_fetch() -> Result<()> {
     const N: usize = 40;
     let s = setup("hank", Kind::Postgres, Advertised::Qresync, "mirror-race").await?;
-    let mut w = common::dovecot::wire::Wire::login(&s.dc, "hank").await?;
-    let filler = "x".repeat(200 * 1024);
-    let mut uids = Vec::new();
-    for i in 0..N {
-        let mut raw = mail(&format!("big-{i}"));
-        raw.extend_from_slice(filler.as_bytes());
-        uids.push(w.append("INBOX", &raw).await?);
-    }
-    w.logout().await;
-    let proxy = Proxy::start(s.dc.imaps_addr()).await?;
     // About 8 MB at 1 MB/s: the fetch is in flight for seconds.
-    proxy.set_server_pace(Some(Pace {
-        bytes: 32 * 1024,
-        every: Duration::from_millis(30),
-    }));
-    let id = "mirror-race";
-    let acc = AccountSpec::implicit(id, "hank", "secret-pw-1", proxy.addr().port(), &["INBOX"]);
-    // Small batches: the import's progress shows while the fetch is still in flight.
-    let config = s
-        .implicit(s.config(), &acc)
-        .set("imap", "fetch_batch", 4u32);
-    let d = s.start(&config).await?;
-    // The import is under way: some of it stored, the rest still coming through the proxy.
-    common::wait_until(WAIT, || async {
-        let status = d.board().snapshot();
-        Ok(status[0]
-            .import
-            .as_ref()
-            .is_some_and(|i| i.stored > 0 && i.stored < i.total))
-    })
-    .await?;
+    let slow = slow_import(&s, "hank", "mirror-race", N, 200).await?;
+    let (id, uids) = ("mirror-race", &slow.uids);
+    let d = s.start(&slow.config).await?;
+    import_under_way(&d, WAIT).await?;
     // Early and late UIDs: some stored already, some not fetched yet.
     let gone: Vec<u32> = uids.iter().copied().step_by(4).collect();
     let mut other = other_client(&s.dc, "hank", "INBOX").await?;
@@ -202,7 +179,7 @@ async fn expunge_during_a_large_fetch() -> Result<()> {
     .await?;
     ok(&mut other, "EXPUNGE").await?;
     other.logout().await;
-    proxy.set_server_pace(None);
+    slow.proxy.set_server_pace(None);
     common::wait_until(Duration::from_secs(60), || async {
         Ok(stored_flags(&s.db, id, "INBOX").await? == server_flags(&s.dc, "hank", "INBOX").await?)
     })

@@ -9,8 +9,7 @@ use std::time::Duration;
 use anyhow::Result;
 use common::daemon::{mail, wait_idling, AccountSpec};
 use common::db::Kind;
-use common::mirror::{ok, setup, stored_flags, Advertised};
-use common::proxy::{Pace, Proxy};
+use common::mirror::{import_under_way, ok, setup, slow_import, stored_flags, Advertised};
 
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -146,37 +145,14 @@ async fn import_ends_when_the_newest_history_is_gone() -> Result<()> {
 async fn mail_arriving_during_the_import_is_new_mail() -> Result<()> {
     const N: usize = 30;
     let s = setup("kate", Kind::Sqlite, Advertised::Qresync, "mirror-during").await?;
-    let mut w = common::dovecot::wire::Wire::login(&s.dc, "kate").await?;
-    let filler = "y".repeat(100 * 1024);
-    for i in 0..N {
-        let mut raw = mail(&format!("hist-{i}"));
-        raw.extend_from_slice(filler.as_bytes());
-        w.append("INBOX", &raw).await?;
-    }
-    w.logout().await;
-    let proxy = Proxy::start(s.dc.imaps_addr()).await?;
-    proxy.set_server_pace(Some(Pace {
-        bytes: 32 * 1024,
-        every: Duration::from_millis(30),
-    }));
     let id = "mirror-during";
-    let acc = AccountSpec::implicit(id, "kate", "secret-pw-1", proxy.addr().port(), &["INBOX"]);
-    let config = s
-        .implicit(s.config(), &acc)
-        .set("imap", "fetch_batch", 4u32);
+    let slow = slow_import(&s, "kate", id, N, 100).await?;
     let mut sync = s.subscribe().await?;
     let mut changes = s.subscribe_changes().await?;
-    let d = s.start(&config).await?;
-    common::wait_until(WAIT, || async {
-        let status = d.board().snapshot();
-        Ok(status[0]
-            .import
-            .as_ref()
-            .is_some_and(|i| i.stored > 0 && i.stored < i.total))
-    })
-    .await?;
+    let d = s.start(&slow.config).await?;
+    import_under_way(&d, WAIT).await?;
     let uid = s.dc.append("kate", "INBOX", &mail("during")).await?;
-    proxy.set_server_pace(None);
+    slow.proxy.set_server_pace(None);
     let rec = sync.next(WAIT).await?;
     assert_eq!(rec["kind"], "newMail", "{rec}");
     assert_eq!(rec["uids"], serde_json::json!([uid]), "{rec}");

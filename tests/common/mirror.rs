@@ -7,10 +7,12 @@ use anyhow::{ensure, Context, Result};
 use futures::TryStreamExt;
 use sqlx::Row;
 
+use super::daemon::{mail, AccountSpec};
 use super::db::{Kind, TestDb};
 use super::dovecot::wire::Wire;
 use super::dovecot::{Dovecot, DovecotOptions};
-use super::setup::Setup;
+use super::proxy::{Pace, Proxy};
+use super::setup::{ConfigToml, Setup};
 
 /// UID → flags (without `\Recent`, which is per session).
 pub type Flags = BTreeMap<u32, BTreeSet<String>>;
@@ -195,4 +197,62 @@ pub fn uid_list(uids: &[u32]) -> String {
         .map(u32::to_string)
         .collect::<Vec<_>>()
         .join(",")
+}
+
+/// A first import that takes seconds, for races against it.
+pub struct SlowImport {
+    /// Between idlesync and Dovecot, passing about 1 MB/s until its pace is lifted.
+    pub proxy: Proxy,
+    /// The messages waiting, ascending.
+    pub uids: Vec<u32>,
+    /// The account through the proxy, committing 4 messages at a time, so that the import's
+    /// progress shows while the fetch is still in flight.
+    pub config: ConfigToml,
+}
+
+/// `n` messages of about `kib` KiB in `user`'s INBOX, and a config for account `id` that reads
+/// them through a pacing proxy.
+pub async fn slow_import(
+    s: &Setup,
+    user: &str,
+    id: &str,
+    n: usize,
+    kib: usize,
+) -> Result<SlowImport> {
+    let mut w = Wire::login(&s.dc, user).await?;
+    let filler = "x".repeat(kib * 1024);
+    let mut uids = Vec::new();
+    for i in 0..n {
+        let mut raw = mail(&format!("big-{i}"));
+        raw.extend_from_slice(filler.as_bytes());
+        uids.push(w.append("INBOX", &raw).await?);
+    }
+    w.logout().await;
+    let proxy = Proxy::start(s.dc.imaps_addr()).await?;
+    proxy.set_server_pace(Some(Pace {
+        bytes: 32 * 1024,
+        every: std::time::Duration::from_millis(30),
+    }));
+    let acc = AccountSpec::implicit(id, user, "secret-pw-1", proxy.addr().port(), &["INBOX"]);
+    let config = s
+        .implicit(s.config(), &acc)
+        .set("imap", "fetch_batch", 4u32);
+    Ok(SlowImport {
+        proxy,
+        uids,
+        config,
+    })
+}
+
+/// Waits until the daemon's only mailbox is importing: some of it stored, the rest still to
+/// come.
+pub async fn import_under_way(d: &idlesync::Daemon, timeout: std::time::Duration) -> Result<()> {
+    super::wait_until(timeout, || async {
+        let status = d.board().snapshot();
+        Ok(status[0]
+            .import
+            .as_ref()
+            .is_some_and(|i| i.stored > 0 && i.stored < i.total))
+    })
+    .await
 }
