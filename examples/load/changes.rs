@@ -7,21 +7,13 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context, Result};
 
 use crate::dovecot::Wire;
-use crate::rig::{
-    config_toml, message, start_dovecot, user, DaemonProc, MaildirWriter, Sinks, Subscriber,
-};
-use crate::scenarios::{await_all, Settings, Table};
+use crate::rig::{config_toml, user, DaemonProc, Sinks, Subscriber};
+use crate::scenarios::{await_all, waiting_mail, Settings, Table};
 
 /// Runs the storm on `messages` messages (imported first, as history).
 pub async fn changes(s: &Settings, messages: usize, size: usize) -> Result<Table> {
-    let dc = start_dovecot(1, &[], 1)?;
+    let (dc, _) = waiting_mail(messages, size)?;
     let sinks = Sinks::new().await?;
-    let mut writer = MaildirWriter::new(&dc, &user(0))?;
-    let dir = writer.prepare(&dc, &user(0))?;
-    for i in 0..messages {
-        writer.deliver(&dir, &message(i, &user(0), size))?;
-    }
-    dc.doveadm(&["mailbox", "status", "-u", &user(0), "messages", "INBOX"])?;
     let mut sub = Subscriber::new(&sinks).await?;
     let pool = sinks.db.pool().await?;
     let watched = vec![user(0)];

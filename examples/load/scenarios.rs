@@ -473,16 +473,19 @@ pub async fn burst(s: &Settings, messages: usize, mailboxes: usize, size: usize)
     Ok(t)
 }
 
-/// (d) `messages` waiting in one mailbox (already indexed by Dovecot) when idlesync starts.
-pub async fn catchup(s: &Settings, messages: usize, size: usize) -> Result<Table> {
+/// A Dovecot whose one user has `messages` of `size` bytes waiting in INBOX, written into the
+/// Maildir and indexed by Dovecot (its own first scan is not idlesync's time); and how long
+/// the indexing took.
+pub(crate) fn waiting_mail(
+    messages: usize,
+    size: usize,
+) -> Result<(crate::dovecot::Dovecot, Duration)> {
     let dc = start_dovecot(1, &[], 1)?;
-    let sinks = Sinks::new().await?;
     let mut writer = MaildirWriter::new(&dc, &user(0))?;
     let dir = writer.prepare(&dc, &user(0))?;
     for i in 0..messages {
         writer.deliver(&dir, &message(i, &user(0), size))?;
     }
-    // Dovecot's own first scan of the Maildir is not idlesync's time: do it beforehand.
     let indexed = Instant::now();
     let status = dc.doveadm(&["mailbox", "status", "-u", &user(0), "messages", "INBOX"])?;
     let indexed = indexed.elapsed();
@@ -490,6 +493,13 @@ pub async fn catchup(s: &Settings, messages: usize, size: usize) -> Result<Table
         status.trim().ends_with(&format!("messages={messages}")),
         "doveadm says {status:?}"
     );
+    Ok((dc, indexed))
+}
+
+/// (d) `messages` waiting in one mailbox (already indexed by Dovecot) when idlesync starts.
+pub async fn catchup(s: &Settings, messages: usize, size: usize) -> Result<Table> {
+    let (dc, indexed) = waiting_mail(messages, size)?;
+    let sinks = Sinks::new().await?;
     let mut sub = Subscriber::new(&sinks).await?;
     let pool = sinks.db.pool().await?;
     let watched = vec![user(0)];
