@@ -213,15 +213,7 @@ async fn send(
 
 /// A FETCH answer's UID, flags (space-separated) and MODSEQ, when it has a UID and flags.
 fn entry(attrs: &[AttributeValue<'_>]) -> Option<(u32, String, Option<u64>)> {
-    let (mut uid, mut flags, mut modseq) = (None, None, None);
-    for a in attrs {
-        match a {
-            AttributeValue::Uid(u) => uid = Some(*u),
-            AttributeValue::Flags(f) => flags = Some(super::fetch::flags_text(f)),
-            AttributeValue::ModSeq(m) => modseq = Some(*m),
-            _ => {}
-        }
-    }
+    let (uid, flags, modseq) = super::view::flag_attrs(attrs);
     Some((uid?, flags?, modseq))
 }
 

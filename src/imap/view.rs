@@ -165,17 +165,7 @@ impl View {
 
     /// A FETCH without a body: a flag change (or an answer carrying no flags, ignored).
     fn fetched_change(&mut self, seq: u32, attrs: &[AttributeValue<'_>]) -> Absorbed {
-        let mut uid = None;
-        let mut flags = None;
-        let mut modseq = None;
-        for a in attrs {
-            match a {
-                AttributeValue::Uid(u) => uid = Some(*u),
-                AttributeValue::Flags(f) => flags = Some(super::fetch::flags_text(f)),
-                AttributeValue::ModSeq(m) => modseq = Some(*m),
-                _ => {}
-            }
-        }
+        let (uid, flags, modseq) = flag_attrs(attrs);
         let Some(flags) = flags else {
             return Absorbed::Nothing;
         };
@@ -207,6 +197,22 @@ impl View {
         }
         Absorbed::Change
     }
+}
+
+/// The UID, flags (space-separated, without `\\Recent`) and MODSEQ a FETCH answer carries.
+pub(crate) fn flag_attrs(
+    attrs: &[AttributeValue<'_>],
+) -> (Option<u32>, Option<String>, Option<u64>) {
+    let (mut uid, mut flags, mut modseq) = (None, None, None);
+    for a in attrs {
+        match a {
+            AttributeValue::Uid(u) => uid = Some(*u),
+            AttributeValue::Flags(f) => flags = Some(super::fetch::flags_text(f)),
+            AttributeValue::ModSeq(m) => modseq = Some(*m),
+            _ => {}
+        }
+    }
+    (uid, flags, modseq)
 }
 
 /// UIDs by sequence number, run-length: runs of consecutive UIDs `(first_uid, len)`, in
