@@ -10,6 +10,10 @@
 //! - `/status/summary`: JSON, how many mailboxes are in each state: `{"mailboxes": 10000,
 //!   "states": {"idling": 9998, "backoff": 2, …}}`. Cheap at any scale, for dashboards and
 //!   scripts that poll.
+//! - In cluster mode, each `/status` mailbox has `"owner"` (the node id holding its lease;
+//!   mailboxes held by another replica are in state `elsewhere`), `/status/summary` has
+//!   `"cluster": {"node_id", "held", "nodes": [{"node_id", "live", "leases",
+//!   "heartbeat_age_ms"}]}`, and `/readyz` counts only the mailboxes this replica holds.
 //! - `/`: the same as a small HTML page that reloads itself every 5 s; an import shows as a
 //!   progress bar (HTML `<progress>`, no script) with stored/total and the rate.
 
@@ -40,6 +44,8 @@ pub struct AdminState {
     pub board: Arc<StatusBoard>,
     /// Pinged by `/readyz`.
     pub store: Store,
+    /// Cluster mode: this replica's node id.
+    pub node: Option<Arc<str>>,
 }
 
 /// Serves until `cancel`.
@@ -112,14 +118,17 @@ async fn route(req: &Request<Incoming>, state: &AdminState) -> Response<Full<Byt
         "/status" => reply(
             StatusCode::OK,
             "application/json",
-            serde_json::to_string(&state.board.snapshot()).unwrap_or_else(|_| "[]".into()),
+            serde_json::to_string(&snapshot(state).await).unwrap_or_else(|_| "[]".into()),
         ),
         "/status/summary" => {
             let states = state.board.counts();
-            let summary = serde_json::json!({
+            let mut summary = serde_json::json!({
                 "mailboxes": states.values().sum::<usize>(),
                 "states": states,
             });
+            if let Some(node) = &state.node {
+                summary["cluster"] = cluster_summary(state, node).await;
+            }
             reply(StatusCode::OK, "application/json", summary.to_string())
         }
         "/" => reply(
@@ -129,6 +138,44 @@ async fn route(req: &Request<Incoming>, state: &AdminState) -> Response<Full<Byt
         ),
         _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
     }
+}
+
+/// The board; in cluster mode, mailboxes held elsewhere name their owner as the lease table
+/// says (left `null` when the database does not answer in time).
+async fn snapshot(state: &AdminState) -> Vec<MailboxStatus> {
+    let mut mailboxes = state.board.snapshot();
+    if state.node.is_none() || !mailboxes.iter().any(|m| m.state == MailboxState::Elsewhere) {
+        return mailboxes;
+    }
+    if let Ok(Ok(owners)) =
+        tokio::time::timeout(STORAGE_PING_TIMEOUT, state.store.lease_owners()).await
+    {
+        let owners: std::collections::HashMap<(String, String), String> =
+            owners.into_iter().map(|(a, m, o)| ((a, m), o)).collect();
+        for m in mailboxes
+            .iter_mut()
+            .filter(|m| m.state == MailboxState::Elsewhere)
+        {
+            m.owner = owners.get(&(m.account.clone(), m.mailbox.clone())).cloned();
+        }
+    }
+    mailboxes
+}
+
+/// `/status/summary`'s `cluster`: this node, how many it holds, and every replica the table
+/// knows (`nodes` is `null` when the database does not answer in time).
+async fn cluster_summary(state: &AdminState, node: &str) -> serde_json::Value {
+    let held = state
+        .board
+        .snapshot()
+        .iter()
+        .filter(|m| m.state != MailboxState::Elsewhere)
+        .count();
+    let nodes = tokio::time::timeout(STORAGE_PING_TIMEOUT, state.store.cluster_nodes())
+        .await
+        .ok()
+        .and_then(Result::ok);
+    serde_json::json!({ "node_id": node, "held": held, "nodes": nodes })
 }
 
 /// `Ok` when ready; otherwise one line per reason.
@@ -324,6 +371,7 @@ mod tests {
             reconnects: 2,
             next_retry_at: None,
             import: None,
+            owner: None,
         };
         let page = status_page(&[
             m("a1", "INBOX", MailboxState::Idling),
@@ -353,6 +401,7 @@ mod tests {
             reconnects: 0,
             next_retry_at: None,
             import: Some(import),
+            owner: None,
         };
         let import = |stored, done| ImportProgress {
             stored,

@@ -17,6 +17,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, AdminState};
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::imap::ImapError;
 use crate::limiter::ConnectLimiter;
@@ -78,6 +79,8 @@ pub struct Daemon {
     publisher_cancel: CancellationToken,
     admin_cancel: CancellationToken,
     admin_addr: SocketAddr,
+    /// Cluster mode's lease loop, driven by [`Daemon::run`].
+    cluster: Option<Cluster>,
 }
 
 impl Daemon {
@@ -89,7 +92,10 @@ impl Daemon {
 
     /// [`Daemon::start`] with another grace period for mailboxes to stop (tests).
     pub async fn start_with_grace(config: Config, grace: Duration) -> Result<Daemon, DaemonError> {
-        let store = Store::connect(&config.storage).await?;
+        let cluster_cfg = config.cluster.enabled.then_some(&config.cluster);
+        // A transaction idle this long belongs to a paused replica: see Store::connect_with.
+        let idle_tx = cluster_cfg.map(|c| (c.lease_ttl / 3).max(Duration::from_millis(200)));
+        let store = Store::connect_with(&config.storage, idle_tx).await?;
         store.migrate().await?;
         let metrics = crate::metrics::install();
         let board = Arc::new(StatusBoard::default());
@@ -107,6 +113,15 @@ impl Daemon {
         let sink = Sink::from_config(config.redis.as_ref())?;
         let (handoff, inbox) = crate::handoff::handoff();
         let root = CancellationToken::new();
+        let (cluster, link) = match cluster_cfg {
+            Some(c) => {
+                let (cluster, link) =
+                    Cluster::new(c, &config.storage.url, store.clone(), handoff.clone());
+                (Some(cluster), Some(link))
+            }
+            None => (None, None),
+        };
+        let node = link.as_ref().map(|l| l.node.clone());
         let mut supervisor = Supervisor::new(
             Shared {
                 store: store.clone(),
@@ -120,6 +135,7 @@ impl Daemon {
                 backoff: config.backoff.clone(),
                 import_since: config.storage.import_since,
                 grace,
+                cluster: link,
             },
             root.child_token(),
         );
@@ -136,6 +152,7 @@ impl Daemon {
                 board: board.clone(),
                 backoff: crate::publish::retry_schedule(&config.backoff, config.redis.as_ref()),
                 bounds: config.outbox.clone(),
+                owner: node.clone(),
             }
             .run(publisher_cancel.clone()),
         );
@@ -146,10 +163,21 @@ impl Daemon {
                 metrics,
                 board: board.clone(),
                 store: store.clone(),
+                node: node.clone(),
             },
             admin_cancel.clone(),
         ));
-        tracing::info!(mailboxes = supervisor.len(), admin = %admin_addr, "idlesync started");
+        match &node {
+            Some(node) => tracing::info!(
+                mailboxes = supervisor.mailboxes().len(),
+                node = %node,
+                admin = %admin_addr,
+                "idlesync started in cluster mode: mailboxes start as their leases are taken"
+            ),
+            None => {
+                tracing::info!(mailboxes = supervisor.len(), admin = %admin_addr, "idlesync started")
+            }
+        }
         Ok(Daemon {
             config,
             supervisor,
@@ -159,6 +187,7 @@ impl Daemon {
             publisher_cancel,
             admin_cancel,
             admin_addr,
+            cluster,
         })
     }
 
@@ -188,6 +217,7 @@ impl Daemon {
             ("imap", old.imap != new.imap),
             ("backoff", old.backoff != new.backoff),
             ("outbox", old.outbox != new.outbox),
+            ("cluster", old.cluster != new.cluster),
         ]
         .into_iter()
         .filter_map(|(name, changed)| changed.then_some(name))
@@ -208,6 +238,10 @@ impl Daemon {
         }
         if self.supervisor.accounts().is_empty() {
             tracing::warn!("the reloaded config has no [[accounts]]: no mailbox is watched");
+        }
+        if let Some(c) = &mut self.cluster {
+            // Lease rows for added mailboxes, releases for removed ones, at once.
+            c.wake();
         }
         tracing::info!(started = ?applied.started, stopped = ?applied.stopped, "config reloaded");
         ReloadOutcome {
@@ -239,9 +273,21 @@ impl Daemon {
     ) {
         tokio::pin!(shutdown);
         let mut triggers = Triggers::new(config_path.as_deref(), self.config.reload.watch_interval);
+        let mut cluster = self.cluster.take();
         loop {
+            let lease_round = async {
+                match cluster.as_mut() {
+                    Some(c) => c.wait().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = &mut shutdown => break,
+                () = lease_round => {
+                    if let Some(c) = cluster.as_mut() {
+                        c.tick(&mut self.supervisor).await;
+                    }
+                }
                 trigger = triggers.next() => {
                     let Some(p) = &config_path else { continue };
                     match trigger {
@@ -249,9 +295,13 @@ impl Daemon {
                         Trigger::FileChanged => tracing::info!("config file changed: reloading"),
                     }
                     self.reload_file(p).await;
+                    if let Some(c) = cluster.as_mut() {
+                        c.tick(&mut self.supervisor).await;
+                    }
                 }
             }
         }
+        self.cluster = cluster;
         self.shutdown().await;
     }
 
@@ -266,6 +316,11 @@ impl Daemon {
         {
             self.publisher.abort();
             let _ = (&mut self.publisher).await;
+        }
+        // Only now, with every mailbox logged out and the outbox drained: the others take over
+        // at once instead of after lease_ttl.
+        if let Some(c) = self.cluster.take() {
+            c.leave().await;
         }
         self.admin_cancel.cancel();
         tracing::info!("idlesync stopped");

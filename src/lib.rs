@@ -4,6 +4,7 @@
 //! - [`config`]: the operator's TOML file, validation with file/line/key, secrets.
 //! - [`daemon`]: start-up and shutdown of the whole: store, publisher, admin listener, mailboxes.
 //! - [`supervisor`]: owns the mailbox tasks: spawn, reload diff, stop; restarts, panics caught.
+//! - [`cluster`]: cluster mode: leases in PostgreSQL, fair shares, handover, fencing epochs.
 //! - [`backoff`]: error classes and their retry schedules (pure).
 //! - [`reload`]: SIGHUP and the config file watch.
 //! - [`mailbox`]: one connection's life: connect → select → catch up → idle ⇄ fetch → commit.
@@ -21,6 +22,7 @@
 pub mod admin;
 pub mod backoff;
 pub mod changes;
+pub mod cluster;
 pub mod config;
 pub mod daemon;
 pub mod event;

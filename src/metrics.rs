@@ -50,6 +50,23 @@ pub const CONFIG_RELOAD_ERRORS: &str = "idlesync_config_reload_errors_total";
 /// 1 while the config file holds changes that only a restart applies.
 pub const CONFIG_RESTART_REQUIRED: &str = "idlesync_config_restart_required";
 
+/// Cluster mode: mailbox leases this replica holds.
+pub const LEASES_HELD: &str = "idlesync_leases_held";
+/// Cluster mode: live replicas this one sees (itself included).
+pub const CLUSTER_NODES: &str = "idlesync_cluster_nodes";
+/// Cluster mode: leases taken that another replica (or an earlier run) had held, by `reason`
+/// (`expired`, `released`).
+pub const LEASE_TAKEOVERS: &str = "idlesync_lease_takeovers_total";
+/// Cluster mode: writes rolled back because the mailbox's lease was no longer this replica's.
+pub const FENCING_REJECTIONS: &str = "idlesync_fencing_rejections_total";
+/// Cluster mode: how long a mailbox taken over had been without an owner (expiry or release →
+/// taken), by the database's clock.
+pub const LEASE_TAKEOVER_SECONDS: &str = "idlesync_lease_takeover_seconds";
+/// Upper bounds of [`LEASE_TAKEOVER_SECONDS`], in seconds.
+pub const TAKEOVER_BUCKETS: [f64; 12] = [
+    0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+];
+
 /// Upper bounds of the latency histogram, in seconds.
 pub const LATENCY_BUCKETS: [f64; 17] = [
     0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -62,7 +79,13 @@ pub fn install() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            let recorder = PrometheusBuilder::new().build_recorder();
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    metrics_exporter_prometheus::Matcher::Full(LEASE_TAKEOVER_SECONDS.into()),
+                    &TAKEOVER_BUCKETS,
+                )
+                .unwrap_or_else(|_| PrometheusBuilder::new())
+                .build_recorder();
             let handle = recorder.handle();
             // Fails only if another recorder is installed; ours then stays empty.
             let _ = metrics::set_global_recorder(recorder);
@@ -87,6 +110,24 @@ fn describe() {
     describe_counter!(
         CONFIG_RELOAD_ERRORS,
         "Config reloads refused because the new file was invalid"
+    );
+    describe_gauge!(
+        LEASES_HELD,
+        "Mailbox leases this replica holds (cluster mode)"
+    );
+    describe_gauge!(CLUSTER_NODES, "Live replicas this one sees (cluster mode)");
+    describe_counter!(
+        LEASE_TAKEOVERS,
+        "Leases taken that had been held before, by how they became free"
+    );
+    describe_counter!(
+        FENCING_REJECTIONS,
+        "Writes rolled back because the mailbox lease was no longer this replica's"
+    );
+    metrics::describe_histogram!(
+        LEASE_TAKEOVER_SECONDS,
+        metrics::Unit::Seconds,
+        "How long a mailbox taken over had been without an owner"
     );
     describe_gauge!(
         CONFIG_RESTART_REQUIRED,

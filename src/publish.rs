@@ -16,6 +16,15 @@
 //! after an overflow never overtakes the overflowed ones; catching up goes by id, which is
 //! commit order within a mailbox (its commits are sequential).
 //!
+//! **Cluster mode** (#13): each replica drains the rows of the mailboxes whose lease it holds,
+//! and only those. Records of a mailbox are committed only by its lease holder (writes are
+//! fenced), and a replica that takes a lease is sent back to the table before the mailbox
+//! starts, so that whatever the previous owner committed but never published (it died
+//! between COMMIT and PUBLISH) goes out first, in id order, before the new owner's own
+//! records: at least once and in order per mailbox, with no lock held across a Redis round
+//! trip. A replica paused past its lease may still publish, on waking, records it had
+//! already read: they were committed, so that is a duplicate, never a loss.
+//!
 //! **Channels:** each record's [`Topic`] picks its channel: [`Topic::Sync`] goes to
 //! `redis.channel` (`email:sync`: new mail and `mailboxReset`), [`Topic::Changes`] to
 //! `redis.changes_channel` (`email:changes`: flag changes, expunges, the first import).
@@ -195,6 +204,9 @@ pub struct Publisher {
     pub backoff: BackoffConfig,
     /// Bounds on what waits.
     pub bounds: OutboxConfig,
+    /// Cluster mode: this replica's node id. The table is then drained only for the mailboxes
+    /// whose lease it holds ([`Store::outbox_pending_owned`]).
+    pub owner: Option<Arc<str>>,
 }
 
 impl Publisher {
@@ -287,7 +299,10 @@ impl Publisher {
     ) -> Result<(), DrainError> {
         self.inbox.clear();
         loop {
-            let rows = self.store.outbox_pending(PAGE).await?;
+            let rows = match &self.owner {
+                Some(node) => self.store.outbox_pending_owned(node, PAGE).await?,
+                None => self.store.outbox_pending(PAGE).await?,
+            };
             let mut done: Vec<i64> = Vec::with_capacity(rows.len());
             let mut failure = None;
             for row in &rows {

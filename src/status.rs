@@ -42,6 +42,9 @@ pub enum MailboxState {
     Failed,
     /// Shutting down.
     Stopping,
+    /// Cluster mode: another replica holds this mailbox's lease (or nobody does yet); this one
+    /// does not connect to it. Not among [`MailboxState::ALL`]: its owner exports its series.
+    Elsewhere,
 }
 
 impl MailboxState {
@@ -70,6 +73,7 @@ impl MailboxState {
             MailboxState::AuthFailed => "auth_failed",
             MailboxState::Failed => "failed",
             MailboxState::Stopping => "stopping",
+            MailboxState::Elsewhere => "elsewhere",
         }
     }
 }
@@ -89,6 +93,7 @@ impl MailboxStatus {
             reconnects: 0,
             next_retry_at: None,
             import: None,
+            owner: None,
         }
     }
 
@@ -99,7 +104,10 @@ impl MailboxStatus {
     /// act; or stopping.
     pub fn is_ready(&self) -> bool {
         match self.state {
-            MailboxState::Idling | MailboxState::Fetching | MailboxState::Backoff => true,
+            MailboxState::Idling
+            | MailboxState::Fetching
+            | MailboxState::Backoff
+            | MailboxState::Elsewhere => true,
             MailboxState::Connecting | MailboxState::Authenticating | MailboxState::Syncing => {
                 self.reconnects > 0
             }
@@ -141,6 +149,10 @@ pub struct MailboxStatus {
     /// The import (first one, or re-import after UIDVALIDITY changed) of this connection;
     /// `None` when none ran on it.
     pub import: Option<ImportProgress>,
+    /// Cluster mode: the replica (`node_id`) holding the mailbox's lease: this one, another
+    /// (state `elsewhere`), or `null` when nobody holds it or it is not known. Always `null`
+    /// in single-node mode.
+    pub owner: Option<String>,
 }
 
 /// One mailbox on the board: what `/status` shows and what `/metrics` counts.
@@ -192,6 +204,10 @@ impl StatusBoard {
         let mut out: BTreeMap<&'static str, usize> =
             MailboxState::ALL.iter().map(|s| (s.as_str(), 0)).collect();
         for e in self.lock().values() {
+            if e.status.state == MailboxState::Elsewhere {
+                *out.entry(MailboxState::Elsewhere.as_str()).or_default() += 1;
+                continue;
+            }
             *out.entry(e.status.state.as_str()).or_default() += 1;
         }
         out
@@ -200,8 +216,11 @@ impl StatusBoard {
     /// The per-mailbox series in Prometheus text format.
     pub fn render_metrics(&self) -> String {
         let map = self.lock();
+        // A mailbox held elsewhere is exported by its owner: here it would only repeat (and,
+        // with its state gauge, fire the not-idling alert).
         let rows: Vec<_> = map
             .values()
+            .filter(|e| e.status.state != MailboxState::Elsewhere)
             .map(|e| MailboxRow {
                 account: &e.status.account,
                 mailbox: &e.status.mailbox,
@@ -281,6 +300,34 @@ impl StatusBoard {
         self.changed.send_modify(|v| *v += 1);
     }
 
+    /// Cluster mode: this replica does not hold the mailbox. Puts it on the board as
+    /// `elsewhere` (keeping its counters, should it come back) with no owner known.
+    pub fn set_elsewhere(&self, account: &str, mailbox: &str) {
+        let key = (account.to_string(), mailbox.to_string());
+        {
+            let mut map = self.lock();
+            let entry = map.entry(key).or_insert_with_key(|k| Entry {
+                status: MailboxStatus::new(&k.0, &k.1),
+                series: MailboxSeries::default(),
+                import: None,
+            });
+            if entry.status.state != MailboxState::Elsewhere {
+                entry.status.state_since = rfc3339(SystemTime::now());
+            }
+            entry.status.state = MailboxState::Elsewhere;
+            entry.status.owner = None;
+            entry.status.next_retry_at = None;
+            entry.import = None;
+        }
+        self.changed.send_modify(|v| *v += 1);
+    }
+
+    /// Cluster mode: the mailbox's owner as `/status` shows it.
+    pub fn set_owner(&self, account: &str, mailbox: &str, owner: Option<&str>) {
+        let key = (account.to_string(), mailbox.to_string());
+        self.update(&key, |s| s.owner = owner.map(str::to_string));
+    }
+
     /// Forgets a mailbox (when it is removed from the config): it leaves `/status` and its
     /// series leave `/metrics`.
     pub fn remove(&self, account: &str, mailbox: &str) {
@@ -306,6 +353,11 @@ impl Reporter {
         };
         r.board.register(&r.key);
         r
+    }
+
+    /// Cluster mode: the lease is gone; the mailbox shows as `elsewhere`.
+    pub fn set_elsewhere(&self) {
+        self.board.set_elsewhere(&self.key.0, &self.key.1);
     }
 
     /// The single place a state changes. Entering `connecting` begins a new connection, which

@@ -770,6 +770,7 @@ async fn publish_order_holds_when_the_handoff_queue_overflows() -> Result<()> {
             board: Default::default(),
             backoff: Default::default(),
             bounds: Default::default(),
+            owner: None,
         }
         .run(cancel.clone()),
     );

@@ -30,8 +30,8 @@ pub use error::{ConfigError, ConfigErrors};
 pub(crate) use load::Seg;
 pub use redact::redact_url;
 pub use schema::{
-    is_loopback_host, Account, AuthMethod, BackoffConfig, Config, ImapTimers, MetricsConfig,
-    OutboxConfig, RawRetention, RedisConfig, ReloadConfig, StorageConfig, TlsMode,
+    is_loopback_host, Account, AuthMethod, BackoffConfig, ClusterConfig, Config, ImapTimers,
+    MetricsConfig, OutboxConfig, RawRetention, RedisConfig, ReloadConfig, StorageConfig, TlsMode,
     DEFAULT_PUBLISH_RETRY_MAX,
 };
 pub use validate::MAX_CONNECTIONS_PER_LOGIN;

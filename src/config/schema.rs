@@ -34,6 +34,9 @@ pub struct Config {
     /// How edits to this file are picked up while running.
     #[serde(default)]
     pub reload: ReloadConfig,
+    /// Several replicas sharing this account list through PostgreSQL leases (off by default).
+    #[serde(default)]
+    pub cluster: ClusterConfig,
     /// The accounts to watch.
     #[serde(default)]
     pub accounts: Vec<Account>,
@@ -157,6 +160,52 @@ impl Default for ReloadConfig {
         Self {
             watch_interval: Duration::from_secs(2),
         }
+    }
+}
+
+/// `[cluster]`: several replicas, one owner per mailbox (#13). Every replica reads the same
+/// file; each watches only the mailboxes whose lease it holds in PostgreSQL.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// Off by default: one process watches every mailbox, as without this section.
+    pub enabled: bool,
+    /// This replica's name in `cluster_nodes` and in lease rows. Unique per live replica.
+    /// Default: the host name and the pid (`host-1234`), see [`ClusterConfig::node_id`].
+    pub node_id: Option<String>,
+    /// A lease (and the replica's heartbeat) not renewed for this long may be taken by
+    /// another replica.
+    #[serde(deserialize_with = "duration")]
+    pub lease_ttl: Duration,
+    /// How often leases and the heartbeat are renewed. Less than `lease_ttl`.
+    #[serde(deserialize_with = "duration")]
+    pub renew_every: Duration,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            node_id: None,
+            lease_ttl: Duration::from_secs(30),
+            renew_every: Duration::from_secs(10),
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// `node_id`, or the host name and the pid.
+    pub fn node_id(&self) -> String {
+        if let Some(id) = &self.node_id {
+            return id.clone();
+        }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .map(|h| h.trim().to_string())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "localhost".into());
+        format!("{host}-{}", std::process::id())
     }
 }
 

@@ -115,6 +115,12 @@ impl MailboxError {
         }
     }
 
+    /// Cluster mode: a write was rolled back because the mailbox's lease is another
+    /// replica's now. The mailbox is dropped, never retried here.
+    pub fn is_fenced(&self) -> bool {
+        matches!(self, MailboxError::Store(StoreError::Fenced { .. }))
+    }
+
     /// The server's suggested delay before the next attempt, if any.
     pub fn retry_after(&self) -> Option<std::time::Duration> {
         match self {
@@ -151,38 +157,78 @@ pub async fn run(ctx: &MailboxCtx, cancel: &CancellationToken) -> Result<(), Mai
             match event.await? {
                 // Applied while the connection stays in IDLE: nothing is sent to the server.
                 IdleEvent::Changed => {
-                    Box::pin(changes::apply(ctx, &mut conn.view, &mut conn.state)).await?;
+                    let applied = Box::pin(changes::apply(ctx, &mut conn.view, &mut conn.state));
+                    if let Err(e) = applied.await {
+                        if e.is_fenced() {
+                            // Another replica owns the mailbox now: leave IDLE and log out.
+                            let session = Box::pin(idling.done(&mut conn.view, timers)).await?;
+                            Box::pin(connect::logout(session, ctx.timers.done_timeout)).await;
+                        }
+                        return Err(e.into());
+                    }
                     changes::check(&conn.view)?;
                 }
                 other => break other,
             }
         };
         conn.session = Box::pin(idling.done(&mut conn.view, timers)).await?;
-        match event {
-            IdleEvent::NewMail { at } => {
-                ctx.reporter.set_state(MailboxState::Fetching);
-                // Changes first: a message flagged or expunged before it is fetched is fetched
-                // (or not) as it is now, and its rows never go back in time.
-                Box::pin(changes::apply(ctx, &mut conn.view, &mut conn.state)).await?;
-                let fetched = fetch_new(ctx, &mut conn, Some(at), cancel);
-                if Box::pin(fetched).await? == Fetched::Interrupted {
-                    interrupted(ctx, conn.session);
-                    return Ok(());
+        match Box::pin(after_idle(ctx, &mut conn, event, cancel)).await {
+            Ok(Flow::Continue) => {}
+            Ok(Flow::Shutdown) => break,
+            Ok(Flow::Interrupted) => {
+                interrupted(ctx, conn.session);
+                return Ok(());
+            }
+            Err(e) => {
+                if e.is_fenced() {
+                    // Out of IDLE already: log out, the lease is another replica's.
+                    Box::pin(connect::logout(conn.session, ctx.timers.done_timeout)).await;
                 }
-                Box::pin(changes::apply(ctx, &mut conn.view, &mut conn.state)).await?;
+                return Err(e);
             }
-            IdleEvent::Changed | IdleEvent::Renew => {
-                // What came during DONE.
-                Box::pin(changes::apply(ctx, &mut conn.view, &mut conn.state)).await?;
-            }
-            // Changes read during DONE are left: the next connection catches them up.
-            IdleEvent::Shutdown => break,
         }
-        changes::check(&conn.view)?;
     }
     ctx.reporter.set_state(MailboxState::Stopping);
     Box::pin(connect::logout(conn.session, ctx.timers.done_timeout)).await;
     Ok(())
+}
+
+/// What the IDLE loop does next.
+enum Flow {
+    Continue,
+    Shutdown,
+    /// Shutdown came during a fetch: close without LOGOUT ([`interrupted`]).
+    Interrupted,
+}
+
+/// Out of IDLE: handle what ended it.
+async fn after_idle(
+    ctx: &MailboxCtx,
+    conn: &mut Conn,
+    event: IdleEvent,
+    cancel: &CancellationToken,
+) -> Result<Flow, MailboxError> {
+    match event {
+        IdleEvent::NewMail { at } => {
+            ctx.reporter.set_state(MailboxState::Fetching);
+            // Changes first: a message flagged or expunged before it is fetched is fetched
+            // (or not) as it is now, and its rows never go back in time.
+            Box::pin(changes::apply(ctx, &mut conn.view, &mut conn.state)).await?;
+            let fetched = fetch_new(ctx, conn, Some(at), cancel);
+            if Box::pin(fetched).await? == Fetched::Interrupted {
+                return Ok(Flow::Interrupted);
+            }
+            Box::pin(changes::apply(ctx, &mut conn.view, &mut conn.state)).await?;
+        }
+        IdleEvent::Changed | IdleEvent::Renew => {
+            // What came during DONE.
+            Box::pin(changes::apply(ctx, &mut conn.view, &mut conn.state)).await?;
+        }
+        // Changes read during DONE are left: the next connection catches them up.
+        IdleEvent::Shutdown => return Ok(Flow::Shutdown),
+    }
+    changes::check(&conn.view)?;
+    Ok(Flow::Continue)
 }
 
 /// Shutdown came while a `UID FETCH` was being answered. What was read is committed; the

@@ -25,6 +25,7 @@ mod batch;
 mod changes;
 mod changes_plan;
 mod chunk;
+mod leases;
 mod outbox;
 mod state;
 mod stmt;
@@ -34,6 +35,9 @@ mod threads;
 
 pub use batch::{BatchTarget, BatchTx, Committed};
 pub use changes::Applied;
+pub use leases::{
+    Acquired, Fence, Lease, Membership, NodeRow, Takeover, TakeoverReason, CLUSTER_CHANNEL,
+};
 pub use outbox::OutboxRow;
 pub use state::SyncState;
 
@@ -56,6 +60,18 @@ pub enum StoreError {
     /// A migration failed.
     #[error("migration: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// Cluster mode: the mailbox's lease is no longer this replica's at this epoch (it expired
+    /// and another replica took it). The transaction rolled back; the mailbox must be dropped,
+    /// never retried.
+    #[error("lease of {account}/{mailbox} lost (epoch {epoch}): another replica owns it")]
+    Fenced {
+        /// Account id.
+        account: String,
+        /// Mailbox name.
+        mailbox: String,
+        /// The epoch this writer held.
+        epoch: i64,
+    },
 }
 
 impl StoreError {
@@ -69,8 +85,10 @@ impl StoreError {
     /// - `migration`: the embedded migrations failed;
     /// - `database`: any other error the database reported (a deadlock, a full disk, …).
     pub fn kind(&self) -> &'static str {
-        let StoreError::Db(e) = self else {
-            return "migration";
+        let e = match self {
+            StoreError::Db(e) => e,
+            StoreError::Migrate(_) => return "migration",
+            StoreError::Fenced { .. } => return "fenced",
         };
         match e {
             sqlx::Error::PoolTimedOut => "database_pool_timeout",
@@ -93,13 +111,18 @@ impl StoreError {
         }
     }
 
+    /// Cluster mode: the write was rolled back because the lease is another replica's.
+    pub fn is_fenced(&self) -> bool {
+        matches!(self, StoreError::Fenced { .. })
+    }
+
     /// Whether the same work may succeed if tried again soon: an unreachable or overloaded
     /// database, a broken connection, a deadlock. Not a broken constraint, a schema that does
     /// not match the code, a bad URL or a failed migration: those fail the same way every
     /// time until someone changes the code, the schema or the config.
     pub fn is_transient(&self) -> bool {
         match self {
-            StoreError::Migrate(_) => false,
+            StoreError::Migrate(_) | StoreError::Fenced { .. } => false,
             StoreError::Db(sqlx::Error::Configuration(_) | sqlx::Error::InvalidArgument(_)) => {
                 false
             }
@@ -131,6 +154,8 @@ pub struct Store {
     thread_by_subject: bool,
     /// `storage.expunged`: what becomes of a row whose message left the mailbox.
     expunged: ExpungeMode,
+    /// Cluster mode: the lease every mailbox write checks ([`Store::fenced`]).
+    fence: Option<std::sync::Arc<Fence>>,
 }
 
 /// A message row this batch inserted: its `messages.id` and its record.
@@ -150,6 +175,18 @@ pub fn now_ms() -> i64 {
 impl Store {
     /// Connects (creating a missing SQLite file) and sets SQLite up for concurrent writers.
     pub async fn connect(cfg: &StorageConfig) -> Result<Store, StoreError> {
+        Self::connect_with(cfg, None).await
+    }
+
+    /// [`Store::connect`]; on PostgreSQL, `idle_in_transaction` also bounds how long a session
+    /// may sit idle inside a transaction before the server ends it. Cluster mode sets it: a
+    /// replica paused in the middle of a commit (SIGSTOP, a GC pause, a cut network) holds
+    /// its mailbox's lease row `FOR SHARE`, and the lease cannot change hands until that
+    /// transaction ends.
+    pub async fn connect_with(
+        cfg: &StorageConfig,
+        idle_in_transaction: Option<Duration>,
+    ) -> Result<Store, StoreError> {
         sqlx::any::install_default_drivers();
         let backend = if cfg.url.starts_with("sqlite:") {
             Backend::Sqlite
@@ -183,10 +220,23 @@ impl Store {
                 "PRAGMA busy_timeout = 10000",
             ],
         };
+        let idle_tx = match (backend, idle_in_transaction) {
+            (Backend::Postgres, Some(d)) => Some(format!(
+                "SET idle_in_transaction_session_timeout = {}",
+                d.as_millis().max(1)
+            )),
+            _ => None,
+        };
         let opts = opts.after_connect(move |conn, _| {
+            let idle_tx = idle_tx.clone();
             Box::pin(async move {
                 for sql in session_setup {
                     sqlx::query(*sql).execute(&mut *conn).await?;
+                }
+                if let Some(sql) = idle_tx {
+                    sqlx::query(sqlx::AssertSqlSafe(sql))
+                        .execute(&mut *conn)
+                        .await?;
                 }
                 Ok(())
             })
@@ -198,6 +248,7 @@ impl Store {
             extract: ExtractOptions::from(cfg),
             thread_by_subject: cfg.thread_by_subject,
             expunged: cfg.expunged,
+            fence: None,
         })
     }
 

@@ -31,7 +31,7 @@ use crate::imap::ImapError;
 use crate::limiter::ConnectLimiter;
 use crate::mailbox::{self, MailboxCtx};
 use crate::status::{MailboxState, Reporter, StatusBoard};
-use crate::store::Store;
+use crate::store::{Fence, Store};
 
 mod plan;
 use plan::plan;
@@ -55,6 +55,17 @@ pub struct Shared {
     pub import_since: Option<Duration>,
     /// How long mailboxes get to leave IDLE and log out when stopped.
     pub grace: Duration,
+    /// Cluster mode: mailboxes start only when the cluster loop hands them a lease.
+    pub cluster: Option<ClusterLink>,
+}
+
+/// What the supervisor of a replica in cluster mode shares with its cluster loop.
+#[derive(Debug, Clone)]
+pub struct ClusterLink {
+    /// This replica's `node_id`, the owner in lease rows.
+    pub node: Arc<str>,
+    /// A mailbox task whose write was fenced (its lease is gone) sends its key here and ends.
+    pub lost: tokio::sync::mpsc::UnboundedSender<Key>,
 }
 
 /// A mailbox, by account id and mailbox name.
@@ -64,6 +75,8 @@ pub type Key = (String, String);
 struct Running {
     cancel: CancellationToken,
     handle: JoinHandle<()>,
+    /// Cluster mode: the lease epoch its writes are fenced with.
+    epoch: Option<i64>,
 }
 
 /// What a stop did.
@@ -119,10 +132,54 @@ impl Supervisor {
         self.accounts = accounts.to_vec();
         for a in accounts {
             for m in &a.mailboxes {
-                self.spawn(a, m);
+                if self.shared.cluster.is_some() {
+                    self.shared.board.set_elsewhere(&a.id, m);
+                } else {
+                    self.spawn(a, m, None);
+                }
             }
         }
         Ok(())
+    }
+
+    /// Every configured mailbox, in account order.
+    pub fn mailboxes(&self) -> Vec<Key> {
+        self.accounts
+            .iter()
+            .flat_map(|a| a.mailboxes.iter().map(|m| (a.id.clone(), m.clone())))
+            .collect()
+    }
+
+    /// Cluster mode: starts the mailbox under the lease taken at `epoch` (its writes are
+    /// fenced with it). `false` when it is not configured (any more) or its account could not
+    /// be set up; the caller then releases the lease.
+    pub fn take(&mut self, key: &Key, epoch: i64) -> bool {
+        let Some(account) = self.accounts.iter().find(|a| a.id == key.0).cloned() else {
+            return false;
+        };
+        if !account.mailboxes.contains(&key.1) || !self.endpoints.contains_key(&key.0) {
+            return false;
+        }
+        self.spawn(&account, &key.1, Some(epoch));
+        true
+    }
+
+    /// Cluster mode: stops these mailboxes (DONE, LOGOUT, bounded by the grace period) but
+    /// keeps them on the board as `elsewhere`: their leases are about to go to another replica.
+    pub async fn hand_off(&mut self, keys: &[Key]) -> Stopped {
+        let mut handles = Vec::new();
+        for key in keys {
+            if let Some(r) = self.tasks.remove(key) {
+                r.cancel.cancel();
+                handles.push(r.handle);
+            }
+        }
+        let stopped = stop_all(handles, self.shared.grace).await;
+        let configured = self.mailboxes();
+        for key in keys.iter().filter(|k| configured.contains(k)) {
+            self.shared.board.set_elsewhere(&key.0, &key.1);
+        }
+        stopped
     }
 
     /// How many mailbox tasks run.
@@ -140,7 +197,7 @@ impl Supervisor {
         &self.accounts
     }
 
-    fn spawn(&mut self, account: &Account, mailbox: &str) {
+    fn spawn(&mut self, account: &Account, mailbox: &str, epoch: Option<i64>) {
         let Some(endpoint) = self.endpoints.get(&account.id).cloned() else {
             return;
         };
@@ -149,25 +206,45 @@ impl Supervisor {
             return;
         }
         let s = &self.shared;
+        let (store, lost) = match (&s.cluster, epoch) {
+            (Some(c), Some(epoch)) => (
+                s.store.fenced(Fence {
+                    node: c.node.clone(),
+                    epoch,
+                }),
+                Some(c.lost.clone()),
+            ),
+            _ => (s.store.clone(), None),
+        };
         let ctx = MailboxCtx {
             account_id: account.id.clone(),
             email: account.email.clone(),
             mailbox: mailbox.to_string(),
             endpoint,
             timers: s.imap.clone(),
-            store: s.store.clone(),
+            store,
             handoff: s.handoff.clone(),
             reporter: Reporter::new(s.board.clone(), &account.id, mailbox),
             limiter: s.limiter.clone(),
             import_since: s.import_since,
         };
+        if let Some(c) = &s.cluster {
+            s.board.set_owner(&key.0, &key.1, Some(&c.node));
+        }
         let cancel = self.root.child_token();
         let span =
             tracing::info_span!("mailbox", account = %ctx.account_id, mailbox = %ctx.mailbox);
         let handle = self
             .tracker
-            .spawn(supervise(ctx, s.backoff.clone(), cancel.clone()).instrument(span));
-        self.tasks.insert(key, Running { cancel, handle });
+            .spawn(supervise(ctx, s.backoff.clone(), cancel.clone(), lost).instrument(span));
+        self.tasks.insert(
+            key,
+            Running {
+                cancel,
+                handle,
+                epoch,
+            },
+        );
     }
 
     /// Stops these mailboxes together (DONE, LOGOUT), bounded by the grace period; aborts and
@@ -193,6 +270,12 @@ impl Supervisor {
     /// be built (unreadable `ca_file`) is logged and left stopped.
     pub async fn apply(&mut self, new: Vec<Account>) -> Applied {
         let plan = plan(&self.accounts, &new);
+        // Cluster mode: a mailbox restarted (its account changed) keeps its lease.
+        let epochs: HashMap<Key, i64> = plan
+            .stop
+            .iter()
+            .filter_map(|k| Some((k.clone(), self.tasks.get(k)?.epoch?)))
+            .collect();
         self.stop(&plan.stop).await;
         for id in &plan.forget {
             self.endpoints.remove(id);
@@ -215,7 +298,19 @@ impl Supervisor {
                 }
             }
             for m in mailboxes {
-                self.spawn(a, m);
+                if self.shared.cluster.is_some() {
+                    let key = (a.id.clone(), m.clone());
+                    match epochs.get(&key) {
+                        Some(&epoch) => self.spawn(a, m, Some(epoch)),
+                        // Started once the cluster loop takes its lease.
+                        None => {
+                            self.shared.board.set_elsewhere(&a.id, m);
+                            continue;
+                        }
+                    }
+                } else {
+                    self.spawn(a, m, None);
+                }
                 started.push(format!("{}/{m}", a.id));
             }
         }
@@ -273,6 +368,7 @@ fn supervise(
     ctx: MailboxCtx,
     cfg: BackoffConfig,
     cancel: CancellationToken,
+    lost: Option<tokio::sync::mpsc::UnboundedSender<Key>>,
 ) -> impl Future<Output = ()> {
     async move {
         let mut retry = Retry::new(&cfg);
@@ -288,6 +384,20 @@ fn supervise(
                 .await;
             if cancel.is_cancelled() {
                 break;
+            }
+            if let Ok(Err(e)) = &result {
+                if e.is_fenced() {
+                    tracing::warn!(
+                        error = %format!("{e:#}"),
+                        "lease lost to another replica: mailbox dropped, its write rolled back"
+                    );
+                    ctx.reporter.error(e.kind(), "fenced");
+                    ctx.reporter.set_elsewhere();
+                    if let Some(lost) = &lost {
+                        let _ = lost.send((ctx.account_id.clone(), ctx.mailbox.clone()));
+                    }
+                    return;
+                }
             }
             if started.elapsed() >= cfg.reset_after {
                 retry.reset();
