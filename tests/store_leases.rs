@@ -215,8 +215,11 @@ async fn leases_are_taken_renewed_released_and_left() -> Result<()> {
         ..first.clone()
     };
     ensure!(store.release("a", &[stale]).await? == 0, "wrong epoch");
-    ensure!(store.release("b", &[first.clone()]).await? == 0, "not b's");
-    ensure!(store.release("a", &[first.clone()]).await? == 1);
+    ensure!(
+        store.release("b", std::slice::from_ref(&first)).await? == 0,
+        "not b's"
+    );
+    ensure!(store.release("a", std::slice::from_ref(&first)).await? == 1);
     ensure!(store.membership("a", 0).await?.free == 1);
     // Free for a moment only: not stale for a minute.
     ensure!(store.membership("a", 60_000).await?.stale_free == 0);
