@@ -54,10 +54,7 @@ impl Replica {
     /// Mailboxes in each of: idling here, elsewhere.
     fn split(&self) -> (usize, usize) {
         let s = self.board.snapshot();
-        let idling = s
-            .iter()
-            .filter(|m| m.state == MailboxState::Idling)
-            .count();
+        let idling = s.iter().filter(|m| m.state == MailboxState::Idling).count();
         let elsewhere = s
             .iter()
             .filter(|m| m.state == MailboxState::Elsewhere)
@@ -69,10 +66,7 @@ impl Replica {
         let ok = self
             .board
             .wait_for(DEADLINE, |s| {
-                let idling = s
-                    .iter()
-                    .filter(|m| m.state == MailboxState::Idling)
-                    .count();
+                let idling = s.iter().filter(|m| m.state == MailboxState::Idling).count();
                 let elsewhere = s
                     .iter()
                     .filter(|m| m.state == MailboxState::Elsewhere)
@@ -80,7 +74,11 @@ impl Replica {
                 (idling, elsewhere) == want
             })
             .await;
-        anyhow::ensure!(ok, "wanted {want:?} (idling, elsewhere), have {:?}", self.split());
+        anyhow::ensure!(
+            ok,
+            "wanted {want:?} (idling, elsewhere), have {:?}",
+            self.split()
+        );
         Ok(())
     }
 
@@ -173,8 +171,14 @@ async fn a_joining_replica_gets_half_and_a_leaving_one_hands_back_at_once() -> R
     r2.stop().await?;
     r1.wait_split((6, 0)).await?;
     let after = (takeovers("released"), takeovers("expired"));
-    assert!(after.0 >= before.0 + 3.0, "taken as released: {before:?} → {after:?}");
-    assert_eq!(after.1, before.1, "none waited for expiry: {before:?} → {after:?}");
+    assert!(
+        after.0 >= before.0 + 3.0,
+        "taken as released: {before:?} → {after:?}"
+    );
+    assert_eq!(
+        after.1, before.1,
+        "none waited for expiry: {before:?} → {after:?}"
+    );
     let held = owners(&setup).await?;
     assert!(
         held.iter().all(|(_, o, _)| o.as_deref() == Some("n1")),

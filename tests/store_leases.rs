@@ -543,7 +543,7 @@ async fn a_takeover_waits_for_the_commit_in_flight() -> Result<()> {
     let fenced = store.fenced(fence("a", a[0].lease.epoch));
 
     // Hold the account's lock, so a's commit stops right after its lease check (which comes
-    // first and holds the lease row FOR SHARE).
+    // first and holds the lease row FOR KEY SHARE).
     let test = db.pool().await?;
     sqlx::query("INSERT INTO account_locks (account_id, batches) VALUES ($1, 0)")
         .bind(ACCOUNT)
@@ -587,7 +587,7 @@ async fn a_takeover_waits_for_the_commit_in_flight() -> Result<()> {
         Ok(expired)
     })
     .await?;
-    // … yet nobody can take it: acquire skips the row, and a plain update would wait.
+    // … yet nobody can take it: acquire skips the row, and locking it as acquire does waits.
     ensure!(
         store.acquire("b", &k, 1, 0, TTL).await?.is_empty(),
         "taken mid-commit"
@@ -596,12 +596,12 @@ async fn a_takeover_waits_for_the_commit_in_flight() -> Result<()> {
     sqlx::query("SET LOCAL lock_timeout = '100ms'")
         .execute(&mut *probe)
         .await?;
-    let blocked = sqlx::query("UPDATE mailbox_leases SET owner = 'b' WHERE mailbox = 'INBOX'")
+    let blocked = sqlx::query("SELECT 1 FROM mailbox_leases WHERE mailbox = 'INBOX' FOR UPDATE")
         .execute(&mut *probe)
         .await;
     ensure!(
         matches!(&blocked, Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("55P03")),
-        "the update did not wait for the lease row: {blocked:?}"
+        "taking the lease row did not wait: {blocked:?}"
     );
     probe.rollback().await?;
     ensure!(!commit_task.is_finished());
@@ -667,6 +667,33 @@ async fn each_replica_drains_the_outbox_of_the_mailboxes_it_holds() -> Result<()
         .execute(store.pool())
         .await?;
     ensure!(store.outbox_pending_owned("c", 100).await?.is_empty());
+    store.pool().close().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn renewing_forgets_replicas_dead_for_over_an_hour_and_keeps_the_recent_dead() -> Result<()> {
+    let db = TestDb::postgres().await?;
+    let store = store(&db).await?;
+    let pool = db.pool().await?;
+    for (node, age) in [("long-dead", "2 hours"), ("just-dead", "5 minutes")] {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO cluster_nodes (node_id, expires_at) VALUES ('{node}', now() - interval '{age}')"
+        )))
+        .execute(&pool)
+        .await?;
+    }
+    store.renew("a", TTL).await?;
+    let nodes: Vec<(String, bool)> = store
+        .cluster_nodes()
+        .await?
+        .into_iter()
+        .map(|n| (n.node_id, n.live))
+        .collect();
+    ensure!(
+        nodes == [("a".to_string(), true), ("just-dead".to_string(), false)],
+        "{nodes:?}"
+    );
     store.pool().close().await;
     Ok(())
 }
