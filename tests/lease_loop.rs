@@ -26,29 +26,39 @@ struct Replica {
     run: JoinHandle<()>,
 }
 
+/// A replica's config: cluster mode with short timers, one account per user (INBOX).
+fn config(setup: &Setup, node: &str, users: &[&str]) -> ConfigToml {
+    let mut c: ConfigToml = setup
+        .config()
+        .set("cluster", "enabled", true)
+        .set("cluster", "node_id", node)
+        .set("cluster", "lease_ttl", "3s")
+        .set("cluster", "renew_every", "1s")
+        .set("reload", "watch_interval", "100ms");
+    for u in users {
+        let a = AccountSpec::implicit(u, u, "pw", setup.dc.imaps_port(), &["INBOX"]);
+        c = setup.implicit(c, &a);
+    }
+    c
+}
+
 impl Replica {
     async fn start(setup: &Setup, node: &str) -> Result<Replica> {
-        let mut c: ConfigToml = setup
-            .config()
-            .set("cluster", "enabled", true)
-            .set("cluster", "node_id", node)
-            .set("cluster", "lease_ttl", "3s")
-            .set("cluster", "renew_every", "1s");
-        for u in USERS {
-            let a = AccountSpec::implicit(u, u, "pw", setup.dc.imaps_port(), &["INBOX"]);
-            c = setup.implicit(c, &a);
-        }
-        let d = setup.start(&c).await?;
+        let d = setup.start(&config(setup, node, &USERS)).await?;
+        Ok(Self::run(d, None))
+    }
+
+    fn run(d: idlesync::Daemon, path: Option<std::path::PathBuf>) -> Replica {
         let board = d.board().clone();
         let (stop, rx) = oneshot::channel();
-        let run = tokio::spawn(d.run(None, async move {
+        let run = tokio::spawn(d.run(path, async move {
             let _ = rx.await;
         }));
-        Ok(Replica {
+        Replica {
             board,
             stop: Some(stop),
             run,
-        })
+        }
     }
 
     /// Mailboxes in each of: idling here, elsewhere.
@@ -187,5 +197,50 @@ async fn a_joining_replica_gets_half_and_a_leaving_one_hands_back_at_once() -> R
     r1.stop().await?;
     let left = owners(&setup).await?;
     assert!(left.iter().all(|(_, o, _)| o.is_none()), "{left:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_in_cluster_mode_takes_added_mailboxes_and_forgets_removed_ones() -> Result<()> {
+    let setup = Setup::new(
+        &[("lr0", "pw"), ("lr1", "pw"), ("lr2", "pw")],
+        Kind::Postgres,
+        "lease_reload",
+    )
+    .await?;
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("idlesync.toml");
+    std::fs::write(&path, config(&setup, "n1", &["lr0", "lr1"]).render())?;
+    common::init_logs();
+    let first = idlesync::Config::load(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let r = Replica::run(idlesync::Daemon::start(first).await?, Some(path.clone()));
+    r.wait_split((2, 0)).await?;
+
+    // lr0 goes, lr2 comes: the new lease is taken and its mailbox watched, the old row goes.
+    std::fs::write(&path, config(&setup, "n1", &["lr1", "lr2"]).render())?;
+    let ok = r
+        .board
+        .wait_for(DEADLINE, |s| {
+            let idling: Vec<&str> = s
+                .iter()
+                .filter(|m| m.state == MailboxState::Idling)
+                .map(|m| m.account.as_str())
+                .collect();
+            idling == ["lr1", "lr2"] && s.len() == 2
+        })
+        .await;
+    anyhow::ensure!(ok, "{:?}", r.board.snapshot());
+    let held = owners(&setup).await?;
+    let accounts: Vec<&str> = held.iter().map(|(a, _, _)| a.as_str()).collect();
+    assert_eq!(
+        accounts,
+        ["lr1", "lr2"],
+        "lr0's lease row is gone: {held:?}"
+    );
+    assert!(
+        held.iter().all(|(_, o, _)| o.as_deref() == Some("n1")),
+        "{held:?}"
+    );
+    r.stop().await?;
     Ok(())
 }
