@@ -280,16 +280,7 @@ fn bad_mirror_keys_are_located() {
             vec!["must differ from redis.channel"],
         ),
     ];
-    for (text, key, line, words) in cases {
-        let e = parse(&text).expect_err(&text);
-        let e = e.0.iter().find(|e| e.key == key).unwrap_or_else(|| {
-            panic!("no error at {key} for\n{text}\n{e}");
-        });
-        assert_eq!(e.line, Some(line), "{key}: {e}\n{text}");
-        for w in words {
-            assert!(e.to_string().contains(w), "{w:?} not in {e}");
-        }
-    }
+    assert_errors_at(cases);
 }
 
 /// A live reload applies only the account list: a change to the mirror keys makes the
@@ -421,16 +412,7 @@ fn bad_cluster_keys_are_located() {
             vec!["unknown field"],
         ),
     ];
-    for (text, key, line, words) in cases {
-        let e = parse(&text).expect_err(&text);
-        let e = e.0.iter().find(|e| e.key == key).unwrap_or_else(|| {
-            panic!("no error at {key} for\n{text}\n{e}");
-        });
-        assert_eq!(e.line, Some(line), "{key}: {e}\n{text}");
-        for w in words {
-            assert!(e.to_string().contains(w), "{w:?} not in {e}");
-        }
-    }
+    assert_errors_at(cases);
 }
 
 #[test]
@@ -445,4 +427,18 @@ fn cluster_on_postgres_is_valid() {
     }
     // Disabled on SQLite: the section alone changes nothing.
     assert!(parse(&format!("{OK}\n[cluster]\nenabled = false\n")).is_ok());
+}
+
+/// Each text fails with an error at `key` on `line` whose message has every one of `words`.
+fn assert_errors_at<const N: usize>(cases: [(String, &str, usize, Vec<&str>); N]) {
+    for (text, key, line, words) in cases {
+        let e = parse(&text).expect_err(&text);
+        let e = e.0.iter().find(|e| e.key == key).unwrap_or_else(|| {
+            panic!("no error at {key} for\n{text}\n{e}");
+        });
+        assert_eq!(e.line, Some(line), "{key}: {e}\n{text}");
+        for w in words {
+            assert!(e.to_string().contains(w), "{w:?} not in {e}");
+        }
+    }
 }

@@ -25,7 +25,6 @@ use sqlx::Row;
 
 use super::stmt::Tx;
 use super::{OutboxRow, Store, StoreError};
-use crate::changes::Topic;
 
 /// Keys per lease statement (sent as one JSON text parameter).
 const KEYS_PER_STATEMENT: usize = 1000;
@@ -425,18 +424,7 @@ impl Store {
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| OutboxRow {
-                id: r.get(0),
-                account_id: r.get(1),
-                mailbox: r.get(2),
-                topic: Topic::parse(&r.get::<String, _>(6)),
-                payload: r.get(3),
-                exists_at_us: r.get(4),
-                created_at: r.get(5),
-            })
-            .collect())
+        Ok(rows.iter().map(super::outbox::outbox_row).collect())
     }
 
     /// The fence check, first thing in a mailbox write's transaction `tx` (see the module

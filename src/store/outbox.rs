@@ -58,18 +58,7 @@ impl Store {
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| OutboxRow {
-                id: r.get(0),
-                account_id: r.get(1),
-                mailbox: r.get(2),
-                topic: Topic::parse(&r.get::<String, _>(6)),
-                payload: r.get(3),
-                exists_at_us: r.get(4),
-                created_at: r.get(5),
-            })
-            .collect())
+        Ok(rows.iter().map(outbox_row).collect())
     }
 
     /// Removes published records.
@@ -120,6 +109,19 @@ impl Store {
             .await?;
         let oldest: Option<i64> = row.get(1);
         Ok((row.get(0), oldest.map(|t| now_ms() - t)))
+    }
+}
+
+/// A row of `SELECT id, account_id, mailbox, payload, exists_at_us, created_at, topic`.
+pub(super) fn outbox_row(r: &AnyRow) -> OutboxRow {
+    OutboxRow {
+        id: r.get(0),
+        account_id: r.get(1),
+        mailbox: r.get(2),
+        topic: Topic::parse(&r.get::<String, _>(6)),
+        payload: r.get(3),
+        exists_at_us: r.get(4),
+        created_at: r.get(5),
     }
 }
 

@@ -167,14 +167,7 @@ impl Supervisor {
     /// Cluster mode: stops these mailboxes (DONE, LOGOUT, bounded by the grace period) but
     /// keeps them on the board as `elsewhere`: their leases are about to go to another replica.
     pub async fn hand_off(&mut self, keys: &[Key]) -> Stopped {
-        let mut handles = Vec::new();
-        for key in keys {
-            if let Some(r) = self.tasks.remove(key) {
-                r.cancel.cancel();
-                handles.push(r.handle);
-            }
-        }
-        let stopped = stop_all(handles, self.shared.grace).await;
+        let stopped = self.cancel_and_wait(keys).await;
         let configured = self.mailboxes();
         for key in keys.iter().filter(|k| configured.contains(k)) {
             self.shared.board.set_elsewhere(&key.0, &key.1);
@@ -250,6 +243,16 @@ impl Supervisor {
     /// Stops these mailboxes together (DONE, LOGOUT), bounded by the grace period; aborts and
     /// awaits what is left, and only then takes them off the board and out of `/metrics`.
     pub async fn stop(&mut self, keys: &[Key]) -> Stopped {
+        let stopped = self.cancel_and_wait(keys).await;
+        for (account, mailbox) in keys {
+            self.shared.board.remove(account, mailbox);
+        }
+        stopped
+    }
+
+    /// Cancels these mailboxes' tasks and waits for them ([`stop_all`]); the board is the
+    /// caller's.
+    async fn cancel_and_wait(&mut self, keys: &[Key]) -> Stopped {
         let mut handles = Vec::new();
         for key in keys {
             if let Some(r) = self.tasks.remove(key) {
@@ -257,11 +260,7 @@ impl Supervisor {
                 handles.push(r.handle);
             }
         }
-        let stopped = stop_all(handles, self.shared.grace).await;
-        for (account, mailbox) in keys {
-            self.shared.board.remove(account, mailbox);
-        }
-        stopped
+        stop_all(handles, self.shared.grace).await
     }
 
     /// Applies a new account list: accounts added, removed or changed are started, stopped or
