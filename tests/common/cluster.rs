@@ -93,6 +93,8 @@ impl Replica {
             .args(["run", "--config"])
             .arg(&self.config)
             .env("RUST_LOG", "idlesync=info")
+            // Plain text in the log file, so that levels can be read back.
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -340,6 +342,8 @@ impl Rig {
             seq: Arc::default(),
             dir: tempfile::tempdir()?,
         };
+        // A file rather than inline, as a deployment would (and no warning per account).
+        std::fs::write(rig.dir.path().join("password"), PW)?;
         for _ in 0..replicas {
             rig.add_replica()?;
         }
@@ -386,7 +390,9 @@ impl Rig {
                     mailboxes: &["INBOX"],
                 },
                 None,
-            );
+            )
+            .account_unset("password")
+            .account_set("password_file", self.dir.path().join("password").as_path());
         }
         c.render()
     }
@@ -406,6 +412,19 @@ impl Rig {
             .map(|r| r.log_tail(25))
             .collect::<Vec<_>>()
             .join("\n")
+    }
+
+    /// Lines of every replica's log at WARN or ERROR, or with a panic, prefixed by the node.
+    pub fn complaints(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for r in &self.replicas {
+            for l in r.log_text().lines() {
+                if l.contains(" WARN ") || l.contains(" ERROR ") || l.contains("panicked") {
+                    out.push(format!("{}: {l}", r.node));
+                }
+            }
+        }
+        out
     }
 
     /// Waits until every replica in `live` answers `/readyz` with 200.
