@@ -111,6 +111,21 @@ async fn one_owner_per_mailbox() -> Result<()> {
         "held {held:?}"
     );
     rig.wait_one_session_each(Duration::from_secs(20)).await?;
+    // The gauges agree (they are set by each replica's loop, hence a bounded wait).
+    for r in &rig.replicas {
+        let gauges = common::wait_until(Duration::from_secs(10), || async {
+            Ok(r.metric("idlesync_leases_held", "").await? == 10.0
+                && r.metric("idlesync_cluster_nodes", "").await? == 3.0)
+        })
+        .await;
+        ensure!(
+            gauges.is_ok(),
+            "{}: idlesync_leases_held {}, idlesync_cluster_nodes {}",
+            r.node,
+            r.metric("idlesync_leases_held", "").await?,
+            r.metric("idlesync_cluster_nodes", "").await?
+        );
+    }
 
     // Each owner stores and announces its mailboxes' mail.
     rig.append(&all_users(), 1).await?;
@@ -158,6 +173,16 @@ async fn kill9_moves_mailboxes_and_loses_nothing() -> Result<()> {
         expired >= orphans.len() as f64,
         "{expired} expired takeovers for {} orphaned mailboxes",
         orphans.len()
+    );
+    let mut timed = 0.0;
+    for i in [0, 2] {
+        timed += rig.replicas[i]
+            .metric("idlesync_lease_takeover_seconds_count", "")
+            .await?;
+    }
+    ensure!(
+        timed >= orphans.len() as f64,
+        "{timed} takeovers in idlesync_lease_takeover_seconds"
     );
     let s = rig.check_store(DRAIN).await?;
     println!(
@@ -237,21 +262,26 @@ async fn rolling_restart_loses_and_doubles_nothing() -> Result<()> {
     let _serial = SERIAL.lock().await;
     let mut rig = Rig::start(3, false).await?;
     rig.wait_settled(&[0, 1, 2], true, SETTLE).await?;
-    let flow = rig.flow(all_users(), Duration::from_millis(60));
-    rolling_restart(&mut rig).await?;
+    let flow = rig.flow(all_users(), PACE);
+    rolling_restart(&mut rig, 0).await?;
+    let during = rig.appended().len();
     rig.wait_appended(300, Duration::from_secs(60)).await?;
     flow.stop().await?;
     rig.wait_one_session_each(Duration::from_secs(20)).await?;
     ensure_single_idle(&rig)?;
     let s = rig.check_store(DRAIN).await?;
     ensure!(s.appended >= 300, "{s:?}");
-    println!("rolling restart: {s:?}");
+    println!("rolling restart: {during} messages appended during the restarts, {s:?}");
     Ok(())
 }
 
-/// Restarts r1, r2, r3 in turn (see [`rolling_restart_loses_and_doubles_nothing`]).
-async fn rolling_restart(rig: &mut Rig) -> Result<()> {
+/// Restarts r1, r2, r3 in turn (see [`rolling_restart_loses_and_doubles_nothing`]), each
+/// once another 75 messages (counted from `from`) have been appended, so that mail arrives
+/// before, between and after the restarts.
+async fn rolling_restart(rig: &mut Rig, from: usize) -> Result<()> {
     for i in 0..3 {
+        rig.wait_appended(from + 75 * (i + 1), Duration::from_secs(30))
+            .await?;
         let others: Vec<usize> = (0..3).filter(|&j| j != i).collect();
         let node = rig.replicas[i].node.clone();
         let mine = rig.replicas[i].held().await?;
@@ -320,9 +350,23 @@ async fn postgres_down_for_20s() -> Result<()> {
     rig.wait_appended(30, Duration::from_secs(30)).await?;
 
     rig.own_pg()?.stop()?;
+    let down = tokio::time::Instant::now();
     let during = rig.appended().len();
-    // The outage itself: 20 s of a stopped server, mail arriving meanwhile.
-    tokio::time::sleep(Duration::from_secs(20)).await;
+    // Unable to renew for lease_ttl, every replica leaves IDLE and logs out (another one that
+    // can reach the database might take the mailboxes), and none is ready.
+    rig.proxy
+        .wait_for(Duration::from_secs(15), |c| {
+            c.values().all(|c| c.open == 0 && c.idle == 0)
+        })
+        .await?;
+    for r in &rig.replicas {
+        common::wait_until(Duration::from_secs(15), || async {
+            Ok(r.get("/readyz").await.is_err())
+        })
+        .await?;
+    }
+    // The rest of the 20 s outage (the fault itself), mail arriving meanwhile.
+    tokio::time::sleep_until(down + Duration::from_secs(20)).await;
     let during = rig.appended().len() - during;
     for r in &mut rig.replicas {
         ensure!(

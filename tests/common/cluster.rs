@@ -380,19 +380,20 @@ impl Rig {
         let port = self.proxy.addr().port();
         for i in 0..USERS {
             let (id, u) = (account(i), user(i));
-            c = c.account(
-                &AccountSpec {
-                    id: &id,
-                    user: &u,
-                    password: PW,
-                    tls: "none",
-                    port,
-                    mailboxes: &["INBOX"],
-                },
-                None,
-            )
-            .account_unset("password")
-            .account_set("password_file", self.dir.path().join("password").as_path());
+            c = c
+                .account(
+                    &AccountSpec {
+                        id: &id,
+                        user: &u,
+                        password: PW,
+                        tls: "none",
+                        port,
+                        mailboxes: &["INBOX"],
+                    },
+                    None,
+                )
+                .account_unset("password")
+                .account_set("password_file", self.dir.path().join("password").as_path());
         }
         c.render()
     }
@@ -663,8 +664,9 @@ impl Rig {
     }
 
     /// The end-of-test invariants, once everything appended so far is in: every appended
-    /// message has exactly one row (no loss, no double, nothing else), and every stored UID was
-    /// announced on Redis at least once. Waits (bounded) for stragglers.
+    /// message has exactly one row (no loss, no double, nothing else), every stored UID was
+    /// announced on Redis at least once, and no replica's log shows a panic. Waits (bounded)
+    /// for stragglers.
     pub async fn check_store(&mut self, deadline: Duration) -> Result<Summary> {
         let appended = self.appended();
         let want: BTreeSet<(String, i64)> = appended
@@ -736,6 +738,16 @@ impl Rig {
                 }
             }
         }
+        let panics: Vec<String> = self
+            .complaints()
+            .into_iter()
+            .filter(|l| l.contains("panicked"))
+            .collect();
+        ensure!(
+            panics.is_empty(),
+            "a replica panicked:\n{}",
+            panics.join("\n")
+        );
         Ok(Summary {
             appended: want.len(),
             stored: rows.len(),
