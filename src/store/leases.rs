@@ -5,9 +5,15 @@
 //! every write for the mailbox ([`Store::commit_batch`], [`Store::apply_changes`],
 //! [`Store::start_epoch`]) made through a [`Store::fenced`] store checks, inside its own
 //! transaction and before writing, that the lease is still `(node, epoch)` and unexpired, and
-//! holds it `FOR SHARE` until COMMIT, so a takeover waits for a commit in flight and never
-//! overlaps it. A miss rolls back with [`StoreError::Fenced`] and is counted in
-//! `idlesync_fencing_rejections_total`.
+//! holds it `FOR KEY SHARE` until COMMIT, so a takeover (which locks the row `FOR UPDATE`)
+//! waits for a commit in flight and never overlaps it. A miss rolls back with
+//! [`StoreError::Fenced`] and is counted in `idlesync_fencing_rejections_total`.
+//!
+//! `FOR KEY SHARE` rather than `FOR SHARE`: the owner's own renewal (an UPDATE of
+//! `expires_at` only, which locks `FOR NO KEY UPDATE`) then never waits for its commits, nor
+//! they for it. The rule that keeps this sound: a lease changes owner or epoch only through
+//! [`Store::acquire`] (`FOR UPDATE`, which conflicts with every share lock) or through its own
+//! owner's [`Store::release`] / [`Store::leave`], after that owner stopped the mailbox.
 //!
 //! Replicas are woken by `NOTIFY` on [`CLUSTER_CHANNEL`] when leases are released or a replica
 //! joins; that is only a hint, the rows decide.
@@ -175,6 +181,9 @@ impl Store {
     /// "First" is judged by the database: `node` had no live row before this statement (all
     /// parts of one statement read the same snapshot, so `j` sees the row as it was). A
     /// replica whose heartbeat had lapsed rejoins, and NOTIFYs again.
+    ///
+    /// Rows of replicas dead for over an hour (killed, never left: each new pid is a new
+    /// node id) go in the same statement, so `/status/summary` lists the recent dead only.
     pub async fn renew(&self, node: &str, ttl: Duration) -> Result<Vec<Lease>, StoreError> {
         // `n` and `l` run whether read or not (data-modifying CTEs always do); `j` is a plain
         // SELECT and would not run unless read: the UNION ALL reads it, and its one row (when
@@ -184,6 +193,8 @@ impl Store {
              VALUES ($1, now() + $2 * interval '1 millisecond') \
              ON CONFLICT (node_id) DO UPDATE SET heartbeat_at = now(), \
              expires_at = excluded.expires_at RETURNING 1), \
+             g AS (DELETE FROM cluster_nodes WHERE node_id <> $1 \
+             AND expires_at < now() - interval '1 hour'), \
              l AS (UPDATE mailbox_leases SET expires_at = now() + $2 * interval '1 millisecond' \
              WHERE owner = $1 RETURNING account_id, mailbox, epoch), \
              j AS (SELECT pg_notify('idlesync_cluster', $1) WHERE NOT EXISTS \
@@ -242,7 +253,7 @@ impl Store {
     /// `min_free_ms`), `FOR UPDATE SKIP LOCKED` so that replicas taking at once never block or
     /// take the same one: owner `node`, epoch + 1, `expires_at = now() + ttl`. In key order.
     ///
-    /// A lease row held `FOR SHARE` by a commit in flight (its owner's, see the module doc) is
+    /// A lease row held `FOR KEY SHARE` by a commit in flight (its owner's, see the module doc) is
     /// skipped too: it is taken at a later call, once that commit ended.
     pub async fn acquire(
         &self,
@@ -430,7 +441,7 @@ impl Store {
 
     /// The fence check, first thing in a mailbox write's transaction `tx` (see the module
     /// doc): with no fence, `tx` back untouched (no round trip); with one, the lease row is
-    /// read and held `FOR SHARE` until `tx` ends, or `tx` is rolled back and
+    /// read and held `FOR KEY SHARE` until `tx` ends, or `tx` is rolled back and
     /// [`StoreError::Fenced`] returned (and counted).
     ///
     /// Expiry is judged at this statement's start, not `now()`: a transaction from
@@ -446,7 +457,7 @@ impl Store {
         };
         let held = sqlx::query(
             "SELECT 1 FROM mailbox_leases WHERE account_id = $1 AND mailbox = $2 \
-             AND owner = $3 AND epoch = $4 AND expires_at > statement_timestamp() FOR SHARE",
+             AND owner = $3 AND epoch = $4 AND expires_at > statement_timestamp() FOR KEY SHARE",
         )
         .bind(account_id)
         .bind(mailbox)

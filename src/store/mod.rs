@@ -181,7 +181,7 @@ impl Store {
     /// [`Store::connect`]; on PostgreSQL, `idle_in_transaction` also bounds how long a session
     /// may sit idle inside a transaction before the server ends it. Cluster mode sets it: a
     /// replica paused in the middle of a commit (SIGSTOP, a GC pause, a cut network) holds
-    /// its mailbox's lease row `FOR SHARE`, and the lease cannot change hands until that
+    /// its mailbox's lease row `FOR KEY SHARE`, and the lease cannot change hands until that
     /// transaction ends.
     pub async fn connect_with(
         cfg: &StorageConfig,
