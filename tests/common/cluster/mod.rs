@@ -12,8 +12,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,10 +30,11 @@ use super::redis::{self, Subscriber};
 use super::servers::{free_port, OwnPostgres};
 use super::setup::{changes_channel, ConfigToml};
 use idle_count::IdleCount;
+pub use replica::Replica;
 
-// A submodule (tests/common/idle_count.rs) so that common/mod.rs only gains `cluster`.
-#[path = "idle_count.rs"]
+mod checks;
 pub mod idle_count;
+mod replica;
 
 /// Mailboxes (users, accounts) in the cluster.
 pub const USERS: usize = 30;
@@ -68,161 +67,6 @@ pub struct Appended {
     pub uid: i64,
     /// Unique per rig.
     pub subject: String,
-}
-
-/// One `idlesync run` process.
-pub struct Replica {
-    /// `[cluster] node_id`.
-    pub node: String,
-    /// `[metrics] listen`.
-    pub admin: SocketAddr,
-    config: PathBuf,
-    log: PathBuf,
-    child: Option<tokio::process::Child>,
-}
-
-impl Replica {
-    /// Starts the process (again); its log is appended to.
-    pub fn spawn(&mut self) -> Result<()> {
-        ensure!(self.child.is_none(), "{} is already running", self.node);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)?;
-        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_idlesync"))
-            .args(["run", "--config"])
-            .arg(&self.config)
-            .env("RUST_LOG", "idlesync=info")
-            // Plain text in the log file, so that levels can be read back.
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .context("spawning idlesync")?;
-        self.child = Some(child);
-        Ok(())
-    }
-
-    fn pid(&self) -> Result<u32> {
-        self.child
-            .as_ref()
-            .and_then(|c| c.id())
-            .with_context(|| format!("{} is not running", self.node))
-    }
-
-    /// Sends `signal` (`STOP`, `CONT`, `TERM`…) with kill(1).
-    pub fn signal(&self, signal: &str) -> Result<()> {
-        let pid = self.pid()?;
-        let status = std::process::Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(pid.to_string())
-            .status()?;
-        ensure!(status.success(), "kill -{signal} {pid}: {status}");
-        Ok(())
-    }
-
-    /// SIGKILL, and reaps it: no DONE, no LOGOUT, no release.
-    pub async fn kill9(&mut self) -> Result<()> {
-        let mut child = self.child.take().context("not running")?;
-        child.start_kill()?;
-        tokio::time::timeout(Duration::from_secs(10), child.wait()).await??;
-        Ok(())
-    }
-
-    /// SIGTERM, then a clean exit (status 0) within `deadline`.
-    pub async fn term(&mut self, deadline: Duration) -> Result<()> {
-        self.signal("TERM")?;
-        let mut child = self.child.take().context("not running")?;
-        let status = tokio::time::timeout(deadline, child.wait())
-            .await
-            .with_context(|| {
-                format!(
-                    "{} did not exit within {deadline:?} of SIGTERM\n{}",
-                    self.node,
-                    self.log_tail(30)
-                )
-            })??;
-        ensure!(
-            status.success(),
-            "{} exited with {status} after SIGTERM\n{}",
-            self.node,
-            self.log_tail(30)
-        );
-        Ok(())
-    }
-
-    /// `Some(status)` when the process has exited (or was never started: `None` inside).
-    pub fn exited(&mut self) -> Result<Option<std::process::ExitStatus>> {
-        match &mut self.child {
-            Some(c) => Ok(c.try_wait()?),
-            None => bail!("{} is not running", self.node),
-        }
-    }
-
-    /// GET `path` on the admin listener (200 only).
-    pub async fn get(&self, path: &str) -> Result<String> {
-        super::http_get(self.admin, path).await
-    }
-
-    /// `/status`, one object per mailbox.
-    pub async fn status(&self) -> Result<Vec<Value>> {
-        let v: Value = serde_json::from_str(&self.get("/status").await?)?;
-        v.as_array().cloned().context("/status is not an array")
-    }
-
-    /// `/status/summary`.
-    pub async fn summary(&self) -> Result<Value> {
-        Ok(serde_json::from_str(&self.get("/status/summary").await?)?)
-    }
-
-    /// How many mailboxes it holds (`/status/summary` `cluster.held`).
-    pub async fn held(&self) -> Result<usize> {
-        let s = self.summary().await?;
-        let held = s["cluster"]["held"].as_u64();
-        held.map(|n| n as usize)
-            .with_context(|| format!("{}: no cluster.held in {s}", self.node))
-    }
-
-    /// The sum of every `/metrics` series of `name` whose labels contain `labels` (e.g.
-    /// `reason="expired"`; `""` for all). 0 when there is none.
-    pub async fn metric(&self, name: &str, labels: &str) -> Result<f64> {
-        Ok(metric_sum(&self.get("/metrics").await?, name, labels))
-    }
-
-    /// Waits until `/readyz` answers 200.
-    pub async fn wait_ready(&self, deadline: Duration) -> Result<()> {
-        super::wait_until(deadline, || async { Ok(self.get("/readyz").await.is_ok()) })
-            .await
-            .with_context(|| format!("{} not ready\n{}", self.node, self.log_tail(30)))
-    }
-
-    /// The last `n` lines of its log.
-    pub fn log_tail(&self, n: usize) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        let from = lines.len().saturating_sub(n);
-        format!("--- {} log ---\n{}", self.node, lines[from..].join("\n"))
-    }
-
-    /// Its whole log so far.
-    pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-/// The sum of the series of `name` in a Prometheus text page whose label set contains `labels`.
-pub fn metric_sum(text: &str, name: &str, labels: &str) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
-        })
-        .filter(|l| l.contains(labels))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 /// Where the rig's database lives.
@@ -653,132 +497,6 @@ impl Rig {
             .connect(&self.db_url)
             .await?)
     }
-
-    /// Rows of `(account, uid)` stored for these appended messages' accounts.
-    async fn rows(pool: &AnyPool) -> Result<Vec<(String, i64, i64, Option<String>)>> {
-        Ok(sqlx::query_as(
-            "SELECT account_id, uidvalidity, uid, subject FROM messages WHERE mailbox = 'INBOX'",
-        )
-        .fetch_all(pool)
-        .await?)
-    }
-
-    /// The end-of-test invariants, once everything appended so far is in: every appended
-    /// message has exactly one row (no loss, no double, nothing else), every stored UID was
-    /// announced on Redis at least once, and no replica's log shows a panic. Waits (bounded)
-    /// for stragglers.
-    pub async fn check_store(&mut self, deadline: Duration) -> Result<Summary> {
-        let appended = self.appended();
-        let want: BTreeSet<(String, i64)> = appended
-            .iter()
-            .map(|a| (a.account.clone(), a.uid))
-            .collect();
-        ensure!(want.len() == appended.len(), "APPENDUID repeated a UID");
-        let pool = self.pool().await?;
-        let end = tokio::time::Instant::now() + deadline;
-        let (rows, have) = loop {
-            let rows = Self::rows(&pool).await?;
-            let have: BTreeSet<(String, i64)> = rows.iter().map(|r| (r.0.clone(), r.2)).collect();
-            if want.is_subset(&have) {
-                break (rows, have);
-            }
-            if tokio::time::Instant::now() >= end {
-                let missing: Vec<_> = want.difference(&have).collect();
-                bail!(
-                    "{} of {} appended messages not stored after {deadline:?}: {missing:?}\n{}",
-                    missing.len(),
-                    want.len(),
-                    self.logs()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
-        pool.close().await;
-        let extra: Vec<_> = have.difference(&want).collect();
-        ensure!(extra.is_empty(), "rows nobody appended: {extra:?}");
-        ensure!(
-            rows.len() == want.len(),
-            "{} rows for {} messages: a message stored twice",
-            rows.len(),
-            want.len()
-        );
-        let subjects: BTreeSet<&str> = rows.iter().filter_map(|r| r.3.as_deref()).collect();
-        ensure!(subjects.len() == rows.len(), "a subject stored twice");
-        let by_subject: BTreeMap<&str, (&str, i64)> = appended
-            .iter()
-            .map(|a| (a.subject.as_str(), (a.account.as_str(), a.uid)))
-            .collect();
-        for r in &rows {
-            let s = r.3.as_deref().unwrap_or_default();
-            ensure!(
-                by_subject.get(s) == Some(&(r.0.as_str(), r.2)),
-                "row {r:?} does not match what was appended"
-            );
-        }
-
-        // Every stored UID announced: read the subscribers until they cover it.
-        let stored: BTreeSet<(String, i64, i64)> =
-            rows.iter().map(|r| (r.0.clone(), r.1, r.2)).collect();
-        let end = tokio::time::Instant::now() + deadline;
-        while !stored.is_subset(&self.announced) {
-            let left = end.saturating_duration_since(tokio::time::Instant::now());
-            let rec = tokio::select! {
-                r = self.sub.next(left) => r,
-                r = self.changes.next(left) => r,
-            };
-            match rec {
-                Ok(rec) => self.note(&rec),
-                Err(e) => {
-                    let never: Vec<_> = stored.difference(&self.announced).collect();
-                    bail!(
-                        "{} stored UIDs never announced ({e:#}): {never:?}\n{}",
-                        never.len(),
-                        self.logs()
-                    );
-                }
-            }
-        }
-        let panics: Vec<String> = self
-            .complaints()
-            .into_iter()
-            .filter(|l| l.contains("panicked"))
-            .collect();
-        ensure!(
-            panics.is_empty(),
-            "a replica panicked:\n{}",
-            panics.join("\n")
-        );
-        Ok(Summary {
-            appended: want.len(),
-            stored: rows.len(),
-            announced: stored.len(),
-        })
-    }
-
-    fn note(&mut self, rec: &Value) {
-        let kind = rec["kind"].as_str().unwrap_or_default();
-        if kind == "imported" {
-            self.imported_records += 1;
-        }
-        if kind != "newMail" && kind != "imported" {
-            return;
-        }
-        let acc = rec["accountId"].as_str().unwrap_or_default().to_string();
-        let uv = rec["uidValidity"].as_i64().unwrap_or_default();
-        for u in rec["uids"].as_array().into_iter().flatten() {
-            if let Some(u) = u.as_i64() {
-                self.announced.insert((acc.clone(), uv, u));
-            }
-        }
-    }
-}
-
-/// What [`Rig::check_store`] found, for the test's output.
-#[derive(Debug, Clone, Copy)]
-pub struct Summary {
-    pub appended: usize,
-    pub stored: usize,
-    pub announced: usize,
 }
 
 async fn append_one(
