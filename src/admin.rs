@@ -136,7 +136,7 @@ async fn route(req: &Request<Incoming>, state: &AdminState) -> Response<Full<Byt
         "/" => reply(
             StatusCode::OK,
             "text/html; charset=utf-8",
-            status_page(&state.board.snapshot()),
+            status_page(&snapshot(state).await),
         ),
         _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
     }
@@ -209,15 +209,24 @@ pub fn status_page(mailboxes: &[MailboxStatus]) -> String {
         .iter()
         .filter(|m| m.state == MailboxState::Idling)
         .count();
+    // Cluster mode: who holds each mailbox.
+    let cluster = mailboxes
+        .iter()
+        .any(|m| m.owner.is_some() || m.state == MailboxState::Elsewhere);
     let mut rows = String::new();
     for m in mailboxes {
         let opt = |v: Option<String>| v.map_or_else(|| "–".to_string(), |v| html_escape(&v));
+        let owner = if cluster {
+            format!("<td class=\"owner\">{}</td>", opt(m.owner.clone()))
+        } else {
+            String::new()
+        };
         rows.push_str(&format!(
             "<tr class=\"mailbox\" data-account=\"{account}\" data-mailbox=\"{mailbox}\" \
              data-state=\"{state}\"><td>{account}</td><td>{mailbox}</td>\
              <td class=\"state {state}\">{state}</td><td>{since}</td><td>{uid}</td>\
              <td>{last_msg}</td><td>{err}</td><td>{reconnects}</td><td>{retry}</td>\
-             <td>{import}</td></tr>\n",
+             <td>{import}</td>{owner}</tr>\n",
             account = html_escape(&m.account),
             mailbox = html_escape(&m.mailbox),
             state = m.state.as_str(),
@@ -248,6 +257,7 @@ th {{ background: #f4f4f4; }}
 .connecting, .authenticating, .syncing {{ color: #2b5fb4; }}
 .backoff {{ color: #b36b00; }}
 .auth_failed, .failed, .stopping {{ color: #c0262d; }}
+.elsewhere {{ color: #777; }}
 .import {{ white-space: nowrap; }}
 .import progress {{ display: block; width: 100%; min-width: 10em; }}
 </style></head>
@@ -255,12 +265,13 @@ th {{ background: #f4f4f4; }}
 <h1>idlesync</h1>
 <p id="summary">{idling} of {total} mailboxes idling. This page reloads every 5 s; <a href="/status">JSON</a>, <a href="/metrics">metrics</a>.</p>
 <table id="mailboxes">
-<thead><tr><th>account</th><th>mailbox</th><th>state</th><th>since</th><th>last UID</th><th>last message</th><th>last error</th><th>reconnects</th><th>next retry</th><th>import</th></tr></thead>
+<thead><tr><th>account</th><th>mailbox</th><th>state</th><th>since</th><th>last UID</th><th>last message</th><th>last error</th><th>reconnects</th><th>next retry</th><th>import</th>{owner_head}</tr></thead>
 <tbody>
 {rows}</tbody></table>
 </body></html>
 "#,
         total = mailboxes.len(),
+        owner_head = if cluster { "<th>owner</th>" } else { "" },
     )
 }
 
@@ -390,6 +401,24 @@ mod tests {
         assert!(page.contains("Sent &quot;x&quot;"), "{page}");
         assert!(page.contains("1 of 2 mailboxes idling"), "{page}");
         assert!(!page.contains("<progress"), "no import, no bar: {page}");
+        assert!(
+            !page.contains("<th>owner</th>"),
+            "single-node: no owner column"
+        );
+
+        // Cluster mode: each row names the replica holding the mailbox.
+        let mut here = m("a1", "INBOX", MailboxState::Idling);
+        here.owner = Some("r1".into());
+        let mut there = m("a2", "INBOX", MailboxState::Elsewhere);
+        there.owner = Some("r<2>".into());
+        let page = status_page(&[here, there]);
+        assert!(page.contains("<th>owner</th>"), "{page}");
+        assert!(page.contains(r#"<td class="owner">r1</td>"#), "{page}");
+        assert!(
+            page.contains(r#"<td class="owner">r&lt;2&gt;</td>"#),
+            "{page}"
+        );
+        assert!(page.contains(r#"data-state="elsewhere""#), "{page}");
     }
 
     #[test]
