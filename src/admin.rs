@@ -46,6 +46,8 @@ pub struct AdminState {
     pub store: Store,
     /// Cluster mode: this replica's node id.
     pub node: Option<Arc<str>>,
+    /// Cluster mode: whether its lease heartbeat is current.
+    pub heartbeat: Option<Arc<crate::cluster::Heartbeat>>,
 }
 
 /// Serves until `cancel`.
@@ -185,6 +187,9 @@ async fn readiness(state: &AdminState) -> Result<(), Vec<String>> {
         Ok(Ok(())) => {}
         Ok(Err(e)) => reasons.push(format!("storage: {}", e.kind())),
         Err(_) => reasons.push("storage: no answer within 2 s".into()),
+    }
+    if let Some(problem) = state.heartbeat.as_ref().and_then(|h| h.problem()) {
+        reasons.push(problem);
     }
     for m in state.board.snapshot() {
         if !m.is_ready() {

@@ -164,6 +164,7 @@ impl Daemon {
                 board: board.clone(),
                 store: store.clone(),
                 node: node.clone(),
+                heartbeat: cluster.as_ref().map(Cluster::heartbeat),
             },
             admin_cancel.clone(),
         ));

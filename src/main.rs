@@ -113,8 +113,18 @@ fn check(path: &Path) -> ExitCode {
         eprintln!("warning: {w}");
     }
     let mailboxes: usize = config.accounts.iter().map(|a| a.mailboxes.len()).sum();
+    // The default node_id carries the pid of `run`, not of this `check`.
+    let cluster = match (&config.cluster.node_id, config.cluster.enabled) {
+        (_, false) => String::new(),
+        (Some(id), true) => {
+            format!("; cluster mode: this replica watches the ones it leases, as {id:?}")
+        }
+        (None, true) => "; cluster mode: this replica watches the ones it leases, as its \
+                         host name and pid"
+            .to_string(),
+    };
     println!(
-        "{}: ok ({} accounts, {} mailboxes)",
+        "{}: ok ({} accounts, {} mailboxes{cluster})",
         path.display(),
         config.accounts.len(),
         mailboxes

@@ -176,6 +176,10 @@ const CASES: &[Case] = &[
     ("import_since that is no duration", "max_connections = 4", "max_connections = 4\nimport_since = \"ninety days\"", "storage.import_since", 4),
     ("empty changes_channel", "channel = \"email:sync\"", "channel = \"email:sync\"\nchanges_channel = \"\"", "redis.changes_channel", 8),
     ("changes_channel equal to channel", "channel = \"email:sync\"", "channel = \"email:sync\"\nchanges_channel = \"email:sync\"", "redis.changes_channel", 8),
+    ("cluster mode on SQLite", "[imap]", "[cluster]\nenabled = true\n\n[imap]", "cluster.enabled", 13),
+    ("cluster renew_every not below lease_ttl", "[imap]", "[cluster]\nlease_ttl = \"10s\"\nrenew_every = \"10s\"\n\n[imap]", "cluster.renew_every", 14),
+    ("cluster node_id with a space", "[imap]", "[cluster]\nnode_id = \"node 1\"\n\n[imap]", "cluster.node_id", 13),
+    ("unknown key in [cluster]", "[imap]", "[cluster]\nenabled = true\nttl = \"30s\"\n\n[imap]", "cluster.ttl", 14),
 ];
 
 #[test]
@@ -230,6 +234,50 @@ fn mirror_keys_with_valid_values_exit_0() -> Result<()> {
     let stderr = String::from_utf8_lossy(&out.stderr);
     ensure!(out.status.code() == Some(0), "{stderr}");
     ensure!(!stderr.contains("warning"), "{stderr}");
+    Ok(())
+}
+
+/// Cluster mode: refused on SQLite with why, accepted on PostgreSQL (`check` connects nowhere),
+/// and the summary line says the replica watches only its share.
+#[test]
+fn cluster_mode_needs_postgres() -> Result<()> {
+    let fx = Fixture::new()?;
+    let cluster = fx
+        .base
+        .replacen("[imap]", "[cluster]\nenabled = true\n\n[imap]", 1);
+    let (path, out) = fx.check("cluster-sqlite.toml", cluster.as_bytes())?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(out.status.code() == Some(2), "{stderr}");
+    let want = format!(
+        "{}:13: key `cluster.enabled`: cluster mode needs PostgreSQL: leases and fencing live in its tables",
+        path.display()
+    );
+    ensure!(stderr.contains(&want), "{want:?} not in {stderr}");
+    ensure!(stderr.contains("storage.url is \"sqlite://"), "{stderr}");
+
+    let pg = cluster.replacen(
+        &format!("url = \"sqlite://{}\"", fx.path("db.sqlite").display()),
+        "url = \"postgres://idlesync@db.internal:5432/idlesync\"",
+        1,
+    );
+    ensure!(pg != cluster, "the base's storage.url was not replaced");
+    let (_, out) = fx.check("cluster-pg.toml", pg.as_bytes())?;
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    ensure!(out.status.code() == Some(0), "{stderr}");
+    ensure!(
+        stdout.contains("3 mailboxes; cluster mode: this replica watches the ones it leases"),
+        "{stdout}"
+    );
+    // Single-node mode says nothing of it.
+    let (_, out) = fx.check("single.toml", fx.base.as_bytes())?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.code() == Some(0) && !stdout.contains("cluster"),
+        "{stdout}"
+    );
     Ok(())
 }
 

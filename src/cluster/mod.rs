@@ -44,6 +44,34 @@ const EXPIRY_SLACK: Duration = Duration::from_millis(20);
 /// Soonest next tick, whatever the hints say.
 const MIN_TICK: Duration = Duration::from_millis(100);
 
+/// When this replica last renewed its leases, for `/readyz`: a replica whose heartbeat is not
+/// current is not part of the cluster, whatever its mailboxes say.
+#[derive(Debug, Default)]
+pub struct Heartbeat {
+    renewed: std::sync::Mutex<Option<Instant>>,
+    ttl: Duration,
+}
+
+impl Heartbeat {
+    /// `None` when the heartbeat is current; otherwise why not.
+    pub fn problem(&self) -> Option<String> {
+        let renewed = *self.renewed.lock().unwrap_or_else(|p| p.into_inner());
+        match renewed {
+            None => Some("cluster: not joined yet (no lease round has succeeded)".into()),
+            Some(t) if t.elapsed() >= self.ttl => Some(format!(
+                "cluster: leases not renewed for {} s (lease_ttl {} s)",
+                t.elapsed().as_secs(),
+                self.ttl.as_secs()
+            )),
+            Some(_) => None,
+        }
+    }
+
+    fn set(&self, at: Instant) {
+        *self.renewed.lock().unwrap_or_else(|p| p.into_inner()) = Some(at);
+    }
+}
+
 /// A replica's side of cluster mode.
 pub struct Cluster {
     node: Arc<str>,
@@ -56,6 +84,7 @@ pub struct Cluster {
     ensured: BTreeSet<Key>,
     /// When the last successful renewal was sent (this replica's monotonic clock).
     renewed_at: Option<Instant>,
+    heartbeat: Arc<Heartbeat>,
     next: Instant,
     hint: Arc<Notify>,
     lost: mpsc::UnboundedReceiver<Key>,
@@ -100,6 +129,10 @@ impl Cluster {
             held: BTreeMap::new(),
             ensured: BTreeSet::new(),
             renewed_at: None,
+            heartbeat: Arc::new(Heartbeat {
+                renewed: Default::default(),
+                ttl: cfg.lease_ttl,
+            }),
             next: Instant::now(),
             hint,
             lost,
@@ -112,6 +145,11 @@ impl Cluster {
     /// This replica's node id.
     pub fn node(&self) -> &Arc<str> {
         &self.node
+    }
+
+    /// What `/readyz` checks.
+    pub fn heartbeat(&self) -> Arc<Heartbeat> {
+        self.heartbeat.clone()
     }
 
     /// Waits until the next tick is due: its time, a `NOTIFY` from another replica, or a
@@ -172,6 +210,7 @@ impl Cluster {
         // Renewal and heartbeat.
         let renewed = call(self.store.renew(&self.node, self.cfg.lease_ttl)).await?;
         self.renewed_at = Some(started);
+        self.heartbeat.set(started);
         let ours: BTreeMap<Key, i64> = renewed
             .into_iter()
             .map(|l| ((l.account_id, l.mailbox), l.epoch))

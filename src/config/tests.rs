@@ -318,3 +318,131 @@ fn mirror_keys_show_in_debug() {
         assert!(dbg.contains(k), "{k} not in {dbg}");
     }
 }
+
+/// `OK` on PostgreSQL with a `[cluster]` section of the given lines (line 15 on).
+fn with_cluster(lines: &str) -> String {
+    format!(
+        "{}\n[cluster]\n{lines}\n",
+        OK.replace("sqlite://x.db", "postgres://u@db.example/x")
+    )
+}
+
+#[test]
+fn cluster_defaults_and_keys_parse() {
+    let c = parse(OK).unwrap();
+    assert_eq!(c.cluster, ClusterConfig::default());
+    assert!(!c.cluster.enabled);
+    let c = parse(&with_cluster(
+        "enabled = true\nnode_id = \"pod-a_1.x\"\nlease_ttl = \"9s\"\nrenew_every = \"3s\"",
+    ))
+    .unwrap();
+    assert!(c.cluster.enabled);
+    assert_eq!(c.cluster.node_id(), "pod-a_1.x");
+    assert_eq!(
+        (c.cluster.lease_ttl, c.cluster.renew_every),
+        (Duration::from_secs(9), Duration::from_secs(3))
+    );
+    // Without node_id: host name and pid, distinct for two replicas on one host.
+    let id = ClusterConfig::default().node_id();
+    assert!(id.ends_with(&format!("-{}", std::process::id())), "{id}");
+}
+
+#[test]
+fn bad_cluster_keys_are_located() {
+    let long = "n".repeat(201);
+    // (file, key, line, words the message must hold)
+    let cases = [
+        (
+            format!("{OK}\n[cluster]\nenabled = true\n"),
+            "cluster.enabled",
+            15,
+            vec![
+                "cluster mode needs PostgreSQL",
+                "leases and fencing",
+                "storage.url is \"sqlite://x.db\"",
+            ],
+        ),
+        (
+            with_cluster("renew_every = \"30s\""),
+            "cluster.renew_every",
+            15,
+            vec![
+                "less than cluster.lease_ttl (30s)",
+                "renewed before it expires",
+                "(10s)",
+            ],
+        ),
+        (
+            with_cluster("lease_ttl = \"5s\""),
+            "cluster.renew_every",
+            14,
+            vec!["less than cluster.lease_ttl (5s)", "1666ms"],
+        ),
+        (
+            with_cluster("renew_every = \"0s\""),
+            "cluster.renew_every",
+            15,
+            vec!["more than 0"],
+        ),
+        (
+            with_cluster("lease_ttl = \"0s\""),
+            "cluster.lease_ttl",
+            15,
+            vec!["more than 0"],
+        ),
+        (
+            with_cluster("node_id = \"\""),
+            "cluster.node_id",
+            15,
+            vec!["must not be empty"],
+        ),
+        (
+            with_cluster(&format!("node_id = \"{long}\"")),
+            "cluster.node_id",
+            15,
+            vec!["201 bytes", "at most 200"],
+        ),
+        (
+            with_cluster("node_id = \"pod a\""),
+            "cluster.node_id",
+            15,
+            vec!["printable, without whitespace"],
+        ),
+        (
+            with_cluster("node_id = \"pod\\u0007\""),
+            "cluster.node_id",
+            15,
+            vec!["printable"],
+        ),
+        (
+            with_cluster("enabled = true\nleases = 3"),
+            "cluster.leases",
+            16,
+            vec!["unknown field"],
+        ),
+    ];
+    for (text, key, line, words) in cases {
+        let e = parse(&text).expect_err(&text);
+        let e = e.0.iter().find(|e| e.key == key).unwrap_or_else(|| {
+            panic!("no error at {key} for\n{text}\n{e}");
+        });
+        assert_eq!(e.line, Some(line), "{key}: {e}\n{text}");
+        for w in words {
+            assert!(e.to_string().contains(w), "{w:?} not in {e}");
+        }
+    }
+}
+
+#[test]
+fn cluster_on_postgres_is_valid() {
+    for lines in [
+        "enabled = true",
+        "enabled = true\nlease_ttl = \"10s\"\nrenew_every = \"9s\"",
+        "enabled = false\nnode_id = \"replica-1\"",
+    ] {
+        let text = with_cluster(lines);
+        assert!(parse(&text).is_ok(), "{text}");
+    }
+    // Disabled on SQLite: the section alone changes nothing.
+    assert!(parse(&format!("{OK}\n[cluster]\nenabled = false\n")).is_ok());
+}

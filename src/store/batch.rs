@@ -92,6 +92,9 @@ impl Store {
     /// one), every remaining write as one statement, COMMIT.
     ///
     /// `tx` is a transaction from [`Store::begin_early`], or `None` to open one here.
+    ///
+    /// A [`Store::fenced`] store first checks its lease in the transaction (one more round
+    /// trip) and fails with [`StoreError::Fenced`], writing nothing, when it is lost.
     pub async fn commit_batch(
         &self,
         tx: Option<BatchTx>,
@@ -103,10 +106,14 @@ impl Store {
     ) -> Result<Committed, StoreError> {
         let now = now_ms();
         let by_uid: HashMap<u32, &MessageRecord> = messages.iter().map(|m| (m.uid, m)).collect();
-        let mut tx = match tx {
+        let tx = match tx {
             Some(BatchTx(tx)) => tx,
             None => self.pool.begin().await?,
         };
+        // Cluster mode: the lease first, inside this transaction (also one opened early).
+        let mut tx = self
+            .fence_check(tx, target.account_id, target.mailbox)
+            .await?;
         let mut new_rows = Vec::with_capacity(messages.len());
         let chunks = runs(messages, ROWS_PER_STATEMENT, BYTES_PER_STATEMENT, |m| {
             m.approx_bytes()

@@ -62,7 +62,11 @@ impl Store {
             return Ok(Applied::default());
         }
         let now = now_ms();
-        let mut tx = self.pool.begin().await?;
+        let tx = self.pool.begin().await?;
+        // Cluster mode: the lease first (see [`Store::fenced`]).
+        let mut tx = self
+            .fence_check(tx, target.account_id, target.mailbox)
+            .await?;
         // Its own statement: the reads after it must see every commit made before it.
         run_all(&mut tx, self.backend, vec![lock_account(target.account_id)]).await?;
         let loaded = load(&mut tx, target, set).await?;

@@ -15,7 +15,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use sqlx::Row;
+
+use super::stmt::Tx;
 use super::{OutboxRow, Store, StoreError};
+use crate::changes::Topic;
+
+/// Keys per lease statement (sent as one JSON text parameter).
+const KEYS_PER_STATEMENT: usize = 1000;
 
 /// `LISTEN`/`NOTIFY` channel: a replica joined or released leases. A hint only.
 pub const CLUSTER_CHANNEL: &str = "idlesync_cluster";
@@ -126,8 +133,17 @@ impl Store {
     /// Creates the missing lease rows (free, epoch 0) of these mailboxes. Existing rows are
     /// left alone. Any number of keys (chunked).
     pub async fn ensure_leases(&self, keys: &[(String, String)]) -> Result<(), StoreError> {
-        let _ = keys;
-        todo!()
+        for chunk in keys.chunks(KEYS_PER_STATEMENT) {
+            sqlx::query(
+                "INSERT INTO mailbox_leases (account_id, mailbox) \
+                 SELECT k.a, k.m FROM json_to_recordset($1::json) AS k(a text, m text) \
+                 ON CONFLICT (account_id, mailbox) DO NOTHING",
+            )
+            .bind(keys_json(chunk))
+            .execute(&self.pool)
+            .await?;
+        }
+        Ok(())
     }
 
     /// Deletes the lease rows of mailboxes no longer configured, when free, expired or this
@@ -137,28 +153,97 @@ impl Store {
         node: &str,
         keys: &[(String, String)],
     ) -> Result<(), StoreError> {
-        let _ = (node, keys);
-        todo!()
+        for chunk in keys.chunks(KEYS_PER_STATEMENT) {
+            sqlx::query(
+                "DELETE FROM mailbox_leases l USING json_to_recordset($1::json) AS k(a text, m text) \
+                 WHERE l.account_id = k.a AND l.mailbox = k.m \
+                 AND (l.owner IS NULL OR l.owner = $2 OR l.expires_at <= now())",
+            )
+            .bind(keys_json(chunk))
+            .bind(node)
+            .execute(&self.pool)
+            .await?;
+        }
+        Ok(())
     }
 
     /// Heartbeat and renewal, one atomic statement: upserts `node`'s row with
     /// `expires_at = now() + ttl` and sets the same `expires_at` on every lease `node` owns
     /// (expired ones too: nobody took them, or their owner would not be `node`). Returns the
     /// leases `node` holds afterwards. The first call also joins (and NOTIFYs).
+    ///
+    /// "First" is judged by the database: `node` had no live row before this statement (all
+    /// parts of one statement read the same snapshot, so `j` sees the row as it was). A
+    /// replica whose heartbeat had lapsed rejoins, and NOTIFYs again.
     pub async fn renew(&self, node: &str, ttl: Duration) -> Result<Vec<Lease>, StoreError> {
-        let _ = (node, ttl);
-        todo!()
+        // `n` and `l` run whether read or not (data-modifying CTEs always do); `j` is a plain
+        // SELECT and would not run unless read: the UNION ALL reads it, and its one row (when
+        // it notified) has NULL columns, skipped below. The channel is [`CLUSTER_CHANNEL`].
+        let rows = sqlx::query(
+            "WITH n AS (INSERT INTO cluster_nodes (node_id, expires_at) \
+             VALUES ($1, now() + $2 * interval '1 millisecond') \
+             ON CONFLICT (node_id) DO UPDATE SET heartbeat_at = now(), \
+             expires_at = excluded.expires_at RETURNING 1), \
+             l AS (UPDATE mailbox_leases SET expires_at = now() + $2 * interval '1 millisecond' \
+             WHERE owner = $1 RETURNING account_id, mailbox, epoch), \
+             j AS (SELECT pg_notify('idlesync_cluster', $1) WHERE NOT EXISTS \
+             (SELECT 1 FROM cluster_nodes WHERE node_id = $1 AND expires_at > now())) \
+             SELECT account_id, mailbox, epoch FROM l \
+             UNION ALL SELECT NULL, NULL, NULL FROM (SELECT count(*) AS c FROM j) x \
+             WHERE x.c > 0",
+        )
+        .bind(node)
+        .bind(millis(ttl))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut leases: Vec<Lease> = rows
+            .iter()
+            .filter_map(|r| {
+                Some(Lease {
+                    account_id: r.get::<Option<String>, _>(0)?,
+                    mailbox: r.get::<Option<String>, _>(1)?,
+                    epoch: r.get::<Option<i64>, _>(2)?,
+                })
+            })
+            .collect();
+        leases.sort();
+        Ok(leases)
     }
 
     /// Live replicas and what is free (see [`Membership`]).
     pub async fn membership(&self, node: &str, stale_ms: i64) -> Result<Membership, StoreError> {
-        let _ = (node, stale_ms);
-        todo!()
+        let r = sqlx::query(
+            "SELECT \
+             (SELECT COALESCE(json_agg(node_id ORDER BY node_id), '[]'::json)::text \
+              FROM cluster_nodes WHERE expires_at > now()), \
+             (SELECT (extract(epoch FROM min(expires_at) - now()) * 1000)::bigint \
+              FROM cluster_nodes WHERE expires_at > now() AND node_id <> $1), \
+             (SELECT count(*) FROM mailbox_leases WHERE owner IS NULL OR expires_at <= now()), \
+             (SELECT count(*) FROM mailbox_leases WHERE (owner IS NULL OR expires_at <= now()) \
+              AND expires_at <= now() - $2 * interval '1 millisecond')",
+        )
+        .bind(node)
+        .bind(stale_ms.max(0))
+        .fetch_one(&self.pool)
+        .await?;
+        let live: String = r.get(0);
+        let mut live: Vec<String> = serde_json::from_str(&live).unwrap_or_default();
+        // json_agg orders by the database's collation; callers compare with Rust's order.
+        live.sort();
+        Ok(Membership {
+            live,
+            next_expiry_ms: r.get::<Option<i64>, _>(1).map(|ms| ms.max(0)),
+            free: r.get(2),
+            stale_free: r.get(3),
+        })
     }
 
     /// Takes up to `limit` leases among `keys` that are free or expired (for at least
     /// `min_free_ms`), `FOR UPDATE SKIP LOCKED` so that replicas taking at once never block or
     /// take the same one: owner `node`, epoch + 1, `expires_at = now() + ttl`. In key order.
+    ///
+    /// A lease row held `FOR SHARE` by a commit in flight (its owner's, see the module doc) is
+    /// skipped too: it is taken at a later call, once that commit ended.
     pub async fn acquire(
         &self,
         node: &str,
@@ -167,31 +252,148 @@ impl Store {
         min_free_ms: i64,
         ttl: Duration,
     ) -> Result<Vec<Acquired>, StoreError> {
-        let _ = (node, keys, limit, min_free_ms, ttl);
-        todo!()
+        let mut keys: Vec<&(String, String)> = keys.iter().collect();
+        keys.sort();
+        keys.dedup();
+        let mut out = Vec::new();
+        for chunk in keys.chunks(KEYS_PER_STATEMENT) {
+            let want = limit.saturating_sub(out.len());
+            if want == 0 {
+                break;
+            }
+            let rows = sqlx::query(
+                "WITH c AS (SELECT l.account_id, l.mailbox, l.owner, l.epoch, l.expires_at \
+                 FROM mailbox_leases l \
+                 JOIN json_to_recordset($1::json) AS k(a text, m text) \
+                 ON l.account_id = k.a AND l.mailbox = k.m \
+                 WHERE (l.owner IS NULL OR l.expires_at <= now()) \
+                 AND l.expires_at <= now() - $3 * interval '1 millisecond' \
+                 ORDER BY l.account_id COLLATE \"C\", l.mailbox COLLATE \"C\" LIMIT $4 \
+                 FOR UPDATE OF l SKIP LOCKED), \
+                 u AS (UPDATE mailbox_leases l SET owner = $2, epoch = c.epoch + 1, \
+                 expires_at = now() + $5 * interval '1 millisecond', acquired_at = now() \
+                 FROM c WHERE l.account_id = c.account_id AND l.mailbox = c.mailbox \
+                 RETURNING l.account_id, l.mailbox, l.epoch, c.epoch AS prev_epoch, \
+                 c.owner AS prev_owner, \
+                 (extract(epoch FROM now() - c.expires_at) * 1000)::bigint AS unowned_ms) \
+                 SELECT account_id, mailbox, epoch, prev_epoch, prev_owner, unowned_ms FROM u \
+                 ORDER BY account_id COLLATE \"C\", mailbox COLLATE \"C\"",
+            )
+            .bind(keys_json(chunk.iter().copied()))
+            .bind(node)
+            .bind(min_free_ms.max(0))
+            .bind(i64::try_from(want).unwrap_or(i64::MAX))
+            .bind(millis(ttl))
+            .fetch_all(&self.pool)
+            .await?;
+            out.extend(rows.iter().map(|r| {
+                let prev_epoch: i64 = r.get(3);
+                let prev_owner: Option<String> = r.get(4);
+                let unowned_ms: Option<i64> = r.get(5);
+                Acquired {
+                    lease: Lease {
+                        account_id: r.get(0),
+                        mailbox: r.get(1),
+                        epoch: r.get(2),
+                    },
+                    takeover: (prev_epoch > 0).then(|| Takeover {
+                        reason: if prev_owner.is_none() {
+                            TakeoverReason::Released
+                        } else {
+                            TakeoverReason::Expired
+                        },
+                        unowned_ms: unowned_ms.unwrap_or(0).max(0),
+                        // A release clears the owner: who it was is not known then.
+                        from_other: prev_owner.is_some_and(|o| o != node),
+                    }),
+                }
+            }));
+        }
+        Ok(out)
     }
 
     /// Frees these leases where they are still `node`'s at their epoch (owner NULL,
     /// `expires_at = now()`), then NOTIFYs. Returns how many were freed.
     pub async fn release(&self, node: &str, leases: &[Lease]) -> Result<u64, StoreError> {
-        let _ = (node, leases);
-        todo!()
+        let mut freed = 0;
+        for chunk in leases.chunks(KEYS_PER_STATEMENT) {
+            let json = serde_json::Value::Array(
+                chunk
+                    .iter()
+                    .map(|l| serde_json::json!({"a": l.account_id, "m": l.mailbox, "e": l.epoch}))
+                    .collect(),
+            )
+            .to_string();
+            // Select-list subqueries always run; `n` only notifies when a lease was freed.
+            let n: i64 = sqlx::query_scalar(
+                "WITH r AS (UPDATE mailbox_leases l SET owner = NULL, expires_at = now() \
+                 FROM json_to_recordset($1::json) AS k(a text, m text, e bigint) \
+                 WHERE l.account_id = k.a AND l.mailbox = k.m AND l.epoch = k.e AND l.owner = $2 \
+                 RETURNING 1), \
+                 n AS (SELECT pg_notify('idlesync_cluster', $2) WHERE EXISTS (SELECT 1 FROM r)) \
+                 SELECT (SELECT count(*) FROM r) + 0 * (SELECT count(*) FROM n)",
+            )
+            .bind(json)
+            .bind(node)
+            .fetch_one(&self.pool)
+            .await?;
+            freed += u64::try_from(n).unwrap_or(0);
+        }
+        Ok(freed)
     }
 
     /// Leaves the cluster: frees every lease of `node`, deletes its row, NOTIFYs.
     pub async fn leave(&self, node: &str) -> Result<u64, StoreError> {
-        let _ = node;
-        todo!()
+        let n: i64 = sqlx::query_scalar(
+            "WITH r AS (UPDATE mailbox_leases SET owner = NULL, expires_at = now() \
+             WHERE owner = $1 RETURNING 1), \
+             d AS (DELETE FROM cluster_nodes WHERE node_id = $1 RETURNING 1), \
+             n AS (SELECT pg_notify('idlesync_cluster', $1)) \
+             SELECT (SELECT count(*) FROM r) + 0 * (SELECT count(*) FROM d) \
+             + 0 * (SELECT count(*) FROM n)",
+        )
+        .bind(node)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(u64::try_from(n).unwrap_or(0))
     }
 
     /// `(account_id, mailbox, owner)` of every unexpired lease, for `/status`.
     pub async fn lease_owners(&self) -> Result<Vec<(String, String, String)>, StoreError> {
-        todo!()
+        let rows = sqlx::query(
+            "SELECT account_id, mailbox, owner FROM mailbox_leases \
+             WHERE owner IS NOT NULL AND expires_at > now() ORDER BY account_id, mailbox",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect())
     }
 
     /// Every replica row, live or not (ordered by node id), with its unexpired leases.
     pub async fn cluster_nodes(&self) -> Result<Vec<NodeRow>, StoreError> {
-        todo!()
+        let rows = sqlx::query(
+            "SELECT n.node_id, n.expires_at > now(), \
+             (SELECT count(*) FROM mailbox_leases l \
+              WHERE l.owner = n.node_id AND l.expires_at > now()), \
+             (extract(epoch FROM now() - n.heartbeat_at) * 1000)::bigint \
+             FROM cluster_nodes n",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut nodes: Vec<NodeRow> = rows
+            .iter()
+            .map(|r| NodeRow {
+                node_id: r.get(0),
+                live: r.get(1),
+                leases: r.get(2),
+                heartbeat_age_ms: r.get::<i64, _>(3).max(0),
+            })
+            .collect();
+        nodes.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+        Ok(nodes)
     }
 
     /// Outbox records of the mailboxes whose lease `node` holds unexpired, in publication
@@ -202,7 +404,88 @@ impl Store {
         node: &str,
         limit: i64,
     ) -> Result<Vec<OutboxRow>, StoreError> {
-        let _ = (node, limit);
-        todo!()
+        let rows = sqlx::query(
+            "SELECT o.id, o.account_id, o.mailbox, o.payload, o.exists_at_us, o.created_at, \
+             o.topic FROM outbox o JOIN mailbox_leases l \
+             ON l.account_id = o.account_id AND l.mailbox = o.mailbox \
+             WHERE l.owner = $1 AND l.expires_at > now() ORDER BY o.id LIMIT $2",
+        )
+        .bind(node)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| OutboxRow {
+                id: r.get(0),
+                account_id: r.get(1),
+                mailbox: r.get(2),
+                topic: Topic::parse(&r.get::<String, _>(6)),
+                payload: r.get(3),
+                exists_at_us: r.get(4),
+                created_at: r.get(5),
+            })
+            .collect())
     }
+
+    /// The fence check, first thing in a mailbox write's transaction `tx` (see the module
+    /// doc): with no fence, `tx` back untouched (no round trip); with one, the lease row is
+    /// read and held `FOR SHARE` until `tx` ends, or `tx` is rolled back and
+    /// [`StoreError::Fenced`] returned (and counted).
+    ///
+    /// Expiry is judged at this statement's start, not `now()`: a transaction from
+    /// [`Store::begin_early`] may have begun a while before.
+    pub(super) async fn fence_check<'c>(
+        &self,
+        mut tx: Tx<'c>,
+        account_id: &str,
+        mailbox: &str,
+    ) -> Result<Tx<'c>, StoreError> {
+        let Some(fence) = self.fence.as_deref() else {
+            return Ok(tx);
+        };
+        let held = sqlx::query(
+            "SELECT 1 FROM mailbox_leases WHERE account_id = $1 AND mailbox = $2 \
+             AND owner = $3 AND epoch = $4 AND expires_at > statement_timestamp() FOR SHARE",
+        )
+        .bind(account_id)
+        .bind(mailbox)
+        .bind(&*fence.node)
+        .bind(fence.epoch)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if held.is_some() {
+            return Ok(tx);
+        }
+        tx.rollback().await?;
+        metrics::counter!(crate::metrics::FENCING_REJECTIONS).increment(1);
+        tracing::warn!(
+            account = account_id,
+            mailbox,
+            node = %fence.node,
+            epoch = fence.epoch,
+            "write rejected: the mailbox's lease is no longer this replica's"
+        );
+        Err(StoreError::Fenced {
+            account: account_id.to_string(),
+            mailbox: mailbox.to_string(),
+            epoch: fence.epoch,
+        })
+    }
+}
+
+/// `[{"a": account, "m": mailbox}, …]`: a key list as one parameter (`sqlx::Any` has no array
+/// binds), read with `json_to_recordset($n::json) AS k(a text, m text)`.
+fn keys_json<'k>(keys: impl IntoIterator<Item = &'k (String, String)>) -> String {
+    serde_json::Value::Array(
+        keys.into_iter()
+            .map(|(a, m)| serde_json::json!({"a": a, "m": m}))
+            .collect(),
+    )
+    .to_string()
+}
+
+/// A duration in ms, for `$n * interval '1 millisecond'`.
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }

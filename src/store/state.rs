@@ -62,7 +62,9 @@ impl Store {
     /// `last_uid` starts again from 0, `highest_modseq` is SELECT's HIGHESTMODSEQ of the new
     /// epoch (nothing stored in it predates it) and `import_uid_next` is set. Rows of an old UIDVALIDITY stay, told apart by their `uidvalidity`.
     /// `reset_record`, when given, goes to the outbox ([`Topic::Sync`]) in the same
-    /// transaction, and is returned as committed, for the publisher.
+    /// transaction, and is returned as committed, for the publisher. A [`Store::fenced`] store
+    /// checks its lease first, in a transaction, and fails with [`StoreError::Fenced`],
+    /// writing nothing, when it is lost.
     pub async fn start_epoch(
         &self,
         account_id: &str,
@@ -87,12 +89,21 @@ impl Store {
         .bind(highest_modseq.map(modseq_to_db))
         .bind(import_uid_next.map(i64::from));
         let Some(payload) = reset_record else {
-            // One statement, no transaction around it: what 10,000 mailboxes seen for the
-            // first time cost at start-up is one round trip each.
-            upsert.execute(&self.pool).await?;
+            if self.fence.is_none() {
+                // One statement, no transaction around it: what 10,000 mailboxes seen for the
+                // first time cost at start-up is one round trip each.
+                upsert.execute(&self.pool).await?;
+                return Ok(None);
+            }
+            // Cluster mode: the lease check needs a transaction to hold the lease in.
+            let tx = self.pool.begin().await?;
+            let mut tx = self.fence_check(tx, account_id, mailbox).await?;
+            upsert.execute(&mut *tx).await?;
+            tx.commit().await?;
             return Ok(None);
         };
-        let mut tx = self.pool.begin().await?;
+        let tx = self.pool.begin().await?;
+        let mut tx = self.fence_check(tx, account_id, mailbox).await?;
         upsert.execute(&mut *tx).await?;
         let mut rows = [OutboxRow::new(
             account_id,
