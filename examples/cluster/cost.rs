@@ -172,12 +172,24 @@ fn tables(phases: &[Phase], mailboxes: usize, idle: Duration) -> Vec<Table> {
     row("statements to PostgreSQL (pg_stat_statements, all)", &|p| {
         per_s(p.delta.calls())
     });
-    row("… of which on mailbox_leases", &|p| {
-        per_s(p.delta.calls_on("mailbox_leases"))
-    });
-    row("… of which on cluster_nodes", &|p| {
-        per_s(p.delta.calls_on("cluster_nodes"))
-    });
+    row(
+        "… renewal + heartbeat (`WITH … INSERT INTO cluster_nodes … ON CONFLICT`: one per tick)",
+        &|p| {
+            per_s(
+                p.delta
+                    .calls_where(&|q| q.contains("INSERT INTO cluster_nodes")),
+            )
+        },
+    );
+    row(
+        "… membership (`SELECT … FROM cluster_nodes …`: one per tick)",
+        &|p| {
+            per_s(
+                p.delta
+                    .calls_where(&|q| q.starts_with("SELECT") && q.contains("FROM cluster_nodes")),
+            )
+        },
+    );
     row("commits (pg_stat_database.xact_commit; lags by the stats flush, counts the harness's 1–2 reads)", &|p| {
         per_s(p.delta.xact_commit)
     });

@@ -72,6 +72,10 @@ enum Mode {
         /// `renew_every`, ms.
         #[arg(long, default_value_t = 10_000)]
         renew_every_ms: u64,
+        /// Offset run i by i/runs of renew_every after the cluster is balanced, so the signals
+        /// sample the renewal phase evenly (without it each lands right after a renewal).
+        #[arg(long)]
+        spread: bool,
     },
     /// Statements per second and idle CPU: replicas against one single-node process.
     Cost {
@@ -114,6 +118,7 @@ async fn main() -> Result<()> {
             replicas,
             lease_ttl_ms,
             renew_every_ms,
+            spread,
         } => vec![
             takeover::takeover(
                 &bin,
@@ -123,6 +128,7 @@ async fn main() -> Result<()> {
                 replicas,
                 ms(lease_ttl_ms),
                 ms(renew_every_ms),
+                spread,
             )
             .await?,
         ],
@@ -146,7 +152,8 @@ async fn main() -> Result<()> {
         Mode::All => {
             let mut t = Vec::new();
             for sig in [Sig::Kill, Sig::Term] {
-                let table = takeover::takeover(&bin, sig, 5, 30, 3, ms(30_000), ms(10_000)).await?;
+                let table =
+                    takeover::takeover(&bin, sig, 5, 30, 3, ms(30_000), ms(10_000), true).await?;
                 // Printed as soon as known: a later failure keeps them.
                 println!("{}", table.render());
             }

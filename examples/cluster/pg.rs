@@ -281,11 +281,11 @@ impl Delta {
         self.statements.iter().map(|s| s.1).sum()
     }
 
-    /// Calls of the statements whose text mentions `table`.
-    pub fn calls_on(&self, table: &str) -> i64 {
+    /// Calls of the statements whose text passes `pick`.
+    pub fn calls_where(&self, pick: &dyn Fn(&str) -> bool) -> i64 {
         self.statements
             .iter()
-            .filter(|s| s.0.contains(table))
+            .filter(|s| pick(&s.0))
             .map(|s| s.1)
             .sum()
     }

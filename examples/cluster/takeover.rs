@@ -58,6 +58,7 @@ async fn takeover_metrics(survivors: &[&Replica]) -> Result<(f64, f64, f64, f64)
 }
 
 /// Runs `runs` takeovers by `sig` with `n_replicas` replicas.
+#[allow(clippy::too_many_arguments)]
 pub async fn takeover(
     bin: &Path,
     sig: Sig,
@@ -66,6 +67,7 @@ pub async fn takeover(
     n_replicas: usize,
     ttl: Duration,
     renew: Duration,
+    spread: bool,
 ) -> Result<Table> {
     ensure!(n_replicas >= 2, "a takeover needs at least 2 replicas");
     let pg = BenchPg::start()?;
@@ -101,6 +103,12 @@ pub async fn takeover(
             .filter(|(i, _)| *i != v)
             .map(|(_, r)| r)
             .collect();
+        // Balanced means every replica just ticked (a join wakes them all), so a signal sent
+        // at once lands right after a renewal: a kill's worst case. `spread` offsets run i by
+        // i/runs of renew_every instead, so that the runs sample the renewal phase evenly.
+        if spread {
+            tokio::time::sleep(renew.mul_f64(run as f64 / runs as f64)).await;
+        }
         let held: BTreeSet<Key> = replicas::idling(reps[v].admin()).await?;
         ensure!(!held.is_empty(), "{victim} holds nothing");
         let before = takeover_metrics(&survivors).await?;
@@ -116,7 +124,7 @@ pub async fn takeover(
         let deadline = t0 + ttl + Duration::from_secs(60);
         let mut exited = None;
         let all_idle = loop {
-            if exited.is_none() && reps[v].exited() {
+            if sig == Sig::Term && exited.is_none() && reps[v].exited() {
                 exited = Some(t0.elapsed());
             }
             let mut elsewhere = BTreeSet::new();
@@ -175,7 +183,7 @@ pub async fn takeover(
         r.proc.stop()?;
     }
     drop(server);
-    Ok(table(sig, &done, mailboxes, n_replicas, ttl, renew))
+    Ok(table(sig, &done, mailboxes, n_replicas, ttl, renew, spread))
 }
 
 fn table(
@@ -185,6 +193,7 @@ fn table(
     n: usize,
     ttl: Duration,
     renew: Duration,
+    spread: bool,
 ) -> Table {
     let what = match sig {
         Sig::Kill => "kill -9",
@@ -193,10 +202,15 @@ fn table(
     let mut t = Table::new(
         format!(
             "takeover after {what}: {n} replicas, {mailboxes} mailboxes (scripted IMAP server), \
-             lease_ttl {} s, renew_every {} s, {} runs",
+             lease_ttl {} s, renew_every {} s, {} runs{}",
             ttl.as_secs_f64(),
             renew.as_secs_f64(),
-            runs.len()
+            runs.len(),
+            if spread {
+                ", signals spread over the renewal phase"
+            } else {
+                ", each signal right after a renewal"
+            }
         ),
         &[
             "run",
