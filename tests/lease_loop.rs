@@ -28,12 +28,16 @@ struct Replica {
 
 /// A replica's config: cluster mode with short timers, one account per user (INBOX).
 fn config(setup: &Setup, node: &str, users: &[&str]) -> ConfigToml {
+    config_with(setup, node, users, "1s")
+}
+
+fn config_with(setup: &Setup, node: &str, users: &[&str], renew_every: &str) -> ConfigToml {
     let mut c: ConfigToml = setup
         .config()
         .set("cluster", "enabled", true)
         .set("cluster", "node_id", node)
-        .set("cluster", "lease_ttl", "3s")
-        .set("cluster", "renew_every", "1s")
+        .set("cluster", "lease_ttl", "9s")
+        .set("cluster", "renew_every", renew_every)
         .set("reload", "watch_interval", "100ms");
     for u in users {
         let a = AccountSpec::implicit(u, u, "pw", setup.dc.imaps_port(), &["INBOX"]);
@@ -242,5 +246,41 @@ async fn a_reload_in_cluster_mode_takes_added_mailboxes_and_forgets_removed_ones
         "{held:?}"
     );
     r.stop().await?;
+    Ok(())
+}
+
+/// A cold start of the whole deployment: replicas that start together see each other before
+/// taking anything, so no mailbox is connected to, then handed over a moment later. Every
+/// lease is taken exactly once (epoch 1). Seen failing without the join window: the first
+/// replica took all six and handed three over (epoch 2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_started_together_take_their_shares_without_a_handover() -> Result<()> {
+    let users: Vec<(&str, &str)> = USERS.iter().map(|u| (*u, "pw")).collect();
+    let setup = Setup::new(&users, Kind::Postgres, "lease_cold_start").await?;
+    // renew_every 3s: a join window of 2 s, plenty for the second start.
+    let c1 = config_with(&setup, "n1", &USERS, "3s");
+    let c2 = config_with(&setup, "n2", &USERS, "3s");
+    let r1 = Replica::run(setup.start(&c1).await?, None);
+    // The second starts once the first has joined: within the window, as replicas started
+    // by one deploy are.
+    let pool = setup.db.pool().await?;
+    common::wait_until(DEADLINE, || async {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM cluster_nodes")
+            .fetch_one(&pool)
+            .await?;
+        Ok(n == 1)
+    })
+    .await?;
+    let r2 = Replica::run(setup.start(&c2).await?, None);
+    r1.wait_split((3, 3)).await?;
+    r2.wait_split((3, 3)).await?;
+    let held = owners(&setup).await?;
+    assert_eq!(held.len(), 6, "{held:?}");
+    assert!(
+        held.iter().all(|(_, _, e)| *e == 1),
+        "taken once each: {held:?}"
+    );
+    r1.stop().await?;
+    r2.stop().await?;
     Ok(())
 }

@@ -11,7 +11,8 @@
 //! 4. surplus over the target (a replica joined) is handed over: the mailboxes stop (DONE,
 //!    LOGOUT) and only then are their leases released, so two replicas never IDLE on one
 //!    mailbox;
-//! 5. free or expired leases are taken up to the target, and mailboxes start under them. The
+//! 5. free or expired leases are taken up to the target (not in the first moments after
+//!    joining: [`JOIN_WINDOW`]), and mailboxes start under them. The
 //!    publisher is first sent back to the table, so that records a dead owner committed but
 //!    never published go out before the new owner's, in order.
 //!
@@ -43,6 +44,11 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 const EXPIRY_SLACK: Duration = Duration::from_millis(20);
 /// Soonest next tick, whatever the hints say.
 const MIN_TICK: Duration = Duration::from_millis(100);
+/// A replica takes no lease for this long after it first joined (or `renew_every`, if
+/// shorter): replicas started together (a cold start of the whole deployment) then see each
+/// other before taking, instead of the first one taking every mailbox, connecting to all of
+/// them and handing two thirds over again a moment later.
+const JOIN_WINDOW: Duration = Duration::from_secs(2);
 
 /// When this replica last renewed its leases, for `/readyz`: a replica whose heartbeat is not
 /// current is not part of the cluster, whatever its mailboxes say.
@@ -85,6 +91,8 @@ pub struct Cluster {
     /// When the last successful renewal was sent (this replica's monotonic clock).
     renewed_at: Option<Instant>,
     heartbeat: Arc<Heartbeat>,
+    /// When this replica's first renewal succeeded.
+    joined_at: Option<Instant>,
     next: Instant,
     hint: Arc<Notify>,
     lost: mpsc::UnboundedReceiver<Key>,
@@ -133,6 +141,7 @@ impl Cluster {
                 renewed: Default::default(),
                 ttl: cfg.lease_ttl,
             }),
+            joined_at: None,
             next: Instant::now(),
             hint,
             lost,
@@ -211,6 +220,7 @@ impl Cluster {
         let renewed = call(self.store.renew(&self.node, self.cfg.lease_ttl)).await?;
         self.renewed_at = Some(started);
         self.heartbeat.set(started);
+        let joined_at = *self.joined_at.get_or_insert(started);
         let ours: BTreeMap<Key, i64> = renewed
             .into_iter()
             .map(|l| ((l.account_id, l.mailbox), l.epoch))
@@ -288,6 +298,11 @@ impl Cluster {
             want = 0;
         }
         if want == 0 {
+            return Ok(());
+        }
+        let window = JOIN_WINDOW.min(self.cfg.renew_every);
+        if joined_at.elapsed() < window {
+            self.next = self.next.min(joined_at + window);
             return Ok(());
         }
         let candidates: Vec<Key> = configured
