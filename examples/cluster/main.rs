@@ -33,6 +33,9 @@ mod rig;
 #[path = "../../tests/common/scripted.rs"]
 #[allow(dead_code)]
 mod scripted;
+#[path = "../../tests/common/servers.rs"]
+#[allow(dead_code)]
+mod servers;
 mod table;
 mod takeover;
 

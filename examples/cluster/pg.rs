@@ -6,101 +6,32 @@
 //! changed there, and other suites' databases would be in its process and CPU figures.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context, Result};
+use crate::servers::OwnPostgres;
+
+use anyhow::{Context, Result};
 use sqlx::any::AnyPoolOptions;
 use sqlx::{AnyPool, Row};
 
-/// The running instance; stopped (immediate) when dropped.
+/// The running instance ([`OwnPostgres`], stopped when dropped).
 pub struct BenchPg {
-    pub port: u16,
-    dir: tempfile::TempDir,
-}
-
-fn pg_bin(name: &str) -> PathBuf {
-    let dir = std::fs::read_dir("/usr/lib/postgresql")
-        .ok()
-        .and_then(|mut d| d.next())
-        .and_then(|e| e.ok())
-        .map(|e| e.path().join("bin"))
-        .unwrap_or_else(|| PathBuf::from("/usr/lib/postgresql/15/bin"));
-    dir.join(name)
-}
-
-fn as_postgres(cmd: &str, args: &[&str]) -> Result<()> {
-    let status = Command::new("runuser")
-        .args(["-u", "postgres", "--"])
-        .arg(pg_bin(cmd))
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .with_context(|| format!("runuser {cmd}"))?;
-    ensure!(status.success(), "{cmd} {args:?} failed: {status}");
-    Ok(())
+    pg: OwnPostgres,
 }
 
 impl BenchPg {
-    /// initdb and start, with the server's defaults except the port, the socket directory and
-    /// `pg_stat_statements` (track = all).
+    /// initdb and start, with the tests' settings plus `pg_stat_statements` (track = all) and
+    /// room for every replica's pool.
     pub fn start() -> Result<BenchPg> {
-        let dir = tempfile::tempdir()?;
-        let id = Command::new("id").args(["-u", "postgres"]).output()?;
-        let uid: u32 = String::from_utf8_lossy(&id.stdout).trim().parse()?;
-        std::os::unix::fs::chown(dir.path(), Some(uid), None)?;
-        let data = dir.path().join("data");
-        as_postgres(
-            "initdb",
-            &[
-                "-D",
-                &data.to_string_lossy(),
-                "-A",
-                "trust",
-                "-U",
-                "postgres",
-                "--no-sync",
-            ],
-        )?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let opts = format!(
-            "-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} \
-             -c shared_preload_libraries=pg_stat_statements -c pg_stat_statements.track=all \
+        let pg = OwnPostgres::start_with(
+            "-c shared_preload_libraries=pg_stat_statements -c pg_stat_statements.track=all \
              -c max_connections=200",
-            dir.path().display()
-        );
-        let log = dir.path().join("pg.log");
-        as_postgres(
-            "pg_ctl",
-            &[
-                "-D",
-                &data.to_string_lossy(),
-                "-o",
-                &opts,
-                "-l",
-                &log.to_string_lossy(),
-                "-w",
-                "start",
-            ],
         )?;
-        let end = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if Instant::now() > end {
-                bail!("own PostgreSQL not accepting on {port}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(BenchPg { port, dir })
+        Ok(BenchPg { pg })
     }
 
     /// URL of database `db`.
     pub fn url(&self, db: &str) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+        format!("postgres://postgres@127.0.0.1:{}/{db}", self.pg.port)
     }
 
     /// A one-connection pool on database `db`.
@@ -127,7 +58,7 @@ impl BenchPg {
 
     /// The postmaster's pid (first line of `postmaster.pid`).
     pub fn postmaster_pid(&self) -> Result<u32> {
-        let text = std::fs::read_to_string(self.dir.path().join("data/postmaster.pid"))?;
+        let text = std::fs::read_to_string(format!("{}/postmaster.pid", self.pg.data()))?;
         Ok(text
             .lines()
             .next()
@@ -159,16 +90,6 @@ impl BenchPg {
             }
         }
         Ok(total)
-    }
-}
-
-impl Drop for BenchPg {
-    fn drop(&mut self) {
-        let data = self.dir.path().join("data");
-        let _ = as_postgres(
-            "pg_ctl",
-            &["-D", &data.to_string_lossy(), "-m", "immediate", "stop"],
-        );
     }
 }
 

@@ -113,6 +113,8 @@ pub struct OwnPostgres {
     pub port: u16,
     dir: tempfile::TempDir,
     running: bool,
+    /// More `-c name=value` server options (the cluster harness loads pg_stat_statements).
+    extra: String,
 }
 
 const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
@@ -143,6 +145,11 @@ fn as_postgres(cmd: &str, args: &[&str]) -> Result<()> {
 
 impl OwnPostgres {
     pub fn start() -> Result<OwnPostgres> {
+        Self::start_with("")
+    }
+
+    /// [`OwnPostgres::start`] with more server options (`-c name=value …`).
+    pub fn start_with(extra: &str) -> Result<OwnPostgres> {
         let dir = tempfile::tempdir()?;
         // initdb refuses root: the cluster runs as `postgres`, which must own its directory.
         let id = Command::new("id").args(["-u", "postgres"]).output()?;
@@ -165,6 +172,7 @@ impl OwnPostgres {
             port: free_port()?,
             dir,
             running: false,
+            extra: extra.to_string(),
         };
         pg.resume()?;
         Ok(pg)
@@ -174,7 +182,8 @@ impl OwnPostgres {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
     }
 
-    fn data(&self) -> String {
+    /// The cluster's data directory.
+    pub fn data(&self) -> String {
         self.dir.path().join("data").to_string_lossy().into_owned()
     }
 
@@ -190,9 +199,10 @@ impl OwnPostgres {
 
     pub fn resume(&mut self) -> Result<()> {
         let opts = format!(
-            "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} -c fsync=off",
+            "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} -c fsync=off {}",
             self.port,
-            self.dir.path().display()
+            self.dir.path().display(),
+            self.extra
         );
         let log = self.dir.path().join("pg.log");
         as_postgres(
