@@ -42,7 +42,7 @@ mod takeover;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 use takeover::Sig;
@@ -105,11 +105,7 @@ async fn main() -> Result<()> {
     let cli = Cli::parse();
     let bin = match cli.bin {
         Some(b) => b,
-        None => std::env::current_exe()?
-            .parent()
-            .and_then(|examples| examples.parent())
-            .context("no target directory")?
-            .join("idlesync"),
+        None => rig::release_binary()?,
     };
     eprintln!("cluster harness: {}", bin.display());
     let ms = Duration::from_millis;

@@ -243,20 +243,7 @@ pub fn histogram(body: &str, name: &str) -> (f64, f64) {
     )
 }
 
-/// Sends `sig` to `pid`.
-pub fn signal(pid: u32, sig: i32) {
-    unsafe extern "C" {
-        fn kill(pid: i32, sig: i32) -> i32;
-    }
-    if let Ok(pid) = i32::try_from(pid) {
-        if pid > 1 {
-            // SAFETY: kill(2) has no memory-safety preconditions; pid is our own child.
-            unsafe {
-                kill(pid, sig);
-            }
-        }
-    }
-}
+pub use crate::rig::signal;
 
 pub const SIGKILL: i32 = 9;
 pub const SIGTERM: i32 = 15;

@@ -29,7 +29,7 @@ mod scenarios;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -97,11 +97,7 @@ async fn main() -> Result<()> {
     let cli = Cli::parse();
     let bin = match cli.bin {
         Some(b) => b,
-        None => std::env::current_exe()?
-            .parent()
-            .and_then(|examples| examples.parent())
-            .context("no target directory")?
-            .join("idlesync"),
+        None => rig::release_binary()?,
     };
     let s = scenarios::Settings {
         bin,

@@ -577,7 +577,19 @@ fn clock_ticks() -> i64 {
 const SIGINT: i32 = 2;
 const SIGTERM: i32 = 15;
 
-fn signal(pid: u32, sig: i32) {
+/// The `idlesync` binary beside this example's build (`target/release/idlesync` for
+/// `cargo run --release --example …`).
+pub fn release_binary() -> anyhow::Result<std::path::PathBuf> {
+    use anyhow::Context;
+    Ok(std::env::current_exe()?
+        .parent()
+        .and_then(|examples| examples.parent())
+        .context("no target directory")?
+        .join("idlesync"))
+}
+
+/// Sends `sig` to `pid` (our own child).
+pub fn signal(pid: u32, sig: i32) {
     unsafe extern "C" {
         fn kill(pid: i32, sig: i32) -> i32;
     }

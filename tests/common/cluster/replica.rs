@@ -130,6 +130,25 @@ impl Replica {
     }
 
     /// Waits until `/readyz` answers 200.
+    /// Waits (bounded) until this replica has counted a fencing rejection; the error says
+    /// how many it counted and shows its log's tail.
+    pub async fn wait_fenced(&self, deadline: Duration) -> Result<()> {
+        let name = "idlesync_fencing_rejections_total";
+        let seen = super::super::wait_until(deadline, || async {
+            Ok(self.metric(name, "").await.unwrap_or(0.0) > 0.0)
+        })
+        .await;
+        if let Err(e) = seen {
+            bail!(
+                "{}'s stale commits were not rejected ({e:#}): {name} is {}\n{}",
+                self.node,
+                self.metric(name, "").await?,
+                self.log_tail(60)
+            );
+        }
+        Ok(())
+    }
+
     pub async fn wait_ready(&self, deadline: Duration) -> Result<()> {
         super::super::wait_until(deadline, || async { Ok(self.get("/readyz").await.is_ok()) })
             .await
