@@ -54,9 +54,11 @@ async fn cluster_chaos_loses_and_doubles_nothing() -> Result<()> {
     rig.wait_settled(&[0, 1, 2], true, TAKEOVER).await?;
     let double: BTreeSet<String> = rig.double_idle().into_iter().map(|(u, _)| u).collect();
     // The proxy saw r3's frozen sessions still in IDLE beside their new owners', and nowhere
-    // else: the measurement works, and the single-IDLE checks around it are not vacuous.
+    // else: the measurement works, and the single-IDLE checks around it are not vacuous. A
+    // subset, not all of them: with mail flowing, some of r3's sessions were out of IDLE
+    // (fetching) at the moment it was stopped, and froze there.
     ensure!(
-        double == lost,
+        !double.is_empty() && double.is_subset(&lost),
         "double IDLE in (c) on {double:?}, r3 held {lost:?}"
     );
 
