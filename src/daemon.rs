@@ -240,10 +240,6 @@ impl Daemon {
         if self.supervisor.accounts().is_empty() {
             tracing::warn!("the reloaded config has no [[accounts]]: no mailbox is watched");
         }
-        if let Some(c) = &mut self.cluster {
-            // Lease rows for added mailboxes, releases for removed ones, at once.
-            c.wake();
-        }
         tracing::info!(started = ?applied.started, stopped = ?applied.stopped, "config reloaded");
         ReloadOutcome {
             started: applied.started,
@@ -296,6 +292,7 @@ impl Daemon {
                         Trigger::FileChanged => tracing::info!("config file changed: reloading"),
                     }
                     self.reload_file(p).await;
+                    // Lease rows for added mailboxes, releases for removed ones, at once.
                     if let Some(c) = cluster.as_mut() {
                         c.tick(&mut self.supervisor).await;
                     }

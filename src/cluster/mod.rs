@@ -151,11 +151,6 @@ impl Cluster {
         (cluster, link)
     }
 
-    /// This replica's node id.
-    pub fn node(&self) -> &Arc<str> {
-        &self.node
-    }
-
     /// What `/readyz` checks.
     pub fn heartbeat(&self) -> Arc<Heartbeat> {
         self.heartbeat.clone()
@@ -169,11 +164,6 @@ impl Cluster {
             _ = self.hint.notified() => {}
             Some(key) = self.lost.recv() => self.fenced.push(key),
         }
-    }
-
-    /// Brings the next tick forward to now (after a reload).
-    pub fn wake(&mut self) {
-        self.next = Instant::now();
     }
 
     /// One round: renew, rebalance, take. Never fails: what fails is logged and retried at
