@@ -105,6 +105,8 @@ pub struct Supervisor {
     tasks: BTreeMap<Key, Running>,
     endpoints: HashMap<String, Arc<Endpoint>>,
     accounts: Vec<Account>,
+    /// Account id → its index in `accounts`.
+    by_id: HashMap<String, usize>,
 }
 
 impl Supervisor {
@@ -117,6 +119,7 @@ impl Supervisor {
             tasks: BTreeMap::new(),
             endpoints: HashMap::new(),
             accounts: Vec::new(),
+            by_id: HashMap::new(),
         }
     }
 
@@ -129,7 +132,7 @@ impl Supervisor {
             endpoints.insert(a.id.clone(), Arc::new(ep));
         }
         self.endpoints = endpoints;
-        self.accounts = accounts.to_vec();
+        self.set_accounts(accounts.to_vec());
         for a in accounts {
             for m in &a.mailboxes {
                 if self.shared.cluster.is_some() {
@@ -154,22 +157,40 @@ impl Supervisor {
     /// fenced with it). `false` when it is not configured (any more) or its account could not
     /// be set up; the caller then releases the lease.
     pub fn take(&mut self, key: &Key, epoch: i64) -> bool {
-        let Some(account) = self.accounts.iter().find(|a| a.id == key.0).cloned() else {
-            return false;
-        };
-        if !account.mailboxes.contains(&key.1) || !self.endpoints.contains_key(&key.0) {
+        if !self.is_configured(key) || !self.endpoints.contains_key(&key.0) {
             return false;
         }
+        let Some(account) = self.account(&key.0).cloned() else {
+            return false;
+        };
         self.spawn(&account, &key.1, Some(epoch));
         true
+    }
+
+    fn set_accounts(&mut self, accounts: Vec<Account>) {
+        self.by_id = accounts
+            .iter()
+            .enumerate()
+            .map(|(i, a)| (a.id.clone(), i))
+            .collect();
+        self.accounts = accounts;
+    }
+
+    fn account(&self, id: &str) -> Option<&Account> {
+        self.accounts.get(*self.by_id.get(id)?)
+    }
+
+    /// Whether the account list in force has this mailbox.
+    fn is_configured(&self, key: &Key) -> bool {
+        self.account(&key.0)
+            .is_some_and(|a| a.mailboxes.contains(&key.1))
     }
 
     /// Cluster mode: stops these mailboxes (DONE, LOGOUT, bounded by the grace period) but
     /// keeps them on the board as `elsewhere`: their leases are about to go to another replica.
     pub async fn hand_off(&mut self, keys: &[Key]) -> Stopped {
         let stopped = self.cancel_and_wait(keys).await;
-        let configured = self.mailboxes();
-        for key in keys.iter().filter(|k| configured.contains(k)) {
+        for key in keys.iter().filter(|k| self.is_configured(k)) {
             self.shared.board.set_elsewhere(&key.0, &key.1);
         }
         stopped
@@ -313,7 +334,7 @@ impl Supervisor {
                 started.push(format!("{}/{m}", a.id));
             }
         }
-        self.accounts = new;
+        self.set_accounts(new);
         Applied {
             started,
             stopped: plan.stop.iter().map(|(a, m)| format!("{a}/{m}")).collect(),
