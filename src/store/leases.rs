@@ -18,28 +18,17 @@
 //! Replicas are woken by `NOTIFY` on [`CLUSTER_CHANNEL`] when leases are released or a replica
 //! joins; that is only a hint, the rows decide.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::Row;
 
-use super::stmt::Tx;
-use super::{OutboxRow, Store, StoreError};
+use super::{Store, StoreError};
 
 /// Keys per lease statement (sent as one JSON text parameter).
 const KEYS_PER_STATEMENT: usize = 1000;
 
 /// `LISTEN`/`NOTIFY` channel: a replica joined or released leases. A hint only.
 pub const CLUSTER_CHANNEL: &str = "idlesync_cluster";
-
-/// A mailbox task's licence to write: its replica and the lease epoch it was started with.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Fence {
-    /// This replica's `node_id`.
-    pub node: Arc<str>,
-    /// The lease epoch taken.
-    pub epoch: i64,
-}
 
 /// A lease this replica holds.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -121,20 +110,6 @@ pub struct NodeRow {
 }
 
 impl Store {
-    /// This store, but every mailbox write through it checks `fence` first (see the module
-    /// doc). The supervisor gives each mailbox task of a replica in cluster mode its own.
-    pub fn fenced(&self, fence: Fence) -> Store {
-        Store {
-            fence: Some(Arc::new(fence)),
-            ..self.clone()
-        }
-    }
-
-    /// The fence this store's writes check, if any.
-    pub fn fence(&self) -> Option<&Fence> {
-        self.fence.as_deref()
-    }
-
     /// Creates the missing lease rows (free, epoch 0) of these mailboxes. Existing rows are
     /// left alone. Any number of keys (chunked).
     pub async fn ensure_leases(&self, keys: &[(String, String)]) -> Result<(), StoreError> {
@@ -404,72 +379,6 @@ impl Store {
             .collect();
         nodes.sort_by(|a, b| a.node_id.cmp(&b.node_id));
         Ok(nodes)
-    }
-
-    /// Outbox records of the mailboxes whose lease `node` holds unexpired, in publication
-    /// order: what a replica's publisher drains in cluster mode, including records that a dead
-    /// owner committed but never published.
-    pub async fn outbox_pending_owned(
-        &self,
-        node: &str,
-        limit: i64,
-    ) -> Result<Vec<OutboxRow>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT o.id, o.account_id, o.mailbox, o.payload, o.exists_at_us, o.created_at, \
-             o.topic FROM outbox o JOIN mailbox_leases l \
-             ON l.account_id = o.account_id AND l.mailbox = o.mailbox \
-             WHERE l.owner = $1 AND l.expires_at > now() ORDER BY o.id LIMIT $2",
-        )
-        .bind(node)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows.iter().map(super::outbox::outbox_row).collect())
-    }
-
-    /// The fence check, first thing in a mailbox write's transaction `tx` (see the module
-    /// doc): with no fence, `tx` back untouched (no round trip); with one, the lease row is
-    /// read and held `FOR KEY SHARE` until `tx` ends, or `tx` is rolled back and
-    /// [`StoreError::Fenced`] returned (and counted).
-    ///
-    /// Expiry is judged at this statement's start, not `now()`: a transaction from
-    /// [`Store::begin_early`] may have begun a while before.
-    pub(super) async fn fence_check<'c>(
-        &self,
-        mut tx: Tx<'c>,
-        account_id: &str,
-        mailbox: &str,
-    ) -> Result<Tx<'c>, StoreError> {
-        let Some(fence) = self.fence.as_deref() else {
-            return Ok(tx);
-        };
-        let held = sqlx::query(
-            "SELECT 1 FROM mailbox_leases WHERE account_id = $1 AND mailbox = $2 \
-             AND owner = $3 AND epoch = $4 AND expires_at > statement_timestamp() FOR KEY SHARE",
-        )
-        .bind(account_id)
-        .bind(mailbox)
-        .bind(&*fence.node)
-        .bind(fence.epoch)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if held.is_some() {
-            return Ok(tx);
-        }
-        tx.rollback().await?;
-        metrics::counter!(crate::metrics::FENCING_REJECTIONS).increment(1);
-        tracing::warn!(
-            account = account_id,
-            mailbox,
-            node = %fence.node,
-            epoch = fence.epoch,
-            "write rejected: the mailbox's lease is no longer this replica's"
-        );
-        Err(StoreError::Fenced {
-            account: account_id.to_string(),
-            mailbox: mailbox.to_string(),
-            epoch: fence.epoch,
-        })
     }
 }
 

@@ -12,7 +12,9 @@
 //! - [`attachments`]: attachment and raw-message rows of a batch.
 //! - [`threads`]: conversation assignment inside the batch transaction ([`thread_model`]: the
 //!   in-memory aggregates and grouping; [`thread_writes`]: its multi-row writes).
-//! - [`outbox`]: records waiting to be published.
+//! - [`outbox`]: records waiting to be published (in cluster mode, per lease holder).
+//! - [`leases`]: cluster mode's heartbeats and mailbox leases; [`fence`]: the lease check in
+//!   every mailbox write.
 //! - [`stmt`]: statements built first and run grouped (one round trip on PostgreSQL).
 //!
 //! Imports between the files go one way (batch → threads → thread_writes → thread_model;
@@ -25,6 +27,7 @@ mod batch;
 mod changes;
 mod changes_plan;
 mod chunk;
+mod fence;
 mod leases;
 mod outbox;
 mod state;
@@ -35,9 +38,8 @@ mod threads;
 
 pub use batch::{BatchTarget, BatchTx, Committed};
 pub use changes::Applied;
-pub use leases::{
-    Acquired, Fence, Lease, Membership, NodeRow, Takeover, TakeoverReason, CLUSTER_CHANNEL,
-};
+pub use fence::Fence;
+pub use leases::{Acquired, Lease, Membership, NodeRow, Takeover, TakeoverReason, CLUSTER_CHANNEL};
 pub use outbox::OutboxRow;
 pub use state::SyncState;
 

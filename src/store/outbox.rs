@@ -61,6 +61,27 @@ impl Store {
         Ok(rows.iter().map(outbox_row).collect())
     }
 
+    /// Outbox records of the mailboxes whose lease `node` holds unexpired, in publication
+    /// order: what a replica's publisher drains in cluster mode, including records that a dead
+    /// owner committed but never published.
+    pub async fn outbox_pending_owned(
+        &self,
+        node: &str,
+        limit: i64,
+    ) -> Result<Vec<OutboxRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT o.id, o.account_id, o.mailbox, o.payload, o.exists_at_us, o.created_at, \
+             o.topic FROM outbox o JOIN mailbox_leases l \
+             ON l.account_id = o.account_id AND l.mailbox = o.mailbox \
+             WHERE l.owner = $1 AND l.expires_at > now() ORDER BY o.id LIMIT $2",
+        )
+        .bind(node)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(outbox_row).collect())
+    }
+
     /// Removes published records.
     ///
     /// By exact ids, never by range: with several mailboxes committing at once, a lower id can
