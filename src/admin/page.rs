@@ -169,18 +169,9 @@ mod tests {
     #[test]
     fn page_shows_an_import_as_a_progress_bar_with_stored_total_and_rate() {
         let m = |import| MailboxStatus {
-            account: "a1".into(),
-            mailbox: "INBOX".into(),
             state: MailboxState::Fetching,
-            state_since: "2026-01-01T00:00:00.000Z".into(),
-            last_uid: None,
-            last_message_at: None,
-            last_error: None,
-            error_class: None,
-            reconnects: 0,
-            next_retry_at: None,
             import: Some(import),
-            owner: None,
+            ..MailboxStatus::new("a1", "INBOX")
         };
         let import = |stored, done| ImportProgress {
             stored,

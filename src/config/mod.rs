@@ -24,6 +24,7 @@ mod locate;
 mod redact;
 mod schema;
 mod validate;
+mod validate_cluster;
 
 pub use crate::secrets::{Secret, SecretError, SecretSource};
 pub use error::{ConfigError, ConfigErrors};

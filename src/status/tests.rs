@@ -1,5 +1,7 @@
 //! The board's and the reporter's unit tests.
 
+use std::sync::Arc;
+
 use super::*;
 
 #[test]
