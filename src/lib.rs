@@ -20,6 +20,7 @@
 //! - [`limiter`]: connection attempts per host; [`fault`]: test-only fault injection.
 
 pub mod admin;
+pub mod api;
 pub mod backoff;
 pub mod changes;
 pub mod cluster;
