@@ -158,6 +158,8 @@ impl Daemon {
             None => (None, None),
         };
         let node = link.as_ref().map(|l| l.node.clone());
+        let signals = crate::actions::Signals::new(cluster_cfg.map(|_| store.clone()));
+
         let mut supervisor = Supervisor::new(
             Shared {
                 store: store.clone(),
@@ -172,6 +174,7 @@ impl Daemon {
                 import_since: config.storage.import_since,
                 grace,
                 cluster: link,
+                signals: signals.clone(),
             },
             root.child_token(),
         );
@@ -180,6 +183,18 @@ impl Daemon {
             .map_err(|(account, source)| DaemonError::Account { account, source })?;
 
         let publisher_cancel = root.child_token();
+        if cluster_cfg.is_some() {
+            // Wake-ups from the API of any replica, completions for waiting requests; ends
+            // with the publisher, once the mailboxes are stopped.
+            let listen = signals.clone().listen(config.storage.url.clone());
+            let cancel = publisher_cancel.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    () = listen => {}
+                    () = cancel.cancelled() => {}
+                }
+            });
+        }
         let publisher = tokio::spawn(
             Publisher {
                 store: store.clone(),
@@ -206,13 +221,26 @@ impl Daemon {
         ));
         let api = api_listener.map(|(listener, addr, tokens)| {
             let cancel = root.child_token();
+            let timeout = config
+                .api
+                .as_ref()
+                .map_or(Duration::from_secs(300), |a| a.action_timeout);
             let state = ApiState::new(
                 store.clone(),
                 &config.accounts,
                 tokens,
                 CancellationToken::new(),
+                signals.clone(),
+                timeout,
             );
             tokio::spawn(crate::api::serve(listener, state.clone(), cancel.clone()));
+            let every = (timeout / 10).clamp(Duration::from_millis(100), Duration::from_secs(5));
+            tokio::spawn(crate::actions::sweeper::run(
+                store.clone(),
+                signals.clone(),
+                every,
+                cancel.clone(),
+            ));
             tracing::info!(api = %addr, "API listening");
             Api {
                 state,

@@ -19,6 +19,7 @@
 //! - [`admin`]: `/metrics`, `/healthz`, `/readyz`, `/status` and a status page.
 //! - [`limiter`]: connection attempts per host; [`fault`]: test-only fault injection.
 
+pub mod actions;
 pub mod admin;
 pub mod api;
 pub mod backoff;

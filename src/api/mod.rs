@@ -10,6 +10,7 @@
 //!   `Idempotency-Key`;
 //! - [`openapi`]: the OpenAPI document, generated from the handlers' annotations.
 
+pub mod actions;
 pub mod auth;
 pub mod error;
 pub mod json;
@@ -18,13 +19,15 @@ pub mod wait;
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
-use axum::routing::get;
+use axum::routing::{get, patch, post};
 use axum::Router;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::actions::Signals;
 use crate::config::Account;
 use crate::store::Store;
 
@@ -46,6 +49,10 @@ struct Inner {
     tokens: Tokens,
     /// Cancelled when the daemon starts stopping: new work is refused with `503`.
     stopping: CancellationToken,
+    /// Wakes the mailbox tasks; tells waiting requests of outcomes.
+    signals: Signals,
+    /// `api.action_timeout`.
+    action_timeout: Duration,
 }
 
 impl ApiState {
@@ -55,6 +62,8 @@ impl ApiState {
         accounts: &[Account],
         tokens: Tokens,
         stopping: CancellationToken,
+        signals: Signals,
+        action_timeout: Duration,
     ) -> Self {
         let state = Self {
             inner: Arc::new(Inner {
@@ -62,6 +71,8 @@ impl ApiState {
                 accounts: RwLock::new(Arc::default()),
                 tokens,
                 stopping,
+                signals,
+                action_timeout,
             }),
         };
         state.set_accounts(accounts);
@@ -102,6 +113,16 @@ impl ApiState {
         Ok(())
     }
 
+    /// Wake-ups and completions of actions.
+    pub fn signals(&self) -> &Signals {
+        &self.inner.signals
+    }
+
+    /// How long an action may wait for a task to run it.
+    pub fn action_timeout(&self) -> Duration {
+        self.inner.action_timeout
+    }
+
     /// Cancelled when the daemon starts stopping.
     pub fn stopping(&self) -> &CancellationToken {
         &self.inner.stopping
@@ -112,6 +133,17 @@ impl ApiState {
 pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/v1/openapi.json", get(openapi::document))
+        .route(
+            "/v1/messages/{id}",
+            patch(actions::patch_message).delete(actions::delete_message),
+        )
+        .route("/v1/messages/{id}/move", post(actions::move_message))
+        .route(
+            "/v1/threads/{id}",
+            patch(actions::patch_thread).delete(actions::delete_thread),
+        )
+        .route("/v1/threads/{id}/move", post(actions::move_thread))
+        .route("/v1/actions/{id}", get(actions::get_action))
         .fallback(|| async { ApiError::not_found("such route") })
         .layer(DefaultBodyLimit::max(json::MAX_BODY))
         .route_layer(axum::middleware::from_fn_with_state(

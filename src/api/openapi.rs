@@ -5,6 +5,7 @@ use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
+use super::actions;
 use super::error::{ErrorBody, ErrorDetail};
 
 /// The API's document.
@@ -16,7 +17,15 @@ use super::error::{ErrorBody, ErrorDetail};
                        Every call needs `Authorization: Bearer <token>`; errors are \
                        `{\"error\": {\"code\", \"message\"}}`."
     ),
-    paths(),
+    paths(
+        actions::patch_message,
+        actions::move_message,
+        actions::delete_message,
+        actions::patch_thread,
+        actions::move_thread,
+        actions::delete_thread,
+        actions::get_action,
+    ),
     components(schemas(ErrorBody, ErrorDetail)),
     modifiers(&Bearer),
     security(("bearer" = []))

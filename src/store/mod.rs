@@ -15,6 +15,7 @@
 //! - [`outbox`]: records waiting to be published (in cluster mode, per lease holder).
 //! - [`leases`]: cluster mode's heartbeats and mailbox leases; [`fence`]: the lease check in
 //!   every mailbox write.
+//! - [`actions`]: the queue of actions the API accepted (#19), per mailbox, and outcomes.
 //! - [`stmt`]: statements built first and run grouped (one round trip on PostgreSQL).
 //!
 //! Imports between the files go one way (batch → threads → thread_writes → thread_model;
@@ -22,6 +23,7 @@
 //! `impl Store` methods and uses the shared [`Store`], [`StoreError`] and row types from this
 //! one, while this one only declares the files and re-exports their public types.
 
+mod actions;
 mod attachments;
 mod batch;
 mod changes;
@@ -36,6 +38,9 @@ mod thread_model;
 mod thread_writes;
 mod threads;
 
+pub use actions::{
+    ActionKind, ActionRow, Enqueued, MessageRef, NewAction, NewStep, StepOutcome, StepRow,
+};
 pub use batch::{BatchTarget, BatchTx, Committed};
 pub use changes::Applied;
 pub use fence::Fence;
