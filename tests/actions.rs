@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use anyhow::Result;
-use common::actions::{act, eventually, flags, ids, next_of, to};
+use common::actions::{act, flags, ids, next_of, to};
 use common::api::{token_file, Client};
 use common::daemon::{mail, wait_idling, AccountSpec};
 use common::db::Kind;
@@ -130,7 +130,7 @@ async fn every_call(kind: Kind) -> Result<()> {
     assert!(!server_flags(&s.dc, "alice", "INBOX")
         .await?
         .contains_key(&other_uid));
-    eventually("the moved message stored in Archive", WAIT, || async {
+    common::wait_until(WAIT, || async {
         Ok(ids(&s.db, &id, "Archive")
             .await?
             .iter()
@@ -152,7 +152,7 @@ async fn every_call(kind: Kind) -> Result<()> {
         (moved["actionId"].clone(), moved["count"].clone()),
         (a["id"].clone(), json!(2))
     );
-    eventually("the conversation stored in Archive", WAIT, || async {
+    common::wait_until(WAIT, || async {
         Ok(ids(&s.db, &id, "Archive").await?.len() == 3)
     })
     .await?;

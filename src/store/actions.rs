@@ -544,8 +544,13 @@ impl Store {
     ) -> Result<(), StoreError> {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
-        let mut stmts =
-            vec![Stmt::new("DELETE FROM server_mailboxes WHERE account_id = $1").bind(account_id)];
+        // Its own statement: grouped with the inserts (one snapshot on PostgreSQL), the
+        // inserts would still meet the old rows.
+        sqlx::query("DELETE FROM server_mailboxes WHERE account_id = $1")
+            .bind(account_id)
+            .execute(&mut *tx)
+            .await?;
+        let mut stmts = Vec::new();
         for (name, special) in list {
             stmts.push(
                 Stmt::new(

@@ -1,7 +1,6 @@
 //! What the action tests (#19) share: ids of stored rows, an action call that waits for its
 //! outcome, and waiting for the store to catch up with the server.
 
-use std::future::Future;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -59,25 +58,6 @@ pub fn flags(v: Value) -> Option<Value> {
 /// `{"to": mailbox}`.
 pub fn to(mailbox: &str) -> Option<Value> {
     Some(json!({ "to": mailbox }))
-}
-
-/// Polls `check` every 50 ms until it returns true or `timeout` passes (for store state that
-/// no record announces, such as a moved message stored in its destination).
-pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F) -> Result<()>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<bool>>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if check().await? {
-            return Ok(());
-        }
-        if tokio::time::Instant::now() >= deadline {
-            bail!("{what}: not within {timeout:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// The next record on `sub` of `kind`, skipping others (returned too).
