@@ -6,7 +6,7 @@
 //! message: a step sharing a UID with an earlier step of another command ends the round, and
 //! runs in the next.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Deserialize;
 
@@ -29,6 +29,17 @@ pub enum Op {
     },
     /// `\Deleted` and `UID EXPUNGE` of these UIDs only.
     Expunge,
+}
+
+impl Op {
+    /// A bounded name for logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::Flags { .. } => "flags",
+            Op::Move { .. } => "move",
+            Op::Expunge => "expunge",
+        }
+    }
 }
 
 /// An [`Op`] and the steps it serves.
@@ -91,12 +102,20 @@ pub fn op_of(step: &StepRow, mailbox: &str) -> Result<Op, (&'static str, String)
 
 /// Groups `steps` (in id order) into commands for one round, and the steps that cannot run.
 /// Returns how many steps the round covers: the rest wait for the next round.
+///
+/// Flag changes are deltas, so every flag step of the round is netted per message (a flag
+/// added then removed is removed) and messages with the same net change share one command:
+/// 1,000 requests adding 1,000 keywords to one message are one `UID STORE`. Flags run before
+/// moves and expunges; a flag step on a message an earlier step of the round moves, or a move
+/// of a message an earlier move of another target takes, ends the round.
 pub fn plan(
     steps: &[StepRow],
     mailbox: &str,
     uidvalidity: u32,
 ) -> (Vec<Group>, Vec<Refused>, usize) {
-    let mut groups: Vec<Group> = Vec::new();
+    let mut moves: Vec<Group> = Vec::new();
+    let mut net: BTreeMap<u32, (BTreeSet<String>, BTreeSet<String>)> = BTreeMap::new();
+    let mut flag_steps: Vec<usize> = Vec::new();
     let mut refused = Vec::new();
     let mut taken = 0;
     for (i, step) in steps.iter().enumerate() {
@@ -121,32 +140,69 @@ pub fn plan(
                 continue;
             }
         };
-        let clashes = groups
-            .iter()
-            .filter(|g| g.op != op)
-            .any(|g| step.uids.iter().any(|u| g.uids.binary_search(u).is_ok()));
-        if clashes {
-            break;
-        }
-        match groups.iter_mut().find(|g| g.op == op) {
-            Some(g) => {
-                g.steps.push(i);
-                let set: BTreeSet<u32> = g.uids.iter().chain(&step.uids).copied().collect();
-                g.uids = set.into_iter().collect();
+        let touches = |g: &Group| step.uids.iter().any(|u| g.uids.binary_search(u).is_ok());
+        match op {
+            Op::Flags { add, remove } => {
+                if moves.iter().any(touches) {
+                    break;
+                }
+                for uid in &step.uids {
+                    let (a, r) = net.entry(*uid).or_default();
+                    for f in &add {
+                        r.remove(f);
+                        a.insert(f.clone());
+                    }
+                    for f in &remove {
+                        a.remove(f);
+                        r.insert(f.clone());
+                    }
+                }
+                flag_steps.push(i);
             }
-            None => {
-                let set: BTreeSet<u32> = step.uids.iter().copied().collect();
-                groups.push(Group {
-                    op,
-                    steps: vec![i],
-                    uids: set.into_iter().collect(),
-                });
+            op => {
+                if moves.iter().filter(|g| g.op != op).any(touches) {
+                    break;
+                }
+                match moves.iter_mut().find(|g| g.op == op) {
+                    Some(g) => {
+                        g.steps.push(i);
+                        let set: BTreeSet<u32> = g.uids.iter().chain(&step.uids).copied().collect();
+                        g.uids = set.into_iter().collect();
+                    }
+                    None => {
+                        let set: BTreeSet<u32> = step.uids.iter().copied().collect();
+                        moves.push(Group {
+                            op,
+                            steps: vec![i],
+                            uids: set.into_iter().collect(),
+                        });
+                    }
+                }
             }
         }
         taken = i + 1;
     }
-    // Flags first: moves and expunges take messages away.
-    groups.sort_by_key(|g| !matches!(g.op, Op::Flags { .. }));
+    // Messages with the same net change: one command.
+    let mut by_change: BTreeMap<(Vec<String>, Vec<String>), Vec<u32>> = BTreeMap::new();
+    for (uid, (add, remove)) in net {
+        by_change
+            .entry((add.into_iter().collect(), remove.into_iter().collect()))
+            .or_default()
+            .push(uid);
+    }
+    let mut groups: Vec<Group> = by_change
+        .into_iter()
+        .map(|((add, remove), uids)| Group {
+            steps: flag_steps
+                .iter()
+                .copied()
+                .filter(|i| steps[*i].uids.iter().any(|u| uids.binary_search(u).is_ok()))
+                .collect(),
+            op: Op::Flags { add, remove },
+            uids,
+        })
+        .collect();
+    groups.extend(moves);
     (groups, refused, taken)
 }
 
@@ -167,6 +223,31 @@ mod tests {
     }
 
     const SEEN: &str = r#"{"add":["\\Seen"]}"#;
+
+    #[test]
+    fn different_flag_changes_of_one_message_are_netted_into_one_command() {
+        let steps: Vec<StepRow> = (1..=1000)
+            .map(|i| {
+                step(
+                    i,
+                    ActionKind::Flags,
+                    &format!(r#"{{"add":["$K{i}"]}}"#),
+                    &[5],
+                )
+            })
+            .chain([step(1001, ActionKind::Flags, r#"{"remove":["$K1"]}"#, &[5])])
+            .collect();
+        let (groups, _, taken) = plan(&steps, "INBOX", 7);
+        assert_eq!((groups.len(), taken), (1, 1001));
+        let Op::Flags { add, remove } = &groups[0].op else {
+            panic!("flags")
+        };
+        assert_eq!(
+            (add.len(), remove.as_slice()),
+            (999, ["$K1".to_string()].as_slice())
+        );
+        assert_eq!(groups[0].steps.len(), 1001);
+    }
 
     #[test]
     fn same_changes_become_one_command() {

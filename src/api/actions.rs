@@ -7,13 +7,13 @@
 
 use std::collections::BTreeMap;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::json::Body;
+use super::extract::{Body, Id, Params};
 use super::wait::{idempotency_key, prefer_wait};
 use super::{ApiError, ApiState};
 use crate::config::Account;
@@ -121,7 +121,7 @@ const MAX_FLAGS: usize = 50;
 /// Sets or clears flags of one message.
 pub async fn patch_message(
     State(api): State<ApiState>,
-    Path(id): Path<i64>,
+    Id(id): Id,
     headers: HeaderMap,
     Body(body): Body<FlagsPatch>,
 ) -> Answer {
@@ -138,7 +138,7 @@ pub async fn patch_message(
 /// Sets or clears flags of every message of a conversation, in every watched mailbox.
 pub async fn patch_thread(
     State(api): State<ApiState>,
-    Path(id): Path<i64>,
+    Id(id): Id,
     headers: HeaderMap,
     Body(body): Body<FlagsPatch>,
 ) -> Answer {
@@ -157,7 +157,7 @@ pub async fn patch_thread(
 /// Moves one message (`UID MOVE`, or COPY + `UID EXPUNGE`).
 pub async fn move_message(
     State(api): State<ApiState>,
-    Path(id): Path<i64>,
+    Id(id): Id,
     headers: HeaderMap,
     Body(body): Body<MoveBody>,
 ) -> Answer {
@@ -176,7 +176,7 @@ pub async fn move_message(
 /// Moves every message of a conversation (archiving it, typically).
 pub async fn move_thread(
     State(api): State<ApiState>,
-    Path(id): Path<i64>,
+    Id(id): Id,
     headers: HeaderMap,
     Body(body): Body<MoveBody>,
 ) -> Answer {
@@ -195,9 +195,9 @@ pub async fn move_thread(
 /// deleted for good (`\Deleted` + `UID EXPUNGE` of that UID only).
 pub async fn delete_message(
     State(api): State<ApiState>,
-    Path(id): Path<i64>,
+    Id(id): Id,
     headers: HeaderMap,
-    Query(q): Query<DeleteQuery>,
+    Params(q): Params<DeleteQuery>,
 ) -> Answer {
     let t = Target::message(&api, id).await?;
     delete(&api, &headers, t, q.permanent.unwrap_or(false)).await
@@ -212,9 +212,9 @@ pub async fn delete_message(
 /// with `?permanent=true` deletes them all for good.
 pub async fn delete_thread(
     State(api): State<ApiState>,
-    Path(id): Path<i64>,
+    Id(id): Id,
     headers: HeaderMap,
-    Query(q): Query<DeleteQuery>,
+    Params(q): Params<DeleteQuery>,
 ) -> Answer {
     let t = Target::thread(&api, id).await?;
     delete(&api, &headers, t, q.permanent.unwrap_or(false)).await
@@ -224,7 +224,7 @@ pub async fn delete_thread(
     params(("id" = i64, Path, description = "actions.id")),
     responses((status = 200, body = ActionEnvelope), (status = 404, body = super::error::ErrorBody)))]
 /// An action's state.
-pub async fn get_action(State(api): State<ApiState>, Path(id): Path<i64>) -> Answer {
+pub async fn get_action(State(api): State<ApiState>, Id(id): Id) -> Answer {
     let row = api
         .store()
         .action(id)

@@ -6,14 +6,14 @@
 //! connection runs it and stores the outcome. `Prefer: wait=N` waits for that outcome.
 //!
 //! - [`auth`]: bearer tokens, compared in constant time; [`error`]: the one error shape;
-//! - [`json`]: bodies (1 MiB cap, `400` naming the field); [`wait`]: `Prefer` and
-//!   `Idempotency-Key`;
+//! - [`extract`]: bodies (1 MiB cap, `400` naming the field), path ids and query strings, each
+//!   refused in the error shape; [`wait`]: `Prefer` and `Idempotency-Key`;
 //! - [`openapi`]: the OpenAPI document, generated from the handlers' annotations.
 
 pub mod actions;
 pub mod auth;
 pub mod error;
-pub mod json;
+pub mod extract;
 pub mod openapi;
 pub mod wait;
 
@@ -145,7 +145,14 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/threads/{id}/move", post(actions::move_thread))
         .route("/v1/actions/{id}", get(actions::get_action))
         .fallback(|| async { ApiError::not_found("such route") })
-        .layer(DefaultBodyLimit::max(json::MAX_BODY))
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                axum::http::StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this route does not take that method",
+            )
+        })
+        .layer(DefaultBodyLimit::max(extract::MAX_BODY))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,

@@ -42,6 +42,7 @@ pub(super) async fn run(ctx: &MailboxCtx, conn: &mut Conn) -> Result<(), Mailbox
             .store
             .pending_steps(&ctx.account_id, &ctx.mailbox, STEPS_PER_ROUND)
             .await?;
+        tracing::debug!(steps = steps.len(), "action round");
         if steps.is_empty() {
             return Ok(());
         }
@@ -56,11 +57,27 @@ pub(super) async fn run(ctx: &MailboxCtx, conn: &mut Conn) -> Result<(), Mailbox
         ctx.store
             .start_steps(&ctx.account_id, &ctx.mailbox, &runnable, &arrivals)
             .await?;
-        let mut results: Vec<(usize, Done)> = Vec::new();
+        // A step may be served by several commands (a thread's messages with different net
+        // flag changes): its result is theirs merged.
+        let mut results: BTreeMap<usize, Done> = BTreeMap::new();
         for g in &groups {
             let done = Box::pin(execute(ctx, conn, g)).await?;
-            tracing::info!(op = ?g.op, messages = g.uids.len(), steps = g.steps.len(), failed = ?done.failed.as_ref().map(|f| f.0), "ran actions");
-            results.extend(g.steps.iter().map(|i| (*i, clone_for(&done, &steps[*i]))));
+            tracing::info!(
+                op = g.op.name(),
+                messages = g.uids.len(),
+                steps = g.steps.len(),
+                failed = done.failed.as_ref().map(|f| f.0),
+                "ran actions"
+            );
+            for i in &g.steps {
+                let part = clone_for(&done, &steps[*i]);
+                let r = results.entry(*i).or_default();
+                r.gone.extend(part.gone);
+                r.moved.extend(part.moved);
+                if r.failed.is_none() {
+                    r.failed = part.failed;
+                }
+            }
         }
         let mut outcomes: Vec<StepOutcome> = refused
             .iter()
@@ -96,8 +113,8 @@ pub(super) async fn run(ctx: &MailboxCtx, conn: &mut Conn) -> Result<(), Mailbox
             })
             .collect();
         let attributed: Vec<(i64, &[u32])> = results
-            .iter()
-            .map(|(i, _)| (steps[*i].action_id, steps[*i].uids.as_slice()))
+            .keys()
+            .map(|i| (steps[*i].action_id, steps[*i].uids.as_slice()))
             .collect();
         store_outcomes(ctx, conn, &outcomes, &attributed, &moved).await?;
         let mut finished: Vec<i64> = outcomes.iter().map(|o| o.action_id).collect();
@@ -109,6 +126,11 @@ pub(super) async fn run(ctx: &MailboxCtx, conn: &mut Conn) -> Result<(), Mailbox
             return Ok(());
         }
     }
+    // More may be queued: come back after one IDLE round-trip (what the server said
+    // meanwhile is applied first), instead of waiting for the next request's wake-up.
+    ctx.signals
+        .waker(&ctx.account_id, &ctx.mailbox)
+        .notify_one();
     Ok(())
 }
 
