@@ -273,3 +273,40 @@ async fn conflicts_postgres() -> Result<()> {
 async fn conflicts_sqlite() -> Result<()> {
     conflicts(Kind::Sqlite).await
 }
+
+/// Actions run between the windows of a first import, not after the whole history: a message
+/// of the first window is marked read while the rest is still being fetched.
+#[tokio::test]
+async fn actions_run_during_a_first_import() -> Result<()> {
+    const N: usize = 120;
+    let s = Setup::new(&[("kim", "secret-pw-1")], Kind::Sqlite, "actions-import").await?;
+    let slow = common::mirror::slow_import(&s, "kim", "act-import", N, 10).await?;
+    let dir = tempfile::tempdir()?;
+    let d = s
+        .start(&slow.config.clone().api(&token_file(dir.path())))
+        .await?;
+    common::mirror::import_under_way(&d, WAIT).await?;
+    let first = ids(&s.db, "act-import", "INBOX").await?[0];
+    let api = Client::new(d.api_addr().expect("api"));
+    let a = common::actions::act(
+        &api,
+        "PATCH",
+        &format!("/v1/messages/{}", first.0),
+        Some(json!({"seen": true})),
+    )
+    .await?;
+    assert_eq!(a["status"], "done", "{a}");
+    let import = d.board().snapshot()[0].import.clone().expect("import");
+    assert!(
+        import.stored < import.total,
+        "done while the import goes on: {import:?}"
+    );
+    assert!(server_flags(&s.dc, "kim", "INBOX").await?[&first.1].contains("\\Seen"));
+    slow.proxy.set_server_pace(None);
+    common::wait_until(WAIT, || async {
+        Ok(ids(&s.db, "act-import", "INBOX").await?.len() == N)
+    })
+    .await?;
+    d.shutdown().await;
+    Ok(())
+}
