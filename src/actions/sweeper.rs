@@ -22,6 +22,8 @@ pub async fn run(store: Store, signals: Signals, every: Duration, cancel: Cancel
         match store.expire_actions(keep).await {
             Ok(0) => {}
             Ok(n) => {
+                metrics::counter!(crate::metrics::ACTIONS_FINISHED, "outcome" => "timeout")
+                    .increment(n);
                 tracing::warn!(steps = n, "actions timed out: no replica ran them in time");
                 // Waiters re-read the table on any completion of theirs; ids are not known
                 // here, so wake them all with a sentinel.

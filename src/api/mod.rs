@@ -157,7 +157,19 @@ pub fn router(state: ApiState) -> Router {
             state.clone(),
             auth::require_token,
         ))
+        .layer(axum::middleware::from_fn(count))
         .with_state(state)
+}
+
+/// Counts every answer by status, refusals of the token check included.
+async fn count(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16().to_string();
+    metrics::counter!(crate::metrics::API_REQUESTS, "status" => status).increment(1);
+    resp
 }
 
 /// Serves until `cancel`; requests in flight get a moment to finish.

@@ -117,6 +117,10 @@ pub(super) async fn run(ctx: &MailboxCtx, conn: &mut Conn) -> Result<(), Mailbox
             .map(|i| (steps[*i].action_id, steps[*i].uids.as_slice()))
             .collect();
         store_outcomes(ctx, conn, &outcomes, &attributed, &moved).await?;
+        for o in &outcomes {
+            let outcome = o.error.as_ref().map_or("done", |e| e.0);
+            metrics::counter!(crate::metrics::ACTIONS_FINISHED, "outcome" => outcome).increment(1);
+        }
         let mut finished: Vec<i64> = outcomes.iter().map(|o| o.action_id).collect();
         finished.sort_unstable();
         finished.dedup();

@@ -268,6 +268,7 @@ impl Supervisor {
         let stopped = self.cancel_and_wait(keys).await;
         for (account, mailbox) in keys {
             self.shared.board.remove(account, mailbox);
+            self.shared.signals.forget(account, mailbox);
         }
         stopped
     }
