@@ -7,7 +7,8 @@
 //!    done, and the IMAP commands they became.
 //!
 //! idlesync runs in this process and reaches Dovecot's plain port through a counting proxy, as
-//! does the raw client, so both pay the same hops.
+//! does the raw client, so both pay the same hops. The raw client works on a mailbox idlesync
+//! does not watch, so its changes never reach idlesync's IDLE while a request is measured.
 //!
 //! ```sh
 //! cargo run --release --example actions -- --rounds 200
@@ -86,7 +87,9 @@ impl Raw {
         let mut greeting = String::new();
         r.io.read_line(&mut greeting).await?;
         r.cmd(&format!("LOGIN {USER} {PW}")).await?;
-        r.cmd("SELECT INBOX").await?;
+        // A mailbox idlesync does not watch: the raw changes raise no IDLE news that would
+        // delay the API's requests measured beside them.
+        r.cmd("SELECT Raw").await?;
         Ok(r)
     }
 
@@ -196,18 +199,19 @@ async fn main() -> Result<()> {
 
     // 1. One message; the API and a raw session take turns changing a keyword on it.
     let mut w = dovecot::wire::Wire::login(&dc, USER).await?;
-    let uid = w.append("INBOX", &message(0, None)).await?;
+    w.append("INBOX", &message(0, None)).await?;
     wait_stored(&pool, "INBOX", 1).await?;
     let id: i64 = sqlx::query("SELECT id FROM messages WHERE account_id = 'bench'")
         .fetch_one(&pool)
         .await?
         .get(0);
+    let raw_uid = w.append("Raw", &message(1, None)).await?;
     let mut raw = Raw::open(proxy.addr()).await?;
     let (mut api_t, mut raw_t) = (Vec::new(), Vec::new());
     for i in 0..cli.rounds {
         let sign = if i % 2 == 0 { '+' } else { '-' };
         let t = Instant::now();
-        raw.cmd(&format!("UID STORE {uid} {sign}FLAGS ($Raw)"))
+        raw.cmd(&format!("UID STORE {raw_uid} {sign}FLAGS ($Raw)"))
             .await?;
         raw_t.push(t.elapsed());
         let body = if i % 2 == 0 {

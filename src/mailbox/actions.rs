@@ -53,10 +53,15 @@ pub(super) async fn run(ctx: &MailboxCtx, conn: &mut Conn) -> Result<(), Mailbox
             .iter()
             .flat_map(|g| g.steps.iter().map(|i| &steps[*i]))
             .collect();
-        let arrivals = expected_arrivals(ctx, conn.state.uidvalidity, &groups, &steps).await?;
-        ctx.store
-            .start_steps(&ctx.account_id, &ctx.mailbox, &runnable, &arrivals)
-            .await?;
+        // Moves and expunges are marked running (with a move's expected arrivals) before any
+        // command is sent. Flag changes are deltas that may run twice: they skip that
+        // transaction, one commit less between a request and its effect.
+        if groups.iter().any(|g| !matches!(g.op, Op::Flags { .. })) {
+            let arrivals = expected_arrivals(ctx, conn.state.uidvalidity, &groups, &steps).await?;
+            ctx.store
+                .start_steps(&ctx.account_id, &ctx.mailbox, &runnable, &arrivals)
+                .await?;
+        }
         // A step may be served by several commands (a thread's messages with different net
         // flag changes): its result is theirs merged.
         let mut results: BTreeMap<usize, Done> = BTreeMap::new();
