@@ -183,6 +183,10 @@ impl Daemon {
             .map_err(|(account, source)| DaemonError::Account { account, source })?;
 
         let publisher_cancel = root.child_token();
+        tokio::spawn(crate::search::backfill::run(
+            store.clone(),
+            publisher_cancel.clone(),
+        ));
         if cluster_cfg.is_some() {
             // Wake-ups from the API of any replica, completions for waiting requests; ends
             // with the publisher, once the mailboxes are stopped.

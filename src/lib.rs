@@ -37,6 +37,7 @@ pub mod message;
 pub mod metrics;
 pub mod publish;
 pub mod reload;
+pub mod search;
 pub mod secrets;
 pub mod status;
 pub mod store;

@@ -8,6 +8,7 @@
 //! - [`auth`]: bearer tokens, compared in constant time; [`error`]: the one error shape;
 //! - [`extract`]: bodies (1 MiB cap, `400` naming the field), path ids and query strings, each
 //!   refused in the error shape; [`wait`]: `Prefer` and `Idempotency-Key`;
+//! - [`search`]: the search box over the store (#21);
 //! - [`openapi`]: the OpenAPI document, generated from the handlers' annotations.
 
 pub mod actions;
@@ -15,6 +16,7 @@ pub mod auth;
 pub mod error;
 pub mod extract;
 pub mod openapi;
+pub mod search;
 pub mod wait;
 
 use std::collections::HashMap;
@@ -144,6 +146,7 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/v1/threads/{id}/move", post(actions::move_thread))
         .route("/v1/actions/{id}", get(actions::get_action))
+        .route("/v1/accounts/{account}/search", get(search::search))
         .fallback(|| async { ApiError::not_found("such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

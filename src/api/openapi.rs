@@ -5,8 +5,8 @@ use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::actions;
 use super::error::{ErrorBody, ErrorDetail};
+use super::{actions, search};
 
 /// The API's document.
 #[derive(OpenApi)]
@@ -25,6 +25,7 @@ use super::error::{ErrorBody, ErrorDetail};
         actions::move_thread,
         actions::delete_thread,
         actions::get_action,
+        search::search,
     ),
     components(schemas(ErrorBody, ErrorDetail)),
     modifiers(&Bearer),

@@ -97,7 +97,7 @@ impl Store {
                 .map(|p| OutboxRow::new(target.account_id, target.mailbox, Topic::Changes, p, None))
                 .collect();
         }
-        let mut writes = writes(target, &plan, self.expunged, now);
+        let mut writes = writes(self.backend, target, &plan, self.expunged, now);
         let (outcome_writes, rollups) = outcome_stmts(outcomes, now);
         writes.extend(outcome_writes);
         if let Some(h) = set.highest_modseq {
@@ -218,6 +218,7 @@ async fn load(
 /// The multi-row writes of a plan, in an order that is safe to run as one statement (no row
 /// written twice).
 fn writes<'a>(
+    backend: super::Backend,
     target: BatchTarget<'a>,
     plan: &'a Plan,
     mode: ExpungeMode,
@@ -258,6 +259,7 @@ fn writes<'a>(
                 // Children first: SQLite checks the foreign keys statement by statement.
                 out.push(ids(format!("DELETE FROM attachments WHERE message_row_id IN ({list})")));
                 out.push(ids(format!("DELETE FROM message_raw WHERE message_row_id IN ({list})")));
+                out.push(ids(super::search::delete_docs_sql(backend, &list)));
                 out.push(ids(format!("DELETE FROM messages WHERE id IN ({list})")));
             }
         }

@@ -16,6 +16,7 @@
 //! - [`leases`]: cluster mode's heartbeats and mailbox leases; [`fence`]: the lease check in
 //!   every mailbox write.
 //! - [`actions`]: the queue of actions the API accepted (#19), per mailbox, and outcomes.
+//! - [`search`]: the full-text index rows of each batch, their backfill, and running a query.
 //! - [`stmt`]: statements built first and run grouped (one round trip on PostgreSQL).
 //!
 //! Imports between the files go one way (batch → threads → thread_writes → thread_model;
@@ -32,6 +33,7 @@ mod chunk;
 mod fence;
 mod leases;
 mod outbox;
+mod search;
 mod state;
 mod stmt;
 mod thread_model;
@@ -46,6 +48,7 @@ pub use changes::Applied;
 pub use fence::Fence;
 pub use leases::{Acquired, Lease, Membership, NodeRow, Takeover, TakeoverReason, CLUSTER_CHANNEL};
 pub use outbox::OutboxRow;
+pub use search::{Cursor, Hit, BACKFILL_BATCH};
 pub use state::SyncState;
 
 use std::time::Duration;
