@@ -228,53 +228,65 @@ fn message_hit(h: &Hit, marks: &[String]) -> MessageHit {
 }
 
 /// About [`SNIPPET`] characters of the body around the first marked word (the stored
-/// snippet when none is found), HTML-escaped, with every marked word in `<mark>`.
+/// snippet when none is found), HTML-escaped, with every marked word in `<mark>`. Matching
+/// folds case as the index does (`GRÜSSE` marks `Grüße`).
 fn snippet(h: &Hit, marks: &[String]) -> String {
     let text = h.body.as_deref().unwrap_or(&h.snippet);
     let chars: Vec<char> = text
         .chars()
         .map(|c| if c.is_whitespace() { ' ' } else { c })
         .collect();
-    let lower: Vec<char> = chars
-        .iter()
-        .map(|c| c.to_lowercase().next().unwrap_or(*c))
-        .collect();
+    // The folded text, and for each folded character the original one it came from.
+    let mut folded: Vec<char> = Vec::with_capacity(chars.len());
+    let mut origin: Vec<usize> = Vec::with_capacity(chars.len());
+    for (i, c) in chars.iter().enumerate() {
+        let n = crate::search::text::normalize(&c.to_string());
+        let t = n.trim();
+        if t.is_empty() {
+            // White space and punctuation separate words.
+            folded.push(' ');
+            origin.push(i);
+        }
+        for f in t.chars() {
+            folded.push(f);
+            origin.push(i);
+        }
+    }
     let needles: Vec<Vec<char>> = marks
         .iter()
         .filter(|m| !m.is_empty())
         .map(|m| m.chars().collect())
         .collect();
+    // The original characters [start, end) of a match starting at folded index `i`.
     let at = |i: usize| {
         needles
             .iter()
-            .find(|n| lower[i..].starts_with(n))
-            .map(Vec::len)
+            .find(|n| folded[i..].starts_with(n))
+            .map(|n| (origin[i], origin[i + n.len() - 1] + 1))
     };
-    let first = (0..lower.len()).find(|i| at(*i).is_some());
-    let Some(first) = first else {
+    let Some((first, _)) = (0..folded.len()).find_map(at) else {
         return escape(&h.snippet);
     };
+    // Matches may overlap (bigrams): mark characters, then wrap each marked run.
+    let mut marked = vec![false; chars.len()];
+    for (a, b) in (0..folded.len()).filter_map(at) {
+        marked[a..b.min(chars.len())]
+            .iter_mut()
+            .for_each(|m| *m = true);
+    }
     let start = first.saturating_sub(SNIPPET / 4);
     let end = (start + SNIPPET).min(chars.len());
     let mut out = String::new();
     if start > 0 {
         out.push('…');
     }
-    let mut i = start;
-    // Each round moves on by at least one character.
-    while i < end {
-        match at(i) {
-            Some(n) => {
-                let stop = (i + n).min(end);
-                out.push_str("<mark>");
-                out.push_str(&escape(&chars[i..stop].iter().collect::<String>()));
-                out.push_str("</mark>");
-                i = stop;
-            }
-            None => {
-                out.push_str(&escape(&chars[i].to_string()));
-                i += 1;
-            }
+    for i in start..end {
+        if marked[i] && (i == start || !marked[i - 1]) {
+            out.push_str("<mark>");
+        }
+        out.push_str(&escape(&chars[i].to_string()));
+        if marked[i] && (i + 1 == end || !marked[i + 1]) {
+            out.push_str("</mark>");
         }
     }
     if end < chars.len() {
@@ -328,6 +340,10 @@ mod tests {
             s.starts_with('…') && s.ends_with('…') && s.contains("<mark>target</mark>"),
             "{s}"
         );
+        let s = snippet(&hit("Mit freundlichen Grüßen"), &["grüssen".into()]);
+        assert_eq!(s, "Mit freundlichen <mark>Grüßen</mark>");
+        let s = snippet(&hit("東京都の請求書"), &["請求".into(), "求書".into()]);
+        assert_eq!(s, "東京都の<mark>請求書</mark>");
     }
 
     #[test]

@@ -568,6 +568,7 @@ mod tests {
     #[test]
     fn unicode_is_normalized_like_the_index() {
         assert_eq!(parse("GRÜSSE").unwrap(), words(Field::All, &["grüsse"]));
+        assert_eq!(parse("grüße").unwrap(), words(Field::All, &["grüsse"]));
         assert_eq!(
             parse("請求書").unwrap(),
             words(Field::All, &["請求", "求書"])

@@ -1,6 +1,7 @@
 //! The text both databases index and query, made the same way on both sides (pure).
 //!
-//! - Lower case (Unicode), so `grüße` finds `Grüße`; accents are kept (as Gmail does).
+//! - Lower case (Unicode, and `ß` as `ss`), so `grüße` and `GRÜSSE` find `Grüße`; accents are
+//!   kept (`gruße` is another word, as in Gmail).
 //! - Scripts written without spaces (Chinese, Japanese, Thai, …: anything idlesync cannot split
 //!   into words) are indexed as overlapping pairs of characters, the usual bigram approach: `東京都`
 //!   is `東京 京都`. A query is made the same way and searched as a phrase, so `京都` finds
@@ -35,7 +36,13 @@ pub fn normalize(s: &str) -> String {
         }
         flush(&mut out, &mut run);
         if c.is_alphanumeric() {
-            out.extend(c.to_lowercase());
+            // Case folding beyond lower case, where a word has two spellings by case:
+            // GRÜSSE is grüße, and a final sigma is a sigma.
+            match c {
+                'ß' | 'ẞ' => out.push_str("ss"),
+                'ς' => out.push('σ'),
+                _ => out.extend(c.to_lowercase()),
+            }
         } else {
             out.push(' ');
         }
@@ -153,7 +160,8 @@ mod tests {
 
     #[test]
     fn case_folds_and_accents_stay() {
-        assert_eq!(normalize("Grüße aus KÖLN!"), "grüße aus köln ");
+        assert_eq!(normalize("Grüße aus KÖLN!"), "grüsse aus köln ");
+        assert_eq!(normalize("GRÜSSE"), normalize("grüße"));
         assert_eq!(normalize("ann@example.com"), "ann example com");
     }
 

@@ -2,11 +2,12 @@
 //! before the index existed, and running a parsed [`Query`].
 //!
 //! A query becomes SQL by walking its tree: every value is a bound parameter, and the only text
-//! added is fixed SQL per node kind. A text term is a `tsvector @@ phraseto_tsquery('simple', $n)`
-//! condition on PostgreSQL and an FTS5 `MATCH $n` on SQLite, whose match expression names the
-//! account and quotes each word (words are letters and digits only, from
-//! [`crate::search::text::words`]). The account is in every query's index condition, and the
-//! rows are filtered on `messages.account_id` besides.
+//! added is fixed SQL per node kind. A text term is a sub-select of the index: `account_id = $1
+//! AND field @@ phraseto_tsquery('simple', $n)` on PostgreSQL (both in the GIN index's
+//! condition) and an FTS5 `MATCH $n` on SQLite, whose match expression names the account and
+//! quotes each word (words are letters and digits only, from [`crate::search::text::words`]).
+//! The rows are filtered on `messages.account_id` besides. A message not indexed yet (the
+//! backfill is still running) matches no text term.
 
 use sqlx::{AssertSqlSafe, Row};
 
@@ -165,6 +166,8 @@ struct Where {
     backend: Backend,
     /// `account_id`'s words (SQLite's MATCH phrase).
     account_words: String,
+    /// The placeholder of `account_id` (PostgreSQL's index condition).
+    account: String,
     binds: Vec<Val<'static>>,
 }
 
@@ -184,8 +187,7 @@ impl Where {
                 let parts: Vec<String> = v.iter().map(|q| self.node(q)).collect();
                 format!("({})", parts.join(" OR "))
             }
-            // Missing index rows (not yet backfilled) count as not matching.
-            Query::Not(q) => format!("NOT COALESCE({}, FALSE)", self.node(q)),
+            Query::Not(q) => format!("NOT ({})", self.node(q)),
             Query::Term(t) => self.term(t),
         }
     }
@@ -229,7 +231,11 @@ impl Where {
         match self.backend {
             Backend::Postgres => {
                 let p = self.bind(Val::Owned(words.join(" ")));
-                format!("d.{col} @@ phraseto_tsquery('simple', {p})")
+                let a = self.account.clone();
+                format!(
+                    "m.id IN (SELECT d.message_id FROM search_docs d WHERE d.account_id = {a} \
+                     AND d.{col} @@ phraseto_tsquery('simple', {p}))"
+                )
             }
             Backend::Sqlite => {
                 // Words are letters and digits only: quoting cannot be escaped from.
@@ -274,28 +280,42 @@ impl Store {
             .collect())
     }
 
-    /// The database's plan of a search (PostgreSQL with sequential scans off, as on a large
-    /// table), for tests that show the account is in the index condition.
+    /// The database's plan of the index lookup a text term becomes (`words` in `doc`), with
+    /// sequential scans off as on a large table: tests show the account is in its index
+    /// condition.
     #[doc(hidden)]
-    pub async fn explain_search(
+    pub async fn explain_text_term(
         &self,
         account_id: &str,
-        query: &Query,
+        words: &str,
     ) -> Result<String, StoreError> {
-        let (sql, binds) = self.search_sql(account_id, query, None, 20);
         let mut tx = self.pool.begin().await?;
-        let prefix = match self.backend {
+        let rows = match self.backend {
             Backend::Postgres => {
                 sqlx::query("SET LOCAL enable_seqscan = off")
                     .execute(&mut *tx)
                     .await?;
-                "EXPLAIN "
+                sqlx::query(
+                    "EXPLAIN SELECT d.message_id FROM search_docs d WHERE d.account_id = $1 \
+                     AND d.doc @@ phraseto_tsquery('simple', $2)",
+                )
+                .bind(account_id)
+                .bind(words)
+                .fetch_all(&mut *tx)
+                .await?
             }
-            Backend::Sqlite => "EXPLAIN QUERY PLAN ",
+            Backend::Sqlite => {
+                sqlx::query(
+                    "EXPLAIN QUERY PLAN SELECT rowid FROM search_fts WHERE search_fts MATCH $1",
+                )
+                .bind(format!(
+                    "account_id : \"{}\" AND doc : \"{words}\"",
+                    normalize(account_id).trim()
+                ))
+                .fetch_all(&mut *tx)
+                .await?
+            }
         };
-        let rows = super::stmt::query(format!("{prefix}{sql}"), &binds)
-            .fetch_all(&mut *tx)
-            .await?;
         let col = if self.backend == Backend::Postgres {
             0
         } else {
@@ -318,18 +338,11 @@ impl Store {
         let mut w = Where {
             backend: self.backend,
             account_words: words(&normalize(account_id)).join(" "),
+            account: "$1".into(),
             binds: Vec::new(),
         };
         let account = w.bind(Val::Owned(account_id.to_string()));
         let cond = w.node(query);
-        let join = match self.backend {
-            Backend::Postgres => {
-                format!(
-                    "LEFT JOIN search_docs d ON d.message_id = m.id AND d.account_id = {account}"
-                )
-            }
-            Backend::Sqlite => String::new(),
-        };
         let after = match cursor {
             Some((at, id)) => {
                 let a = w.bind(Val::Int(at));
@@ -343,7 +356,7 @@ impl Store {
         let lim = w.bind(Val::Int(limit));
         let sql = format!(
             "SELECT m.id, m.thread_id, m.mailbox, m.from_addr, m.subject, m.received_at, m.flags, \
-             m.snippet, m.text_body FROM messages m {join} \
+             m.snippet, m.text_body FROM messages m \
              WHERE m.account_id = {account} AND m.expunged_at IS NULL AND {cond}{after} \
              ORDER BY COALESCE(m.received_at, 0) DESC, m.id DESC LIMIT {lim}"
         );
