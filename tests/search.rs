@@ -550,3 +550,67 @@ async fn corpus_postgres() -> Result<()> {
 async fn corpus_sqlite() -> Result<()> {
     corpus(Kind::Sqlite).await
 }
+
+/// Mail stored before the index existed is indexed in the background after an upgrade: the
+/// index rows are removed and the backfill reset (what the migration leaves behind), and a
+/// restarted daemon finds the mail again.
+async fn backfill(kind: Kind) -> Result<()> {
+    let s = Setup::new(&[("old", "secret-pw-1")], kind, "search-backfill").await?;
+    let mut w = Wire::login(&s.dc, "old").await?;
+    for i in 0..30 {
+        let (raw, _, date) = message(i);
+        w.command(&format!("APPEND INBOX () \"{date}\""), Some(&raw))
+            .await?;
+    }
+    w.logout().await;
+    let dir = tempfile::tempdir()?;
+    let acc = AccountSpec::implicit("old", "old", "secret-pw-1", s.dc.imaps_port(), &["INBOX"]);
+    let config = s.implicit(s.config(), &acc).api(&token_file(dir.path()));
+    let d = s.start(&config).await?;
+    common::wait_until(WAIT, || async {
+        Ok(s.db.messages("old").await.map(|m| m.len()).unwrap_or(0) == 30)
+    })
+    .await?;
+    let api = Client::new(d.api_addr().expect("api"));
+    let want = expected("rechnung", &rows(&s.db, "old").await?);
+    ensure!(want.len() == 6, "{want:?}");
+    ensure!(all_pages(&api, "old", "rechnung").await? == want);
+    d.shutdown().await;
+    let pool = s.db.pool().await?;
+    let clear = match kind {
+        Kind::Postgres => "DELETE FROM search_docs",
+        Kind::Sqlite => "DELETE FROM search_fts",
+    };
+    sqlx::query(clear).execute(&pool).await?;
+    sqlx::query("UPDATE search_backfill SET next_id = 0, end_id = (SELECT MAX(id) FROM messages)")
+        .execute(&pool)
+        .await?;
+    pool.close().await;
+    let d = s.start(&config).await?;
+    let api = Client::new(d.api_addr().expect("api"));
+    common::wait_until(WAIT, || async {
+        Ok(all_pages(&api, "old", "rechnung").await? == want)
+    })
+    .await?;
+    let pool = s.db.pool().await?;
+    let (next, end): (i64, i64) = {
+        let r = sqlx::query("SELECT next_id, end_id FROM search_backfill")
+            .fetch_one(&pool)
+            .await?;
+        (r.get(0), r.get(1))
+    };
+    pool.close().await;
+    ensure!(next >= end, "the backfill finished: {next} of {end}");
+    d.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn backfill_postgres() -> Result<()> {
+    backfill(Kind::Postgres).await
+}
+
+#[tokio::test]
+async fn backfill_sqlite() -> Result<()> {
+    backfill(Kind::Sqlite).await
+}
