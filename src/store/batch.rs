@@ -137,7 +137,9 @@ impl Store {
             new_rows.sort_by_key(|r| r.id);
             writes.extend(insert_attachments(target.account_id, &new_rows));
             writes.extend(insert_raw(&new_rows));
-            writes.extend(super::search::doc_writes(self.backend, target, &new_rows));
+            if self.index_search {
+                writes.extend(super::search::doc_writes(self.backend, target, &new_rows));
+            }
             let threads = assign_threads(
                 &mut tx,
                 target.account_id,

@@ -166,6 +166,18 @@ pub struct Store {
     expunged: ExpungeMode,
     /// Cluster mode: the lease every mailbox write checks ([`Store::fenced`]).
     fence: Option<std::sync::Arc<Fence>>,
+    /// Whether batches write search index rows (#21); off only to measure what they cost.
+    index_search: bool,
+}
+
+impl Store {
+    /// This store without search index rows in its batches: for measuring what the index
+    /// costs at ingest (`examples/search`), never for running.
+    #[doc(hidden)]
+    pub fn without_search_index(mut self) -> Store {
+        self.index_search = false;
+        self
+    }
 }
 
 /// A message row this batch inserted: its `messages.id` and its record.
@@ -259,6 +271,7 @@ impl Store {
             thread_by_subject: cfg.thread_by_subject,
             expunged: cfg.expunged,
             fence: None,
+            index_search: true,
         })
     }
 

@@ -347,9 +347,7 @@ impl Store {
             Some((at, id)) => {
                 let a = w.bind(Val::Int(at));
                 let i = w.bind(Val::Int(id));
-                format!(
-                    " AND (COALESCE(m.received_at, 0) < {a} OR (COALESCE(m.received_at, 0) = {a} AND m.id < {i}))"
-                )
+                format!(" AND (m.received_at < {a} OR (m.received_at = {a} AND m.id < {i}))")
             }
             None => String::new(),
         };
@@ -358,7 +356,7 @@ impl Store {
             "SELECT m.id, m.thread_id, m.mailbox, m.from_addr, m.subject, m.received_at, m.flags, \
              m.snippet, m.text_body FROM messages m \
              WHERE m.account_id = {account} AND m.expunged_at IS NULL AND {cond}{after} \
-             ORDER BY COALESCE(m.received_at, 0) DESC, m.id DESC LIMIT {lim}"
+             ORDER BY m.received_at DESC, m.id DESC LIMIT {lim}"
         );
         (sql, w.binds)
     }
