@@ -135,6 +135,9 @@ impl Rng {
     }
 }
 
+/// Makes one query of a kind from the random stream.
+type QueryMaker = Box<dyn Fn(&mut Rng) -> String>;
+
 const SENDERS: &[&str] = &[
     "Ann Lee",
     "Bob Stone",
@@ -350,7 +353,7 @@ async fn main() -> Result<()> {
 
     // 4. Queries.
     let mut rng = Rng(99);
-    let kinds: Vec<(&str, Box<dyn Fn(&mut Rng) -> String>)> = vec![
+    let kinds: Vec<(&str, QueryMaker)> = vec![
         ("single word", Box::new(|r: &mut Rng| r.term())),
         (
             "two words",
