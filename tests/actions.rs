@@ -10,22 +10,13 @@ use std::time::Duration;
 use anyhow::Result;
 use common::actions::{act, flags, ids, next_of, to};
 use common::api::{token_file, Client};
-use common::daemon::{mail, wait_idling, AccountSpec};
+use common::daemon::{mail, reply, wait_idling, AccountSpec};
 use common::db::Kind;
 use common::mirror::{server_flags, stored_flags};
 use common::setup::Setup;
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(15);
-
-fn reply(subject: &str, parent: &str) -> Vec<u8> {
-    format!(
-        "From: Sender <sender@example.test>\r\nTo: rcpt@example.test\r\nSubject: Re: {parent}\r\n\
-         Message-ID: <{subject}@example.test>\r\nIn-Reply-To: <{parent}@example.test>\r\n\
-         Date: Tue, 14 Nov 2023 22:14:20 +0000\r\n\r\nBody of {subject}\r\n"
-    )
-    .into_bytes()
-}
 
 async fn same(s: &Setup, id: &str, mailbox: &str) -> Result<()> {
     let server = server_flags(&s.dc, "alice", mailbox).await?;

@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use anyhow::Result;
-use common::daemon::{mail, wait_idling, AccountSpec};
+use common::daemon::{mail, reply, wait_idling, AccountSpec};
 use common::db::Kind;
 use common::mirror::{
     expunged_uids, ok, other_client, rows, server_flags, stored_flags, thread_counts, uid_list,
@@ -17,16 +17,6 @@ use common::setup::Setup;
 
 /// Generous: Dovecot itself takes ~0.5 s to announce a change to another session.
 const WAIT: Duration = Duration::from_secs(10);
-
-/// A reply to `parent`, so that the two share a thread.
-fn reply(subject: &str, parent: &str) -> Vec<u8> {
-    format!(
-        "From: Sender <sender@example.test>\r\nTo: rcpt@example.test\r\nSubject: Re: {parent}\r\n\
-         Message-ID: <{subject}@example.test>\r\nIn-Reply-To: <{parent}@example.test>\r\n\
-         Date: Tue, 14 Nov 2023 22:14:20 +0000\r\n\r\nBody of {subject}\r\n"
-    )
-    .into_bytes()
-}
 
 /// (a) Another session stores `\Seen` and `\Flagged`: the rows and the thread's unread count
 /// follow, one `flagsChanged` record arrives on the changes channel, nothing on `email:sync`,

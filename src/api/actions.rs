@@ -10,105 +10,16 @@ use std::collections::BTreeMap;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
-use serde::{Deserialize, Serialize};
-use utoipa::{IntoParams, ToSchema};
 
+use super::action_view::{envelope, ActionEnvelope, DeleteQuery, FlagsPatch, MoveBody};
 use super::extract::{Body, Id, Params};
+use super::flags::flag_params;
 use super::wait::{idempotency_key, prefer_wait};
 use super::{ApiError, ApiState};
 use crate::config::Account;
 use crate::store::{ActionKind, ActionRow, Enqueued, MessageRef, NewAction, NewStep};
 
-/// `PATCH /v1/messages/{id}` and `/v1/threads/{id}`: the flags to set or clear.
-#[derive(Debug, Default, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct FlagsPatch {
-    /// `\Seen`: read (`true`) or unread.
-    pub seen: Option<bool>,
-    /// `\Flagged`: starred.
-    pub flagged: Option<bool>,
-    /// `\Answered`.
-    pub answered: Option<bool>,
-    /// Other flags or keywords to add (`$Label1`, `\Draft`).
-    pub add_flags: Option<Vec<String>>,
-    /// Other flags or keywords to remove.
-    pub remove_flags: Option<Vec<String>>,
-}
-
-/// `POST /v1/messages/{id}/move` and `/v1/threads/{id}/move`.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct MoveBody {
-    /// The target mailbox, as the server names it (`Archive`, `Projects/2025`).
-    pub to: String,
-}
-
-/// `DELETE` options.
-#[derive(Debug, Default, Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-pub struct DeleteQuery {
-    /// `true`: set `\Deleted` and `UID EXPUNGE` instead of moving to the Trash.
-    pub permanent: Option<bool>,
-}
-
-/// What was addressed.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct TargetView {
-    /// `message` or `thread`.
-    #[serde(rename = "type")]
-    pub kind: String,
-    /// `messages.id` or `threads.id`.
-    pub id: i64,
-}
-
-/// An action's failure.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct ActionError {
-    /// `gone`, `no_such_mailbox`, `refused`, `timeout` or `stale_uidvalidity`.
-    pub code: String,
-    /// What happened; the server's text, bounded, for `refused`.
-    pub message: String,
-}
-
-/// An action's state.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct ActionView {
-    /// `actions.id`: `GET /v1/actions/{id}`, and `actionId` in the records it causes.
-    pub id: i64,
-    /// `queued`, `running`, `done` or `failed`.
-    pub status: String,
-    /// `flags`, `move`, `delete` or `expunge`.
-    pub kind: String,
-    /// The account acted on.
-    pub account_id: String,
-    /// What was addressed.
-    pub target: TargetView,
-    /// RFC 3339 UTC.
-    pub created_at: String,
-    /// RFC 3339 UTC.
-    pub updated_at: String,
-    /// When failed.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<ActionError>,
-}
-
-/// `{"action": {...}}`.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct ActionEnvelope {
-    /// The action.
-    pub action: ActionView,
-}
-
 type Answer = Result<(StatusCode, Json<ActionEnvelope>), ApiError>;
-
-/// Flags that are not a client's to set through this call: deletion has its own call, and
-/// `\Recent` is the server's.
-const RESERVED: &[&str] = &["\\deleted", "\\recent"];
-/// Longest flag or keyword accepted.
-const MAX_FLAG: usize = 200;
-/// Most flags in one request.
-const MAX_FLAGS: usize = 50;
 
 #[utoipa::path(patch, path = "/v1/messages/{id}", tag = "actions",
     params(("id" = i64, Path, description = "messages.id")),
@@ -357,75 +268,6 @@ async fn delete(api: &ApiState, headers: &HeaderMap, mut t: Target, permanent: b
     submit(api, headers, t, ActionKind::Delete, params, None).await
 }
 
-/// The `{"add", "remove"}` of a flags request, checked.
-fn flag_params(p: &FlagsPatch) -> Result<String, ApiError> {
-    let mut add: Vec<String> = Vec::new();
-    let mut remove: Vec<String> = Vec::new();
-    for (flag, on) in [
-        ("\\Seen", p.seen),
-        ("\\Flagged", p.flagged),
-        ("\\Answered", p.answered),
-    ] {
-        match on {
-            Some(true) => add.push(flag.into()),
-            Some(false) => remove.push(flag.into()),
-            None => {}
-        }
-    }
-    for (field, list, out) in [
-        ("addFlags", &p.add_flags, &mut add),
-        ("removeFlags", &p.remove_flags, &mut remove),
-    ] {
-        let list = list.as_deref().unwrap_or_default();
-        if list.len() > MAX_FLAGS {
-            return Err(ApiError::bad_request(
-                field,
-                format!("at most {MAX_FLAGS} flags"),
-            ));
-        }
-        for (i, f) in list.iter().enumerate() {
-            check_flag(f).map_err(|why| ApiError::bad_request(&format!("{field}[{i}]"), why))?;
-            out.push(f.clone());
-        }
-    }
-    if add.is_empty() && remove.is_empty() {
-        return Err(ApiError::bad_request(
-            "body",
-            "nothing to change: give seen, flagged, answered, addFlags or removeFlags",
-        ));
-    }
-    let lower =
-        |v: &[String]| -> Vec<String> { v.iter().map(|f| f.to_ascii_lowercase()).collect() };
-    if let Some(both) = lower(&add).iter().find(|f| lower(&remove).contains(f)) {
-        return Err(ApiError::bad_request(
-            "removeFlags",
-            format!("{both} is both added and removed"),
-        ));
-    }
-    Ok(serde_json::json!({ "add": add, "remove": remove }).to_string())
-}
-
-/// A flag or keyword IMAP can carry as an atom: `\Seen`-style system flags (not `\Deleted`
-/// or `\Recent`) and keywords such as `$Label1` or `Work`.
-fn check_flag(f: &str) -> Result<(), String> {
-    let body = f.strip_prefix('\\').unwrap_or(f);
-    if body.is_empty() || f.len() > MAX_FLAG {
-        return Err(format!("must be 1 to {MAX_FLAG} characters"));
-    }
-    if RESERVED.contains(&f.to_ascii_lowercase().as_str()) {
-        return Err(format!(
-            "{f} cannot be set here (use DELETE to delete mail)"
-        ));
-    }
-    if let Some(c) = body
-        .chars()
-        .find(|c| !c.is_ascii_graphic() || "(){%*\"\\]".contains(*c))
-    {
-        return Err(format!("{c:?} is not allowed in a flag"));
-    }
-    Ok(())
-}
-
 /// Stores the action (steps by mailbox), wakes the tasks and answers, waiting if asked.
 async fn submit(
     api: &ApiState,
@@ -526,74 +368,4 @@ fn fingerprint(kind: ActionKind, target: &str, params: &str) -> String {
     let mut h = std::hash::DefaultHasher::new();
     (kind.as_str(), target, params).hash(&mut h);
     format!("{:016x}", h.finish())
-}
-
-fn envelope(row: &ActionRow) -> ActionEnvelope {
-    let (kind, id) = row.target.split_once(':').unwrap_or(("message", "0"));
-    ActionEnvelope {
-        action: ActionView {
-            id: row.id,
-            status: row.status.clone(),
-            kind: row.kind.clone(),
-            account_id: row.account_id.clone(),
-            target: TargetView {
-                kind: kind.to_string(),
-                id: id.parse().unwrap_or(0),
-            },
-            created_at: rfc3339(row.created_at),
-            updated_at: rfc3339(row.updated_at),
-            error: row.error_code.as_ref().map(|code| ActionError {
-                code: code.clone(),
-                message: row.error_message.clone().unwrap_or_default(),
-            }),
-        },
-    }
-}
-
-/// Unix ms as RFC 3339 UTC with milliseconds.
-pub fn rfc3339(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .unwrap_or_default()
-        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn flags_are_checked_and_named() {
-        let p = FlagsPatch {
-            seen: Some(true),
-            add_flags: Some(vec!["$Label1".into()]),
-            remove_flags: Some(vec!["\\Flagged".into()]),
-            ..Default::default()
-        };
-        let v: serde_json::Value = serde_json::from_str(&flag_params(&p).unwrap()).unwrap();
-        assert_eq!(v["add"], serde_json::json!(["\\Seen", "$Label1"]));
-        assert_eq!(v["remove"], serde_json::json!(["\\Flagged"]));
-        for bad in ["", "a b", "x)", "\\Deleted", "\\recent", "é", "a\r\nb"] {
-            let p = FlagsPatch {
-                add_flags: Some(vec!["ok".into(), bad.into()]),
-                ..Default::default()
-            };
-            let e = flag_params(&p).unwrap_err();
-            assert_eq!(e.status, StatusCode::BAD_REQUEST);
-            assert!(
-                e.message.starts_with("addFlags[1]"),
-                "{bad:?}: {}",
-                e.message
-            );
-        }
-        assert!(
-            flag_params(&FlagsPatch::default()).is_err(),
-            "nothing to change"
-        );
-        let both = FlagsPatch {
-            seen: Some(true),
-            remove_flags: Some(vec!["\\SEEN".into()]),
-            ..Default::default()
-        };
-        assert!(flag_params(&both).is_err());
-    }
 }

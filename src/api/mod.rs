@@ -8,13 +8,17 @@
 //! - [`auth`]: bearer tokens, compared in constant time; [`error`]: the one error shape;
 //! - [`extract`]: bodies (1 MiB cap, `400` naming the field), path ids and query strings, each
 //!   refused in the error shape; [`wait`]: `Prefer` and `Idempotency-Key`;
+//! - [`actions`]: flags, moves and deletes of messages and threads, and an action's state (#19),
+//!   with the bodies and answers in [`action_view`] and flag checks in `flags.rs`;
 //! - [`search`]: the search box over the store (#21);
 //! - [`openapi`]: the OpenAPI document, generated from the handlers' annotations.
 
+pub mod action_view;
 pub mod actions;
 pub mod auth;
 pub mod error;
 pub mod extract;
+mod flags;
 pub mod openapi;
 pub mod search;
 pub mod wait;

@@ -6,7 +6,7 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::actions::rfc3339;
+use super::action_view::rfc3339;
 use super::extract::Params;
 use super::{ApiError, ApiState};
 use crate::search::{self, Query, Term};

@@ -190,7 +190,7 @@ fn special_use(a: &NameAttribute<'_>) -> Option<&'static str> {
     })
 }
 
-/// A UID set for a command: `1:3,7,9:10` from ascending UIDs.
+/// Ascending UIDs as an IMAP sequence set, runs compressed (`1:3,7,9:10`).
 pub fn uid_set(uids: &[u32]) -> String {
     let mut out = String::new();
     let mut i = 0;
@@ -221,6 +221,7 @@ mod tests {
     #[test]
     fn uid_sets_fold_runs() {
         assert_eq!(uid_set(&[1, 2, 3, 7, 9, 10]), "1:3,7,9:10");
+        assert_eq!(uid_set(&[3, 4, 5, 9, 11, 12]), "3:5,9,11:12");
         assert_eq!(uid_set(&[5]), "5");
         assert_eq!(uid_set(&[]), "");
     }

@@ -6,13 +6,12 @@
 //! answered with the steps' outcomes in one change transaction, with the records of each
 //! action carrying its `actionId`.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 
+use super::action_commands::{execute, Done};
 use super::{changes, Conn, MailboxCtx, MailboxError};
 use crate::actions::plan::{plan, Group, Op};
 use crate::event::{self, Origin};
-use crate::imap::commands::{self, uid_set, Answer};
-use crate::imap::mailbox_name;
 use crate::store::{StepOutcome, StepRow};
 
 /// A move's record: the action, the target, `(old, new)` UIDs.
@@ -22,17 +21,6 @@ type Moved = (i64, String, Vec<(u32, u32)>);
 const STEPS_PER_ROUND: i64 = 1000;
 /// Rounds per call: the rest waits for the next wake-up or IDLE round.
 const MAX_ROUNDS: usize = 20;
-
-/// What one group's commands did for each UID.
-#[derive(Debug, Default)]
-struct Done {
-    /// UIDs the server no longer had.
-    gone: HashSet<u32>,
-    /// COPYUID pairs of a move.
-    moved: HashMap<u32, u32>,
-    /// A refusal of the whole group: code and message.
-    failed: Option<(&'static str, String)>,
-}
 
 /// Runs every queued step of the mailbox, round by round. Errors end the connection like
 /// any other; steps left `running` are run again by the next connection.
@@ -218,184 +206,6 @@ async fn expected_arrivals(
     Ok(out)
 }
 
-/// Sends one group's commands.
-async fn execute(ctx: &MailboxCtx, conn: &mut Conn, g: &Group) -> Result<Done, MailboxError> {
-    let t = ctx
-        .timers
-        .connect_timeout
-        .max(std::time::Duration::from_secs(30));
-    let set = uid_set(&g.uids);
-    let mut done = Done::default();
-    let utf8 = conn.caps.utf8_accept;
-    match &g.op {
-        Op::Flags { add, remove } => {
-            let mut seen: HashSet<u32> = HashSet::new();
-            for (sign, flags) in [('+', add), ('-', remove)] {
-                if flags.is_empty() {
-                    continue;
-                }
-                let cmd = format!("UID STORE {set} {sign}FLAGS ({})", flags.join(" "));
-                let a = commands::run(&mut conn.session, &mut conn.view, &cmd, t).await?;
-                if let Some(f) = refusal(&a, "UID STORE") {
-                    done.failed = Some(f);
-                    return Ok(done);
-                }
-                seen.extend(&a.fetched);
-            }
-            done.gone = confirm_gone(conn, &g.uids, &seen, t).await?;
-        }
-        Op::Move { to } => {
-            let target = mailbox_name::argument(to, utf8);
-            if conn.caps.moves {
-                let a = commands::run(
-                    &mut conn.session,
-                    &mut conn.view,
-                    &format!("UID MOVE {set} {target}"),
-                    t,
-                )
-                .await?;
-                if let Some(f) = refusal(&a, "UID MOVE") {
-                    done.failed = Some(f);
-                    return Ok(done);
-                }
-                done.moved = a.copied.iter().copied().collect();
-                if conn.caps.uidplus {
-                    done.gone = g
-                        .uids
-                        .iter()
-                        .filter(|u| !done.moved.contains_key(u))
-                        .copied()
-                        .collect();
-                }
-            } else if conn.caps.uidplus {
-                // RFC 6851's fallback, expunging only what was copied: another client's
-                // \Deleted mail stays.
-                let a = commands::run(
-                    &mut conn.session,
-                    &mut conn.view,
-                    &format!("UID COPY {set} {target}"),
-                    t,
-                )
-                .await?;
-                if let Some(f) = refusal(&a, "UID COPY") {
-                    done.failed = Some(f);
-                    return Ok(done);
-                }
-                done.moved = a.copied.iter().copied().collect();
-                let mut copied: Vec<u32> = done.moved.keys().copied().collect();
-                copied.sort_unstable();
-                done.gone = g
-                    .uids
-                    .iter()
-                    .filter(|u| !done.moved.contains_key(u))
-                    .copied()
-                    .collect();
-                if !copied.is_empty() {
-                    done.failed = expunge_uids(conn, &copied, t).await?;
-                }
-            } else {
-                done.failed = Some((
-                    "refused",
-                    "the server offers neither MOVE nor UIDPLUS: a move would need a bare \
-                     EXPUNGE, which also removes other clients' \\Deleted mail"
-                        .into(),
-                ));
-            }
-        }
-        Op::Expunge => {
-            if !conn.caps.uidplus {
-                done.failed = Some((
-                    "refused",
-                    "the server lacks UIDPLUS: UID EXPUNGE is needed to delete only this mail"
-                        .into(),
-                ));
-                return Ok(done);
-            }
-            let a = commands::run(
-                &mut conn.session,
-                &mut conn.view,
-                &format!("UID STORE {set} +FLAGS (\\Deleted)"),
-                t,
-            )
-            .await?;
-            if let Some(f) = refusal(&a, "UID STORE") {
-                done.failed = Some(f);
-                return Ok(done);
-            }
-            let seen: HashSet<u32> = a.fetched.iter().copied().collect();
-            done.gone = confirm_gone(conn, &g.uids, &seen, t).await?;
-            let mut present: Vec<u32> = g
-                .uids
-                .iter()
-                .filter(|u| !done.gone.contains(u))
-                .copied()
-                .collect();
-            present.sort_unstable();
-            if !present.is_empty() {
-                done.failed = expunge_uids(conn, &present, t).await?;
-            }
-        }
-    }
-    Ok(done)
-}
-
-/// `\Deleted` on `uids` and `UID EXPUNGE` of exactly them.
-async fn expunge_uids(
-    conn: &mut Conn,
-    uids: &[u32],
-    t: std::time::Duration,
-) -> Result<Option<(&'static str, String)>, MailboxError> {
-    let set = uid_set(uids);
-    for cmd in [
-        format!("UID STORE {set} +FLAGS.SILENT (\\Deleted)"),
-        format!("UID EXPUNGE {set}"),
-    ] {
-        let a = commands::run(&mut conn.session, &mut conn.view, &cmd, t).await?;
-        if let Some(f) = refusal(&a, "UID EXPUNGE") {
-            return Ok(Some(f));
-        }
-    }
-    Ok(None)
-}
-
-/// Of `uids`, those the server has no message for: the ones without a FETCH answer are asked
-/// once more with `UID FETCH (FLAGS)` (a server may skip the FETCH of an unchanged message).
-async fn confirm_gone(
-    conn: &mut Conn,
-    uids: &[u32],
-    seen: &HashSet<u32>,
-    t: std::time::Duration,
-) -> Result<HashSet<u32>, MailboxError> {
-    let missing: Vec<u32> = uids.iter().filter(|u| !seen.contains(u)).copied().collect();
-    if missing.is_empty() {
-        return Ok(HashSet::new());
-    }
-    let a = commands::run(
-        &mut conn.session,
-        &mut conn.view,
-        &format!("UID FETCH {} (UID FLAGS)", uid_set(&missing)),
-        t,
-    )
-    .await?;
-    let found: HashSet<u32> = a.fetched.into_iter().collect();
-    Ok(missing.into_iter().filter(|u| !found.contains(u)).collect())
-}
-
-/// A tagged NO or BAD as a step error: `no_such_mailbox` for `[TRYCREATE]`, else `refused`
-/// with the server's text.
-fn refusal(a: &Answer, command: &str) -> Option<(&'static str, String)> {
-    if a.ok {
-        return None;
-    }
-    if a.trycreate {
-        return Some((
-            "no_such_mailbox",
-            format!("the server has no such mailbox: {}", a.text),
-        ));
-    }
-    Some(("refused", format!("{command} refused: {}", a.text)))
-}
-
 /// Applies what the commands changed with the outcomes, in one transaction per batch (the
 /// outcomes with the last), each action's share of the records carrying its id.
 async fn store_outcomes(
@@ -487,4 +297,27 @@ fn attribute(
         });
     }
     out
+}
+
+/// Most mailboxes of an account kept from one LIST.
+const MAX_LISTED: usize = 10_000;
+
+/// Lists the account's mailboxes into the store (the API refuses a move to a mailbox the
+/// server does not have, and finds the Trash by SPECIAL-USE). A refused LIST is logged and
+/// skipped: the mailbox is still watched.
+pub(super) async fn list_mailboxes(
+    ctx: &MailboxCtx,
+    session: &mut crate::imap::Session,
+    t: std::time::Duration,
+) -> Result<(), MailboxError> {
+    match crate::imap::commands::list(session, t, MAX_LISTED).await {
+        Ok(list) => {
+            ctx.store
+                .set_server_mailboxes(&ctx.account_id, &list)
+                .await?
+        }
+        Err(crate::imap::ImapError::Select(why)) => tracing::warn!(reason = %why, "LIST refused"),
+        Err(e) => return Err(e.into()),
+    }
+    Ok(())
 }

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use super::fetch::{fetch_round, Fetched};
 use super::{Conn, MailboxCtx, MailboxError};
 use crate::event::Progress;
+use crate::imap::commands::uid_set;
 use crate::imap::connect::Selected;
 use crate::imap::sync;
 
@@ -213,40 +214,9 @@ pub(super) async fn finished(ctx: &MailboxCtx, conn: &mut Conn) -> Result<(), Ma
     Ok(())
 }
 
-/// Ascending UIDs as an IMAP sequence set, runs compressed (`3:5,9`).
-fn uid_set(uids: &[u32]) -> String {
-    let mut out = String::new();
-    let mut i = 0;
-    while i < uids.len() {
-        let start = uids[i];
-        let mut end = start;
-        while i + 1 < uids.len() && uids[i + 1] == end + 1 {
-            i += 1;
-            end = uids[i];
-        }
-        if !out.is_empty() {
-            out.push(',');
-        }
-        if start == end {
-            out.push_str(&start.to_string());
-        } else {
-            out.push_str(&format!("{start}:{end}"));
-        }
-        i += 1;
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn uid_sets_compress_runs() {
-        assert_eq!(uid_set(&[3, 4, 5, 9, 11, 12]), "3:5,9,11:12");
-        assert_eq!(uid_set(&[7]), "7");
-        assert_eq!(uid_set(&[]), "");
-    }
 
     #[test]
     fn history_is_below_the_boundary() {

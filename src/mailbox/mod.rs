@@ -11,6 +11,7 @@
 //! CAPABILITY allows ([`catchup`]). A mailbox seen for the first time is imported as history,
 //! not announced as new mail ([`fetch`], [`import`]).
 
+mod action_commands;
 mod actions;
 mod catchup;
 mod changes;
@@ -283,7 +284,7 @@ async fn open_and_catch_up(
         return Ok(None);
     };
     if ctx.lists_mailboxes {
-        Box::pin(list_mailboxes(ctx, &mut session, t)).await?;
+        Box::pin(actions::list_mailboxes(ctx, &mut session, t)).await?;
     }
     let stored = ctx.store.sync_state(&ctx.account_id, &ctx.mailbox).await?;
     let known = stored.and_then(|s| {
@@ -355,29 +356,6 @@ async fn open_and_catch_up(
     Box::pin(actions::run(ctx, &mut conn)).await?;
     changes::check(&conn.view)?;
     Ok(Some(conn))
-}
-
-/// Most mailboxes of an account kept from one LIST.
-const MAX_LISTED: usize = 10_000;
-
-/// Lists the account's mailboxes into the store (the API refuses a move to a mailbox the
-/// server does not have, and finds the Trash by SPECIAL-USE). A refused LIST is logged and
-/// skipped: the mailbox is still watched.
-async fn list_mailboxes(
-    ctx: &MailboxCtx,
-    session: &mut Session,
-    t: Duration,
-) -> Result<(), MailboxError> {
-    match crate::imap::commands::list(session, t, MAX_LISTED).await {
-        Ok(list) => {
-            ctx.store
-                .set_server_mailboxes(&ctx.account_id, &list)
-                .await?
-        }
-        Err(ImapError::Select(why)) => tracing::warn!(reason = %why, "LIST refused"),
-        Err(e) => return Err(e.into()),
-    }
-    Ok(())
 }
 
 /// Whether SELECT's answer leaves room for messages above `last_uid`: not when the mailbox is

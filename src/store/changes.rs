@@ -7,7 +7,8 @@
 
 use sqlx::{AssertSqlSafe, Row};
 
-use super::actions::{outcome_stmts, StepOutcome};
+use super::action_outcomes::outcome_stmts;
+use super::actions::StepOutcome;
 use super::batch::BatchTarget;
 use super::changes_plan::{plan, Loaded, Plan, RowState};
 use super::chunk::placeholders;

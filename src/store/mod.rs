@@ -24,6 +24,8 @@
 //! `impl Store` methods and uses the shared [`Store`], [`StoreError`] and row types from this
 //! one, while this one only declares the files and re-exports their public types.
 
+mod action_outcomes;
+mod action_targets;
 mod actions;
 mod attachments;
 mod batch;
@@ -34,15 +36,15 @@ mod fence;
 mod leases;
 mod outbox;
 mod search;
+mod search_backfill;
 mod state;
 mod stmt;
 mod thread_model;
 mod thread_writes;
 mod threads;
 
-pub use actions::{
-    ActionKind, ActionRow, Enqueued, MessageRef, NewAction, NewStep, StepOutcome, StepRow,
-};
+pub use action_targets::MessageRef;
+pub use actions::{ActionKind, ActionRow, Enqueued, NewAction, NewStep, StepOutcome, StepRow};
 pub use batch::{BatchTarget, BatchTx, Committed};
 pub use changes::Applied;
 pub use fence::Fence;

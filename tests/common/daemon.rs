@@ -82,6 +82,16 @@ pub async fn wait_idling(d: &Daemon, n: usize, timeout: Duration) -> Result<()> 
     Ok(())
 }
 
+/// A reply to `parent`'s [`mail`], so that the two share a thread.
+pub fn reply(subject: &str, parent: &str) -> Vec<u8> {
+    format!(
+        "From: Sender <sender@example.test>\r\nTo: rcpt@example.test\r\nSubject: Re: {parent}\r\n\
+         Message-ID: <{subject}@example.test>\r\nIn-Reply-To: <{parent}@example.test>\r\n\
+         Date: Tue, 14 Nov 2023 22:14:20 +0000\r\n\r\nBody of {subject}\r\n"
+    )
+    .into_bytes()
+}
+
 /// A small RFC 5322 message with a recognisable subject.
 pub fn mail(subject: &str) -> Vec<u8> {
     format!(
