@@ -16,13 +16,16 @@
 //!    publisher is first sent back to the table, so that records a dead owner committed but
 //!    never published go out before the new owner's, in order.
 //!
-//! If renewing fails (the database is unreachable) for `lease_ttl` by this replica's own
-//! clock, it stops every mailbox: by then another replica that can reach the database may
-//! have taken them. Writes are fenced anyway (the store checks the lease in each transaction);
+//! If renewing fails (the database is unreachable), it stops every mailbox at
+//! `renewed_at + lease_ttl - margin` by its own clock, whatever its store calls are doing
+//! (each is capped at that deadline, see [`timing`]): after it another replica that can reach
+//! the database may take them. Writes are fenced anyway (the store checks the lease in each transaction);
 //! this keeps IDLE single as well. On shutdown: mailboxes stop, the publisher drains, then
 //! [`Cluster::leave`] releases everything, so the others take over at once.
 
+mod listen;
 pub mod share;
+pub mod timing;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -34,12 +37,9 @@ use tokio::time::Instant;
 
 use crate::config::ClusterConfig;
 use crate::handoff::Handoff;
-use crate::store::{Lease, Store, StoreError, CLUSTER_CHANNEL};
+use crate::store::{Lease, Store, StoreError};
 use crate::supervisor::{ClusterLink, Key, Supervisor};
 
-/// Longest any one database call of a tick may take; a tick never stalls the daemon's loop
-/// (reload, shutdown) for longer than a few of these.
-const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Woken this long after another replica's heartbeat expires, so its leases are takeable.
 const EXPIRY_SLACK: Duration = Duration::from_millis(20);
 /// Soonest next tick, whatever the hints say.
@@ -119,7 +119,7 @@ impl Cluster {
         let node: Arc<str> = cfg.node_id().into();
         let (lost_tx, lost) = mpsc::unbounded_channel();
         let hint = Arc::new(Notify::new());
-        let listener = tokio::spawn(listen(url.to_string(), hint.clone()));
+        let listener = tokio::spawn(listen::listen(url.to_string(), hint.clone()));
         let link = ClusterLink {
             node: node.clone(),
             lost: lost_tx,
@@ -181,25 +181,62 @@ impl Cluster {
         if !fenced.is_empty() {
             sup.hand_off(&fenced).await;
         }
+        if self.lapsed() {
+            self.drop_all(sup).await;
+        }
         if let Err(e) = self.round(sup, started).await {
             tracing::warn!(error = %format!("{e:#}"), kind = e.kind(), "cluster: lease round failed");
             self.next = started + self.cfg.renew_every.min(Duration::from_secs(1));
-            let lapsed = self
-                .renewed_at
-                .is_none_or(|t| t.elapsed() + margin(self.cfg.lease_ttl) >= self.cfg.lease_ttl);
-            if lapsed && !self.held.is_empty() {
-                let keys: Vec<Key> = self.held.keys().cloned().collect();
-                tracing::warn!(
-                    mailboxes = keys.len(),
-                    "cluster: leases not renewed within lease_ttl; dropping every mailbox \
-                     (another replica may own them by now)"
-                );
-                sup.hand_off(&keys).await;
-                self.held.clear();
+            if self.lapsed() {
+                self.drop_all(sup).await;
             }
         }
         metrics::gauge!(crate::metrics::LEASES_HELD).set(self.held.len() as f64);
         self.next = self.next.max(Instant::now() + MIN_TICK);
+        if let Some(d) = self.deadline() {
+            self.next = self.next.min(d);
+        }
+    }
+
+    /// When this replica must have stopped its mailboxes unless it renews first:
+    /// `renewed_at + lease_ttl - margin`; `None` while it holds nothing.
+    fn deadline(&self) -> Option<Instant> {
+        if self.held.is_empty() {
+            return None;
+        }
+        let ttl = self.cfg.lease_ttl;
+        // Held leases imply a renewal; without one, the deadline is now.
+        Some(
+            self.renewed_at
+                .map_or_else(Instant::now, |t| t + ttl - timing::margin(ttl)),
+        )
+    }
+
+    /// The deadline passed (with leases held).
+    fn lapsed(&self) -> bool {
+        self.deadline().is_some_and(|d| Instant::now() >= d)
+    }
+
+    /// The budget of the next store call: [`timing::call_timeout`], capped at the deadline.
+    fn limit(&self) -> Duration {
+        let budget = timing::call_timeout(self.cfg.lease_ttl, self.cfg.renew_every);
+        match self.deadline() {
+            Some(d) => budget.min(d.saturating_duration_since(Instant::now())),
+            None => budget,
+        }
+    }
+
+    /// Not renewed in time: every mailbox stops (DONE, LOGOUT), since another replica may own
+    /// them by now.
+    async fn drop_all(&mut self, sup: &mut Supervisor) {
+        let keys: Vec<Key> = self.held.keys().cloned().collect();
+        tracing::warn!(
+            mailboxes = keys.len(),
+            "cluster: leases not renewed within lease_ttl; dropping every mailbox \
+             (another replica may own them by now)"
+        );
+        sup.hand_off(&keys).await;
+        self.held.clear();
     }
 
     async fn round(&mut self, sup: &mut Supervisor, started: Instant) -> Result<(), StoreError> {
@@ -207,7 +244,11 @@ impl Cluster {
         self.sync_rows(&configured).await?;
 
         // Renewal and heartbeat.
-        let renewed = call(self.store.renew(&self.node, self.cfg.lease_ttl)).await?;
+        let renewed = call(
+            self.limit(),
+            self.store.renew(&self.node, self.cfg.lease_ttl),
+        )
+        .await?;
         self.renewed_at = Some(started);
         self.heartbeat.set(started);
         let joined_at = *self.joined_at.get_or_insert(started);
@@ -239,12 +280,12 @@ impl Cluster {
             .map(|((a, m), e)| lease(a, m, *e))
             .collect();
         if !strays.is_empty() {
-            call(self.store.release(&self.node, &strays)).await?;
+            call(self.limit(), self.store.release(&self.node, &strays)).await?;
         }
 
         // Membership and this replica's target.
         let stale_ms = millis(self.cfg.renew_every) * 2;
-        let members = call(self.store.membership(&self.node, stale_ms)).await?;
+        let members = call(self.limit(), self.store.membership(&self.node, stale_ms)).await?;
         metrics::gauge!(crate::metrics::CLUSTER_NODES).set(members.live.len() as f64);
         let total = configured.len();
         let target = share::target(total, &members.live, &self.node);
@@ -273,7 +314,7 @@ impl Cluster {
                 .iter()
                 .filter_map(|k| Some(lease(&k.0, &k.1, self.held.remove(k)?)))
                 .collect();
-            call(self.store.release(&self.node, &leases)).await?;
+            call(self.limit(), self.store.release(&self.node, &leases)).await?;
             return Ok(());
         }
 
@@ -299,13 +340,16 @@ impl Cluster {
             .into_iter()
             .filter(|k| !self.held.contains_key(k))
             .collect();
-        let acquired = call(self.store.acquire(
-            &self.node,
-            &candidates,
-            want,
-            min_free_ms,
-            self.cfg.lease_ttl,
-        ))
+        let acquired = call(
+            self.limit(),
+            self.store.acquire(
+                &self.node,
+                &candidates,
+                want,
+                min_free_ms,
+                self.cfg.lease_ttl,
+            ),
+        )
         .await?;
         if acquired.is_empty() {
             return Ok(());
@@ -328,7 +372,7 @@ impl Cluster {
             }
         }
         if !refused.is_empty() {
-            call(self.store.release(&self.node, &refused)).await?;
+            call(self.limit(), self.store.release(&self.node, &refused)).await?;
         }
         if self.held.len() < target {
             // Others were taking at the same moment (SKIP LOCKED): look again soon.
@@ -344,13 +388,13 @@ impl Cluster {
         let added: Vec<Key> = now.difference(&self.ensured).cloned().collect();
         let removed: Vec<Key> = self.ensured.difference(&now).cloned().collect();
         if !added.is_empty() {
-            call(self.store.ensure_leases(&added)).await?;
+            call(self.limit(), self.store.ensure_leases(&added)).await?;
         }
         if !removed.is_empty() {
             for k in &removed {
                 self.held.remove(k);
             }
-            call(self.store.forget_leases(&self.node, &removed)).await?;
+            call(self.limit(), self.store.forget_leases(&self.node, &removed)).await?;
         }
         self.ensured = now;
         Ok(())
@@ -359,7 +403,9 @@ impl Cluster {
     /// Shutdown, after the mailboxes stopped and the publisher drained: every lease is
     /// released and this replica leaves `cluster_nodes`, so the others take over at once.
     pub async fn leave(self) {
-        match call(self.store.leave(&self.node)).await {
+        // The mailboxes have stopped: no deadline, only the budget.
+        let budget = timing::call_timeout(self.cfg.lease_ttl, self.cfg.renew_every);
+        match call(budget, self.store.leave(&self.node)).await {
             Ok(n) => tracing::info!(released = n, node = %self.node, "cluster: left"),
             Err(e) => tracing::warn!(
                 error = %format!("{e:#}"),
@@ -382,40 +428,12 @@ fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
-/// How long before `lease_ttl` runs out (by this replica's clock) it stops its mailboxes when
-/// it could not renew: a tenth of the ttl, at most a second.
-fn margin(ttl: Duration) -> Duration {
-    (ttl / 10).min(Duration::from_secs(1))
-}
-
-/// A store call bounded by [`CALL_TIMEOUT`].
+/// A store call bounded by `limit` (see [`Cluster::limit`]).
 async fn call<T>(
+    limit: Duration,
     f: impl std::future::Future<Output = Result<T, StoreError>>,
 ) -> Result<T, StoreError> {
-    tokio::time::timeout(CALL_TIMEOUT, f)
+    tokio::time::timeout(limit, f)
         .await
         .unwrap_or(Err(StoreError::Db(sqlx::Error::PoolTimedOut)))
-}
-
-/// `LISTEN` on [`CLUSTER_CHANNEL`]: every notification (and every reconnect, which may have
-/// missed some) wakes the loop. A hint only: without it the loop still ticks on time.
-async fn listen(url: String, hint: Arc<Notify>) {
-    let mut wait = Duration::from_millis(500);
-    loop {
-        match sqlx::postgres::PgListener::connect(&url).await {
-            Ok(mut l) => match l.listen(CLUSTER_CHANNEL).await {
-                Ok(()) => {
-                    wait = Duration::from_millis(500);
-                    hint.notify_one();
-                    while l.try_recv().await.ok().flatten().is_some() {
-                        hint.notify_one();
-                    }
-                }
-                Err(e) => tracing::debug!(error = %e, "cluster: LISTEN failed"),
-            },
-            Err(e) => tracing::debug!(error = %e, "cluster: LISTEN connection failed"),
-        }
-        tokio::time::sleep(wait).await;
-        wait = (wait * 2).min(Duration::from_secs(10));
-    }
 }

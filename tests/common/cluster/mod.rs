@@ -196,11 +196,18 @@ impl Rig {
 
     /// Writes the config of the next replica (`r{n+1}`) and starts it; returns its index.
     pub fn add_replica(&mut self) -> Result<usize> {
+        let url = self.db_url.clone();
+        self.add_replica_with_db(&url)
+    }
+
+    /// [`Rig::add_replica`], with this replica alone reaching the database at `db_url` (a
+    /// proxy in front of the rig's PostgreSQL, to cut it off from the database alone).
+    pub fn add_replica_with_db(&mut self, db_url: &str) -> Result<usize> {
         let i = self.replicas.len();
         let node = format!("r{}", i + 1);
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
         let config = self.dir.path().join(format!("{node}.toml"));
-        std::fs::write(&config, self.config_toml(&node, admin))?;
+        std::fs::write(&config, self.config_toml(db_url, &node, admin))?;
         let mut r = Replica {
             log: self.dir.path().join(format!("{node}.log")),
             node,
@@ -213,8 +220,8 @@ impl Rig {
         Ok(i)
     }
 
-    fn config_toml(&self, node: &str, admin: SocketAddr) -> String {
-        let mut c = ConfigToml::new(&self.db_url)
+    fn config_toml(&self, db_url: &str, node: &str, admin: SocketAddr) -> String {
+        let mut c = ConfigToml::new(db_url)
             .redis(&redis::url(), &self.channel)
             .set("metrics", "listen", admin.to_string())
             .set("cluster", "enabled", true)
