@@ -2,6 +2,7 @@
 //! its mailboxes before its leases expire, so that no mailbox is ever IDLEd by two replicas
 //! while the survivors take over. The cut is a silent network (a [`Proxy`] in black-hole mode
 //! that only `r2` goes through): its store calls hang rather than fail, the worst case.
+//! Also #22 defect 9's `idlesync_leases_free`.
 
 mod common;
 
@@ -26,6 +27,21 @@ async fn a_replica_cut_off_from_postgres_alone_never_leaves_a_mailbox_idled_twic
     rig.add_replica_with_db(&via)?;
     rig.wait_settled(&[0, 1], true, SETTLE).await?;
     rig.proxy.reset_max();
+    // #22 defect 9: the leases nobody holds, cluster-wide: none once settled.
+    for r in &rig.replicas {
+        let text = r.get("/metrics").await?;
+        ensure!(
+            text.contains("idlesync_leases_free"),
+            "{}: no idlesync_leases_free on /metrics",
+            r.node
+        );
+        // Set each round from the membership query, before that round's takes: the next
+        // round's figure.
+        common::wait_until(Duration::from_secs(10), || async {
+            Ok(r.metric("idlesync_leases_free", "").await? == 0.0)
+        })
+        .await?;
+    }
 
     // r2 goes silent towards PostgreSQL: r1 takes its mailboxes once its leases expire.
     proxy.set_mode(Mode::Blackhole);

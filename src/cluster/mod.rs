@@ -82,7 +82,11 @@ impl Heartbeat {
 pub struct Cluster {
     node: Arc<str>,
     cfg: ClusterConfig,
-    store: Store,
+    /// The storage URL, for [`Cluster::own`].
+    url: String,
+    /// The lease loop's own connection (a pool of one), made on first use: renewals never
+    /// wait behind mailbox traffic on the shared pool (#22).
+    own: Option<Store>,
     handoff: Handoff,
     /// Leases held, with the epoch their mailbox's writes are fenced with.
     held: BTreeMap<Key, i64>,
@@ -109,13 +113,9 @@ impl Drop for Cluster {
 
 impl Cluster {
     /// The loop's state and what the supervisor needs to fence its mailboxes. `url` is the
-    /// storage URL, for the `LISTEN` connection.
-    pub fn new(
-        cfg: &ClusterConfig,
-        url: &str,
-        store: Store,
-        handoff: Handoff,
-    ) -> (Cluster, ClusterLink) {
+    /// storage URL, for the `LISTEN` connection and the loop's own connection (renewals do
+    /// not share the mailboxes' pool).
+    pub fn new(cfg: &ClusterConfig, url: &str, handoff: Handoff) -> (Cluster, ClusterLink) {
         let node: Arc<str> = cfg.node_id().into();
         let (lost_tx, lost) = mpsc::unbounded_channel();
         let hint = Arc::new(Notify::new());
@@ -132,7 +132,8 @@ impl Cluster {
         let cluster = Cluster {
             node,
             cfg: cfg.clone(),
-            store,
+            url: url.to_string(),
+            own: None,
             handoff,
             held: BTreeMap::new(),
             ensured: BTreeSet::new(),
@@ -198,6 +199,23 @@ impl Cluster {
         }
     }
 
+    /// The lease loop's own connection, connected on first use (within the call budget).
+    async fn own(&mut self) -> Result<Store, StoreError> {
+        if let Some(s) = &self.own {
+            return Ok(s.clone());
+        }
+        let cfg = crate::config::StorageConfig {
+            url: self.url.clone(),
+            max_connections: 1,
+            ..Default::default()
+        };
+        // As the shared pool (daemon.rs): a paused lease transaction cannot keep rows locked.
+        let idle_tx = (self.cfg.lease_ttl / 3).max(Duration::from_millis(200));
+        let s = call(self.limit(), Store::connect_with(&cfg, Some(idle_tx))).await?;
+        self.own = Some(s.clone());
+        Ok(s)
+    }
+
     /// When this replica must have stopped its mailboxes unless it renews first:
     /// `renewed_at + lease_ttl - margin`; `None` while it holds nothing.
     fn deadline(&self) -> Option<Instant> {
@@ -240,15 +258,12 @@ impl Cluster {
     }
 
     async fn round(&mut self, sup: &mut Supervisor, started: Instant) -> Result<(), StoreError> {
+        let store = self.own().await?;
         let configured = sup.mailboxes();
-        self.sync_rows(&configured).await?;
+        self.sync_rows(&store, &configured).await?;
 
         // Renewal and heartbeat.
-        let renewed = call(
-            self.limit(),
-            self.store.renew(&self.node, self.cfg.lease_ttl),
-        )
-        .await?;
+        let renewed = call(self.limit(), store.renew(&self.node, self.cfg.lease_ttl)).await?;
         self.renewed_at = Some(started);
         self.heartbeat.set(started);
         let joined_at = *self.joined_at.get_or_insert(started);
@@ -280,13 +295,14 @@ impl Cluster {
             .map(|((a, m), e)| lease(a, m, *e))
             .collect();
         if !strays.is_empty() {
-            call(self.limit(), self.store.release(&self.node, &strays)).await?;
+            call(self.limit(), store.release(&self.node, &strays)).await?;
         }
 
         // Membership and this replica's target.
         let stale_ms = millis(self.cfg.renew_every) * 2;
-        let members = call(self.limit(), self.store.membership(&self.node, stale_ms)).await?;
+        let members = call(self.limit(), store.membership(&self.node, stale_ms)).await?;
         metrics::gauge!(crate::metrics::CLUSTER_NODES).set(members.live.len() as f64);
+        metrics::gauge!(crate::metrics::LEASES_FREE).set(members.free as f64);
         let total = configured.len();
         let target = share::target(total, &members.live, &self.node);
         let ceil = share::ceil_share(total, members.live.len());
@@ -314,7 +330,7 @@ impl Cluster {
                 .iter()
                 .filter_map(|k| Some(lease(&k.0, &k.1, self.held.remove(k)?)))
                 .collect();
-            call(self.limit(), self.store.release(&self.node, &leases)).await?;
+            call(self.limit(), store.release(&self.node, &leases)).await?;
             return Ok(());
         }
 
@@ -342,7 +358,7 @@ impl Cluster {
             .collect();
         let acquired = call(
             self.limit(),
-            self.store.acquire(
+            store.acquire(
                 &self.node,
                 &candidates,
                 want,
@@ -372,7 +388,7 @@ impl Cluster {
             }
         }
         if !refused.is_empty() {
-            call(self.limit(), self.store.release(&self.node, &refused)).await?;
+            call(self.limit(), store.release(&self.node, &refused)).await?;
         }
         if self.held.len() < target {
             // Others were taking at the same moment (SKIP LOCKED): look again soon.
@@ -383,18 +399,18 @@ impl Cluster {
 
     /// Lease rows for mailboxes added to the config; rows of removed ones go (and their
     /// leases, if held, were stopped by the supervisor's reload).
-    async fn sync_rows(&mut self, configured: &[Key]) -> Result<(), StoreError> {
+    async fn sync_rows(&mut self, store: &Store, configured: &[Key]) -> Result<(), StoreError> {
         let now: BTreeSet<Key> = configured.iter().cloned().collect();
         let added: Vec<Key> = now.difference(&self.ensured).cloned().collect();
         let removed: Vec<Key> = self.ensured.difference(&now).cloned().collect();
         if !added.is_empty() {
-            call(self.limit(), self.store.ensure_leases(&added)).await?;
+            call(self.limit(), store.ensure_leases(&added)).await?;
         }
         if !removed.is_empty() {
             for k in &removed {
                 self.held.remove(k);
             }
-            call(self.limit(), self.store.forget_leases(&self.node, &removed)).await?;
+            call(self.limit(), store.forget_leases(&self.node, &removed)).await?;
         }
         self.ensured = now;
         Ok(())
@@ -405,7 +421,11 @@ impl Cluster {
     pub async fn leave(self) {
         // The mailboxes have stopped: no deadline, only the budget.
         let budget = timing::call_timeout(self.cfg.lease_ttl, self.cfg.renew_every);
-        match call(budget, self.store.leave(&self.node)).await {
+        let left = match &self.own {
+            Some(store) => call(budget, store.leave(&self.node)).await,
+            None => Err(StoreError::Db(sqlx::Error::PoolClosed)),
+        };
+        match left {
             Ok(n) => tracing::info!(released = n, node = %self.node, "cluster: left"),
             Err(e) => tracing::warn!(
                 error = %format!("{e:#}"),
