@@ -10,7 +10,7 @@
 //! 3. membership: the live replicas, hence this one's target ([`share::target`]);
 //! 4. surplus over the target (a replica joined) is handed over: the mailboxes stop (DONE,
 //!    LOGOUT) and only then are their leases released, so two replicas never IDLE on one
-//!    mailbox;
+//!    mailbox; below the ceiling only when another replica is short of its floor;
 //! 5. free or expired leases are taken up to the target (not in the first moments after
 //!    joining: [`JOIN_WINDOW`]), and mailboxes start under them. The
 //!    publisher is first sent back to the table, so that records a dead owner committed but
@@ -311,8 +311,16 @@ impl Cluster {
             self.next = self.next.min(at);
         }
 
-        // Surplus: hand over, then release.
-        if self.held.len() > target {
+        // Surplus: hand over, then release. Beyond the ceiling always (a replica joined);
+        // between target and ceiling only while another replica holds less than its floor
+        // and so wants it. Replicas that see different configs (a ConfigMap that reaches pods
+        // a minute apart) disagree on the targets; a lease one took because nobody else would
+        // (the stale path below) then stays, instead of going back and forth (#22).
+        let floor = total / members.live.len().max(1);
+        let wanted = members
+            .fewest_elsewhere
+            .is_some_and(|n| usize::try_from(n).unwrap_or(0) < floor);
+        if self.held.len() > ceil || (self.held.len() > target && wanted) {
             let surplus: Vec<Key> = self
                 .held
                 .keys()
