@@ -56,6 +56,10 @@ const JOIN_WINDOW: Duration = Duration::from_secs(2);
 pub struct Heartbeat {
     renewed: std::sync::Mutex<Option<Instant>>,
     ttl: Duration,
+    /// Set once this replica first held its share (or waited `lease_ttl + renew_every` for
+    /// it): a pod is not ready before, so a rolling update does not retire the old pods
+    /// before the new ones took over their mailboxes (which would move them twice, #22).
+    took: std::sync::atomic::AtomicBool,
 }
 
 impl Heartbeat {
@@ -64,6 +68,9 @@ impl Heartbeat {
         let renewed = *self.renewed.lock().unwrap_or_else(|p| p.into_inner());
         match renewed {
             None => Some("cluster: not joined yet (no lease round has succeeded)".into()),
+            Some(_) if !self.took.load(std::sync::atomic::Ordering::Relaxed) => {
+                Some("cluster: joined, not yet holding its share of the mailboxes".into())
+            }
             Some(t) if t.elapsed() >= self.ttl => Some(format!(
                 "cluster: leases not renewed for {} s (lease_ttl {} s)",
                 t.elapsed().as_secs(),
@@ -97,6 +104,8 @@ pub struct Cluster {
     heartbeat: Arc<Heartbeat>,
     /// When this replica's first renewal succeeded.
     joined_at: Option<Instant>,
+    /// Its share at the last round ([`share::target`]), for readiness.
+    target: usize,
     next: Instant,
     hint: Arc<Notify>,
     lost: mpsc::UnboundedReceiver<Key>,
@@ -141,8 +150,10 @@ impl Cluster {
             heartbeat: Arc::new(Heartbeat {
                 renewed: Default::default(),
                 ttl: cfg.lease_ttl,
+                took: Default::default(),
             }),
             joined_at: None,
+            target: usize::MAX,
             next: Instant::now(),
             hint,
             lost,
@@ -185,7 +196,18 @@ impl Cluster {
         if self.lapsed() {
             self.drop_all(sup).await;
         }
-        if let Err(e) = self.round(sup, started).await {
+        let result = self.round(sup, started).await;
+        if result.is_ok() {
+            let waited = self
+                .joined_at
+                .is_some_and(|t| t.elapsed() >= self.cfg.lease_ttl + self.cfg.renew_every);
+            if self.held.len() >= self.target || waited {
+                self.heartbeat
+                    .took
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        if let Err(e) = result {
             tracing::warn!(error = %format!("{e:#}"), kind = e.kind(), "cluster: lease round failed");
             self.next = started + self.cfg.renew_every.min(Duration::from_secs(1));
             if self.lapsed() {
@@ -306,6 +328,7 @@ impl Cluster {
         let total = configured.len();
         let target = share::target(total, &members.live, &self.node);
         let ceil = share::ceil_share(total, members.live.len());
+        self.target = target;
         if let Some(ms) = members.next_expiry_ms {
             let at = Instant::now() + Duration::from_millis(ms.max(0) as u64) + EXPIRY_SLACK;
             self.next = self.next.min(at);
