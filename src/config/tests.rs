@@ -336,6 +336,9 @@ fn cluster_defaults_and_keys_parse() {
     // Without node_id: host name and pid, distinct for two replicas on one host.
     let id = ClusterConfig::default().node_id();
     assert!(id.ends_with(&format!("-{}", std::process::id())), "{id}");
+    // The host name from gethostname(2) (#22: /proc is hidden under ProcSubset=pid).
+    let host = hostname::get().unwrap().into_string().unwrap();
+    assert_eq!(id, format!("{}-{}", host.trim(), std::process::id()));
 }
 
 #[test]
