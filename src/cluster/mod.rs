@@ -23,9 +23,12 @@
 //! this keeps IDLE single as well. On shutdown: mailboxes stop, the publisher drains, then
 //! [`Cluster::leave`] releases everything, so the others take over at once.
 
+mod heartbeat;
 mod listen;
 pub mod share;
 pub mod timing;
+
+pub use heartbeat::Heartbeat;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -50,41 +53,6 @@ const MIN_TICK: Duration = Duration::from_millis(100);
 /// them and handing two thirds over again a moment later.
 const JOIN_WINDOW: Duration = Duration::from_secs(2);
 
-/// When this replica last renewed its leases, for `/readyz`: a replica whose heartbeat is not
-/// current is not part of the cluster, whatever its mailboxes say.
-#[derive(Debug, Default)]
-pub struct Heartbeat {
-    renewed: std::sync::Mutex<Option<Instant>>,
-    ttl: Duration,
-    /// Set once this replica first held its share (or waited `lease_ttl + renew_every` for
-    /// it): a pod is not ready before, so a rolling update does not retire the old pods
-    /// before the new ones took over their mailboxes (which would move them twice, #22).
-    took: std::sync::atomic::AtomicBool,
-}
-
-impl Heartbeat {
-    /// `None` when the heartbeat is current; otherwise why not.
-    pub fn problem(&self) -> Option<String> {
-        let renewed = *self.renewed.lock().unwrap_or_else(|p| p.into_inner());
-        match renewed {
-            None => Some("cluster: not joined yet (no lease round has succeeded)".into()),
-            Some(_) if !self.took.load(std::sync::atomic::Ordering::Relaxed) => {
-                Some("cluster: joined, not yet holding its share of the mailboxes".into())
-            }
-            Some(t) if t.elapsed() >= self.ttl => Some(format!(
-                "cluster: leases not renewed for {} s (lease_ttl {} s)",
-                t.elapsed().as_secs(),
-                self.ttl.as_secs()
-            )),
-            Some(_) => None,
-        }
-    }
-
-    fn set(&self, at: Instant) {
-        *self.renewed.lock().unwrap_or_else(|p| p.into_inner()) = Some(at);
-    }
-}
-
 /// A replica's side of cluster mode.
 pub struct Cluster {
     node: Arc<str>,
@@ -107,6 +75,8 @@ pub struct Cluster {
     /// Its share at the last round ([`share::target`]), for readiness.
     target: usize,
     next: Instant,
+    /// The last round's start plus [`MIN_TICK`]: the soonest the next may begin.
+    earliest: Instant,
     hint: Arc<Notify>,
     lost: mpsc::UnboundedReceiver<Key>,
     /// Mailboxes whose task reported its lease lost, not yet handled.
@@ -155,6 +125,7 @@ impl Cluster {
             joined_at: None,
             target: usize::MAX,
             next: Instant::now(),
+            earliest: Instant::now(),
             hint,
             lost,
             fenced: Vec::new(),
@@ -170,18 +141,26 @@ impl Cluster {
 
     /// Waits until the next tick is due: its time, a `NOTIFY` from another replica, or a
     /// mailbox reporting its lease lost.
+    /// Never sooner than [`MIN_TICK`] after the last round began, whatever the hints say: a
+    /// round that releases a lease NOTIFYs every replica, itself included (#22).
     pub async fn wait(&mut self) {
         tokio::select! {
             _ = tokio::time::sleep_until(self.next) => {}
             _ = self.hint.notified() => {}
             Some(key) = self.lost.recv() => self.fenced.push(key),
         }
+        // ... except the renewal deadline, which is never late.
+        let earliest = self
+            .deadline()
+            .map_or(self.earliest, |d| d.min(self.earliest));
+        tokio::time::sleep_until(earliest).await;
     }
 
     /// One round: renew, rebalance, take. Never fails: what fails is logged and retried at
     /// the next tick.
     pub async fn tick(&mut self, sup: &mut Supervisor) {
         let started = Instant::now();
+        self.earliest = started + MIN_TICK;
         self.next = started + self.cfg.renew_every;
         let mut fenced = std::mem::take(&mut self.fenced);
         while let Ok(key) = self.lost.try_recv() {
