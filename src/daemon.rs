@@ -151,8 +151,7 @@ impl Daemon {
         let root = CancellationToken::new();
         let (cluster, link) = match cluster_cfg {
             Some(c) => {
-                let (cluster, link) =
-                    Cluster::new(c, &config.storage.url, store.clone(), handoff.clone());
+                let (cluster, link) = Cluster::new(c, &config.storage.url, handoff.clone());
                 (Some(cluster), Some(link))
             }
             None => (None, None),

@@ -58,6 +58,9 @@ pub const API_REQUESTS: &str = "idlesync_api_requests_total";
 
 /// Cluster mode: mailbox leases this replica holds.
 pub const LEASES_HELD: &str = "idlesync_leases_held";
+/// Cluster mode: configured mailboxes whose lease nobody holds (free or expired), as this
+/// replica last saw them: every replica reports the same cluster-wide figure.
+pub const LEASES_FREE: &str = "idlesync_leases_free";
 /// Cluster mode: live replicas this one sees (itself included).
 pub const CLUSTER_NODES: &str = "idlesync_cluster_nodes";
 /// Cluster mode: leases taken that another replica (or an earlier run) had held, by `reason`
@@ -122,6 +125,10 @@ fn describe() {
         "Mailbox leases this replica holds (cluster mode)"
     );
     describe_gauge!(CLUSTER_NODES, "Live replicas this one sees (cluster mode)");
+    describe_gauge!(
+        LEASES_FREE,
+        "Mailbox leases held by no replica, cluster-wide (cluster mode)"
+    );
     describe_counter!(
         LEASE_TAKEOVERS,
         "Leases taken that had been held before, by how they became free"

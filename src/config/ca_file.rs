@@ -20,12 +20,23 @@ pub enum CaFileError {
     /// Readable but holds no usable PEM certificate.
     #[error("ca_file {0} holds no valid PEM certificate")]
     NoCertificate(PathBuf),
+    /// A PEM block that is not a certificate a root store accepts (what the TLS layer does
+    /// with it, so `check` and `run` agree).
+    #[error("ca_file {path}: certificate {index} is not a usable CA certificate")]
+    BadCertificate {
+        /// The file.
+        path: PathBuf,
+        /// Which certificate in the file, from 1.
+        index: usize,
+    },
     /// rustls rejected the protocol setup (not expected with the ring provider).
     #[error("TLS setup: {0}")]
     Setup(#[from] rustls::Error),
 }
 
-/// Reads every certificate in a PEM file; at least one is required.
+/// Reads every certificate in a PEM file; at least one is required, and each must load into
+/// a rustls root store, exactly as the TLS layer ([`crate::imap::tls`]) loads it: `check` and
+/// `run` then refuse the same files, and a reload cannot fail on a file `check` passed.
 pub fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, CaFileError> {
     let bytes = std::fs::read(path).map_err(|source| CaFileError::Read {
         path: path.to_path_buf(),
@@ -37,5 +48,37 @@ pub fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, CaFileE
     if certs.is_empty() {
         return Err(CaFileError::NoCertificate(path.to_path_buf()));
     }
+    let mut roots = rustls::RootCertStore::empty();
+    for (i, cert) in certs.iter().enumerate() {
+        roots
+            .add(cert.clone())
+            .map_err(|_| CaFileError::BadCertificate {
+                path: path.to_path_buf(),
+                index: i + 1,
+            })?;
+    }
     Ok(certs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// #22 defect 3: a PEM block whose body is not a certificate passed `check` (which only
+    /// parsed the PEM) and failed the rebuild (which loads it into a root store).
+    #[test]
+    fn a_pem_block_that_is_no_certificate_is_refused_as_the_tls_layer_would() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("ca.pem");
+        std::fs::write(
+            &p,
+            "-----BEGIN CERTIFICATE-----\nAAECAwQFBgcICQoLDA0ODw==\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        assert!(matches!(
+            read_ca_file(&p),
+            Err(CaFileError::BadCertificate { .. })
+        ));
+        assert!(crate::imap::tls::client_config(Some(&p)).is_err());
+    }
 }

@@ -201,8 +201,11 @@ impl ClusterConfig {
         if let Some(id) = &self.node_id {
             return id.clone();
         }
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        // gethostname(2), not /proc/sys/kernel/hostname: systemd's ProcSubset=pid hides the
+        // latter, and every replica of a host became `localhost-<pid>` (#22).
+        let host = hostname::get()
             .ok()
+            .and_then(|h| h.into_string().ok())
             .or_else(|| std::env::var("HOSTNAME").ok())
             .map(|h| h.trim().to_string())
             .filter(|h| !h.is_empty())

@@ -336,6 +336,9 @@ fn cluster_defaults_and_keys_parse() {
     // Without node_id: host name and pid, distinct for two replicas on one host.
     let id = ClusterConfig::default().node_id();
     assert!(id.ends_with(&format!("-{}", std::process::id())), "{id}");
+    // The host name from gethostname(2) (#22: /proc is hidden under ProcSubset=pid).
+    let host = hostname::get().unwrap().into_string().unwrap();
+    assert_eq!(id, format!("{}-{}", host.trim(), std::process::id()));
 }
 
 #[test]
@@ -368,6 +371,17 @@ fn bad_cluster_keys_are_located() {
             "cluster.renew_every",
             14,
             vec!["less than cluster.lease_ttl (5s)", "1666ms"],
+        ),
+        // #22: a renewal sent on time must end before lease_ttl - margin.
+        (
+            with_cluster("lease_ttl = \"10s\"\nrenew_every = \"9s\""),
+            "cluster.lease_ttl",
+            15,
+            vec![
+                "10s cannot hold renew_every (9s)",
+                "at least 1s",
+                "1s margin",
+            ],
         ),
         (
             with_cluster("renew_every = \"0s\""),
@@ -419,7 +433,8 @@ fn bad_cluster_keys_are_located() {
 fn cluster_on_postgres_is_valid() {
     for lines in [
         "enabled = true",
-        "enabled = true\nlease_ttl = \"10s\"\nrenew_every = \"9s\"",
+        "enabled = true\nlease_ttl = \"10s\"\nrenew_every = \"8s\"",
+        "enabled = true\nlease_ttl = \"3s\"\nrenew_every = \"1s\"",
         "enabled = false\nnode_id = \"replica-1\"",
     ] {
         let text = with_cluster(lines);

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use super::{Config, Seg};
+use crate::cluster::timing::{call_timeout, margin, MIN_CALL_TIMEOUT};
 
 impl Config {
     /// `[cluster]`: PostgreSQL when enabled, a renewal before expiry, a usable `node_id`. The
@@ -32,6 +33,21 @@ impl Config {
                      lease_ttl/3 or less ({}) survives a missed renewal",
                     human(c.lease_ttl),
                     human(c.lease_ttl / 3)
+                ),
+            ));
+        } else if call_timeout(c.lease_ttl, c.renew_every) < MIN_CALL_TIMEOUT {
+            // A renewal sent on time must be able to end before the replica has to stop its
+            // mailboxes (lease_ttl - margin after the last renewal), #22.
+            out.push((
+                at("lease_ttl"),
+                format!(
+                    "{} cannot hold renew_every ({}), a renewal of at least {} and the {} \
+                     margin before expiry: a replica that cannot renew stops its mailboxes \
+                     at lease_ttl - margin; raise lease_ttl or lower renew_every",
+                    human(c.lease_ttl),
+                    human(c.renew_every),
+                    human(MIN_CALL_TIMEOUT),
+                    human(margin(c.lease_ttl))
                 ),
             ));
         }

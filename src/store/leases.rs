@@ -94,6 +94,9 @@ pub struct Membership {
     pub free: i64,
     /// Of those, the ones free or expired for at least the `stale_ms` asked for.
     pub stale_free: i64,
+    /// The fewest live leases another live replica holds, if there is another one: whether
+    /// a lease handed over would be wanted (#22).
+    pub fewest_elsewhere: Option<i64>,
 }
 
 /// One replica, for `/status/summary`.
@@ -205,7 +208,10 @@ impl Store {
               FROM cluster_nodes WHERE expires_at > now() AND node_id <> $1), \
              (SELECT count(*) FROM mailbox_leases WHERE owner IS NULL OR expires_at <= now()), \
              (SELECT count(*) FROM mailbox_leases WHERE (owner IS NULL OR expires_at <= now()) \
-              AND expires_at <= now() - $2 * interval '1 millisecond')",
+              AND expires_at <= now() - $2 * interval '1 millisecond'), \
+             (SELECT min(n) FROM (SELECT count(l.owner) AS n FROM cluster_nodes c \
+              LEFT JOIN mailbox_leases l ON l.owner = c.node_id AND l.expires_at > now() \
+              WHERE c.expires_at > now() AND c.node_id <> $1 GROUP BY c.node_id) x)",
         )
         .bind(node)
         .bind(stale_ms.max(0))
@@ -220,6 +226,7 @@ impl Store {
             next_expiry_ms: r.get::<Option<i64>, _>(1).map(|ms| ms.max(0)),
             free: r.get(2),
             stale_free: r.get(3),
+            fewest_elsewhere: r.get::<Option<i64>, _>(4),
         })
     }
 

@@ -29,6 +29,9 @@ pub struct UserCount {
     pub idle: usize,
     /// The most sessions in IDLE at once since the start or the last [`IdleCount::reset_max`].
     pub max_idle: usize,
+    /// Sessions logged in as the user since the start (never reset): a mailbox that keeps
+    /// its session sees this stay put.
+    pub logins: usize,
 }
 
 /// A moment when a user had more than one session in IDLE.
@@ -272,7 +275,9 @@ impl Lines {
         match command.as_str() {
             "LOGIN" if self.user.is_none() => {
                 let user = first_astring(rest);
-                s.user(&user).open += 1;
+                let c = s.user(&user);
+                c.open += 1;
+                c.logins += 1;
                 self.user = Some(user);
                 self.counted = true;
             }

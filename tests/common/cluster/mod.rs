@@ -197,12 +197,25 @@ impl Rig {
 
     /// Writes the config of the next replica (`r{n+1}`) and starts it; returns its index.
     pub fn add_replica(&mut self) -> Result<usize> {
+        let url = self.db_url.clone();
+        self.add_replica_with_db(&url)
+    }
+
+    /// [`Rig::add_replica`], with this replica alone reaching the database at `db_url` (a
+    /// proxy in front of the rig's PostgreSQL, to cut it off from the database alone).
+    pub fn add_replica_with_db(&mut self, db_url: &str) -> Result<usize> {
+        self.add_replica_with(db_url, &(0..USERS).collect::<Vec<_>>())
+    }
+
+    /// [`Rig::add_replica_with_db`], configured with only the accounts of these user indexes
+    /// (replicas that see different configs, as while a ConfigMap reaches pods one by one).
+    pub fn add_replica_with(&mut self, db_url: &str, users: &[usize]) -> Result<usize> {
         let i = self.replicas.len();
         let node = format!("r{}", i + 1);
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
         let api: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
         let config = self.dir.path().join(format!("{node}.toml"));
-        std::fs::write(&config, self.config_toml(&node, admin, api))?;
+        std::fs::write(&config, self.config_toml(db_url, &node, admin, api, users))?;
         let mut r = Replica {
             log: self.dir.path().join(format!("{node}.log")),
             node,
@@ -216,8 +229,15 @@ impl Rig {
         Ok(i)
     }
 
-    fn config_toml(&self, node: &str, admin: SocketAddr, api: SocketAddr) -> String {
-        let mut c = ConfigToml::new(&self.db_url)
+    fn config_toml(
+        &self,
+        db_url: &str,
+        node: &str,
+        admin: SocketAddr,
+        api: SocketAddr,
+        users: &[usize],
+    ) -> String {
+        let mut c = ConfigToml::new(db_url)
             .redis(&redis::url(), &self.channel)
             .set("metrics", "listen", admin.to_string())
             .api(&self.dir.path().join("api-token"))
@@ -227,7 +247,7 @@ impl Rig {
             .set("cluster", "lease_ttl", "3s")
             .set("cluster", "renew_every", "1s");
         let port = self.proxy.addr().port();
-        for i in 0..USERS {
+        for &i in users {
             let (id, u) = (account(i), user(i));
             c = c
                 .account(
