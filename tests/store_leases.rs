@@ -671,6 +671,36 @@ async fn each_replica_drains_the_outbox_of_the_mailboxes_it_holds() -> Result<()
     Ok(())
 }
 
+/// #22 defect 4: a removed mailbox's lease row is gone, so its unpublished records match no
+/// owner; one replica (the live one with the lowest node id) drains them instead of leaving
+/// them to the retention.
+#[tokio::test]
+async fn records_of_a_removed_mailbox_are_drained_by_one_replica() -> Result<()> {
+    let db = TestDb::postgres().await?;
+    let store = store(&db).await?;
+    let ks = [key(ACCOUNT, "INBOX")];
+    store.ensure_leases(&ks).await?;
+    let a = store.acquire("a", &ks, 1, 0, TTL).await?;
+    commit(&store.fenced(fence("a", a[0].lease.epoch)), INBOX, &[1]).await?;
+    store.forget_leases("a", &ks).await?;
+    store.leave("a").await?;
+    store.renew("b", TTL).await?;
+    store.renew("c", TTL).await?;
+    let orphans = store.outbox_pending(100).await?;
+    ensure!(orphans.len() == 1, "{orphans:?}");
+    let got = store.outbox_pending_owned("b", 100).await?;
+    ensure!(
+        got.iter().map(|r| r.id).eq(orphans.iter().map(|r| r.id)),
+        "b drains the orphan: {got:?}"
+    );
+    ensure!(
+        store.outbox_pending_owned("c", 100).await?.is_empty(),
+        "only b"
+    );
+    store.pool().close().await;
+    Ok(())
+}
+
 #[tokio::test]
 async fn renewing_forgets_replicas_dead_for_over_an_hour_and_keeps_the_recent_dead() -> Result<()> {
     let db = TestDb::postgres().await?;

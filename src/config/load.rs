@@ -82,7 +82,7 @@ fn decode<'a>(path: &Path, bytes: &'a [u8]) -> Result<&'a str, ConfigErrors> {
         ConfigErrors(vec![ConfigError {
             file: path.to_path_buf(),
             line: Some(line),
-            key: String::new(),
+            key: super::locate::key_of_bad_byte(bytes, e.valid_up_to()),
             message: "the file is not valid UTF-8".into(),
         }])
     })?;

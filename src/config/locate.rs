@@ -150,6 +150,17 @@ pub(super) fn key_at(text: &str, offset: usize, named: &str) -> Option<String> {
     Some(render_key(&parent))
 }
 
+/// The dotted key on the line of a non-UTF-8 byte at `offset` (empty when none is found). The
+/// bytes before `offset` are valid UTF-8, so a lossy decode keeps every offset up to it.
+pub(super) fn key_of_bad_byte(bytes: &[u8], offset: usize) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let start = offset.min(text.len());
+    let line_start = text[..start].rfind('\n').map_or(0, |p| p + 1);
+    let line = text[line_start..].lines().next().unwrap_or("");
+    let named = line.split_once('=').map_or("", |(k, _)| k.trim());
+    key_at(&text, start, named).unwrap_or_else(|| named.to_string())
+}
+
 /// Best effort: the key named at the error's position (`key = …` on that line).
 pub(super) fn key_of_error(text: &str, e: &toml::de::Error) -> String {
     let Some(span) = e.span() else {
@@ -167,4 +178,20 @@ pub(super) fn key_of_error(text: &str, e: &toml::de::Error) -> String {
         .nth(1)
         .unwrap_or_default()
         .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::super::Config;
+
+    #[test]
+    fn a_non_utf8_byte_names_its_key_and_line() {
+        let text = b"[storage]\nurl = \"sqlite://x.db\"\n\n[[accounts]]\nid = \"a1\"\nemail = \"a\xdc@example.com\"\nhost = \"127.0.0.1\"\n";
+        let e = Config::parse(Path::new("t.toml"), text).unwrap_err();
+        let first = &e.0[0];
+        assert_eq!(first.line, Some(6), "{e}");
+        assert_eq!(first.key, "accounts[0].email", "{e}");
+    }
 }

@@ -64,6 +64,10 @@ impl Store {
     /// Outbox records of the mailboxes whose lease `node` holds unexpired, in publication
     /// order: what a replica's publisher drains in cluster mode, including records that a dead
     /// owner committed but never published.
+    ///
+    /// Records of a mailbox with no lease row at all (removed from every replica's config, so
+    /// nobody will ever hold it) go to one replica, the live one with the lowest node id: one
+    /// drainer, so they are neither orphaned until the retention nor published twice.
     pub async fn outbox_pending_owned(
         &self,
         node: &str,
@@ -71,9 +75,11 @@ impl Store {
     ) -> Result<Vec<OutboxRow>, StoreError> {
         let rows = sqlx::query(
             "SELECT o.id, o.account_id, o.mailbox, o.payload, o.exists_at_us, o.created_at, \
-             o.topic FROM outbox o JOIN mailbox_leases l \
+             o.topic FROM outbox o LEFT JOIN mailbox_leases l \
              ON l.account_id = o.account_id AND l.mailbox = o.mailbox \
-             WHERE l.owner = $1 AND l.expires_at > now() ORDER BY o.id LIMIT $2",
+             WHERE (l.owner = $1 AND l.expires_at > now()) \
+             OR (l.account_id IS NULL AND $1 = (SELECT min(node_id) FROM cluster_nodes \
+             WHERE expires_at > now())) ORDER BY o.id LIMIT $2",
         )
         .bind(node)
         .bind(limit)
