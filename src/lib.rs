@@ -38,6 +38,7 @@ pub mod reload;
 pub mod secrets;
 pub mod status;
 pub mod store;
+pub mod submit;
 pub mod supervisor;
 
 pub use config::Config;
