@@ -2,11 +2,17 @@
 //!
 //! Starts a throwaway Dovecot (implicit TLS, a `demo` user), writes an idlesync config for it
 //! (SQLite in a temp dir; Redis at 127.0.0.1:6379 when it answers, stdout otherwise), runs the
-//! daemon, delivers a few messages and prints each `email:sync` record as it arrives.
+//! daemon, delivers a few messages and prints each `email:sync` record as it arrives. Then
+//! another client marks the first message read, and the web app's API marks the second one
+//! read: the `flagsChanged` records of both arrive on `email:changes`, the second with its
+//! `actionId`.
 //!
 //! `cargo run --example demo [-- N]` (N messages, default 5). Needs `dovecot-imapd` (the README's
 //! `scripts/demo` installs it).
 
+#[path = "../tests/common/api.rs"]
+#[allow(dead_code)]
+mod api;
 #[path = "../tests/common/dovecot/mod.rs"]
 #[allow(dead_code)]
 mod dovecot;
@@ -45,6 +51,7 @@ async fn main() -> Result<()> {
         .is_ok();
     let toml = format!(
         "[storage]\nurl = \"sqlite://{db}\"\n\n{redis}[metrics]\nlisten = \"127.0.0.1:0\"\n\n\
+         [api]\nlisten = \"127.0.0.1:0\"\ntoken_file = \"{token}\"\n\n\
          [[accounts]]\nid = \"demo-account\"\nemail = \"demo@example.test\"\nhost = \"127.0.0.1\"\n\
          port = {port}\ntls = \"implicit\"\nusername = \"demo\"\npassword_env = \"DEMO_IMAP_PASSWORD\"\n\
          mailboxes = [\"INBOX\"]\nca_file = \"{ca}\"\n",
@@ -56,6 +63,7 @@ async fn main() -> Result<()> {
         },
         port = dc.imaps_port(),
         ca = dc.ca_file().display(),
+        token = api::token_file(dir.path()).display(),
     );
     let config_path = dir.path().join("idlesync.toml");
     std::fs::write(&config_path, &toml)?;
@@ -142,6 +150,48 @@ async fn main() -> Result<()> {
             sent.elapsed().as_millis()
         );
         other.logout().await;
+
+        // The web app marks the second message read through the API, and waits for it.
+        let pool = sqlx::any::AnyPoolOptions::new()
+            .max_connections(1)
+            .connect(&format!(
+                "sqlite://{}",
+                dir.path().join("idlesync.db").display()
+            ))
+            .await?;
+        let id: i64 = sqlx::Row::get(
+            &sqlx::query("SELECT id FROM messages WHERE uid = 2")
+                .fetch_one(&pool)
+                .await?,
+            0,
+        );
+        pool.close().await;
+        let addr = daemon.api_addr().context("api")?;
+        eprintln!(
+            "the web app marks message {id} read: curl -H 'Authorization: Bearer …' -H 'Prefer: wait=10' \
+             -X PATCH http://{addr}/v1/messages/{id} -d '{{\"seen\": true}}'"
+        );
+        let sent = Instant::now();
+        let answer = api::Client::new(addr)
+            .call(
+                "PATCH",
+                &format!("/v1/messages/{id}"),
+                &[("Prefer", "wait=10")],
+                br#"{"seen": true}"#,
+            )
+            .await?;
+        println!("HTTP {} {}", answer.status, answer.body);
+        let msg = tokio::time::timeout(Duration::from_secs(10), stream.next())
+            .await
+            .context("no change record within 10 s")?
+            .context("Redis subscription closed")?;
+        let payload: String = msg.get_payload()?;
+        println!("{payload}");
+        eprintln!(
+            "  ↳ on {} {} ms after the request",
+            msg.get_channel_name(),
+            sent.elapsed().as_millis()
+        );
     }
     daemon.shutdown().await;
     eprintln!("done: {n} messages stored and announced (the temp dir is removed now)");

@@ -17,6 +17,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, AdminState};
+use crate::api::{ApiState, Tokens};
 use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::imap::ImapError;
@@ -47,6 +48,14 @@ pub enum DaemonError {
     /// The Redis URL is unusable.
     #[error(transparent)]
     Publish(#[from] PublishError),
+    /// The API's bearer tokens could not be read.
+    #[error("api.{key}: {source}")]
+    ApiToken {
+        /// The key of the source.
+        key: &'static str,
+        /// Why (never the token).
+        source: crate::secrets::SecretError,
+    },
     /// An account's TLS setup (its `ca_file`) is unusable.
     #[error("account {account}: {source}")]
     Account {
@@ -81,6 +90,15 @@ pub struct Daemon {
     admin_addr: SocketAddr,
     /// Cluster mode's lease loop, driven by [`Daemon::run`].
     cluster: Option<Cluster>,
+    /// The web app's API, when `[api]` is configured.
+    api: Option<Api>,
+}
+
+/// The API listener of a running daemon.
+struct Api {
+    state: ApiState,
+    cancel: CancellationToken,
+    addr: SocketAddr,
 }
 
 impl Daemon {
@@ -110,6 +128,24 @@ impl Daemon {
             .await
             .map_err(bind_error)?;
         let admin_addr = listener.local_addr().map_err(bind_error)?;
+        let api_listener = match &config.api {
+            Some(api) => {
+                let tokens = api
+                    .tokens()
+                    .await
+                    .map_err(|(key, source)| DaemonError::ApiToken { key, source })?;
+                let bind_error = |source| DaemonError::Listen {
+                    addr: api.listen,
+                    source,
+                };
+                let l = tokio::net::TcpListener::bind(api.listen)
+                    .await
+                    .map_err(bind_error)?;
+                let addr = l.local_addr().map_err(bind_error)?;
+                Some((l, addr, Tokens::new(tokens)))
+            }
+            None => None,
+        };
         let sink = Sink::from_config(config.redis.as_ref())?;
         let (handoff, inbox) = crate::handoff::handoff();
         let root = CancellationToken::new();
@@ -122,6 +158,8 @@ impl Daemon {
             None => (None, None),
         };
         let node = link.as_ref().map(|l| l.node.clone());
+        let signals = crate::actions::Signals::new(cluster_cfg.map(|_| store.clone()));
+
         let mut supervisor = Supervisor::new(
             Shared {
                 store: store.clone(),
@@ -136,6 +174,7 @@ impl Daemon {
                 import_since: config.storage.import_since,
                 grace,
                 cluster: link,
+                signals: signals.clone(),
             },
             root.child_token(),
         );
@@ -144,6 +183,22 @@ impl Daemon {
             .map_err(|(account, source)| DaemonError::Account { account, source })?;
 
         let publisher_cancel = root.child_token();
+        tokio::spawn(crate::search::backfill::run(
+            store.clone(),
+            publisher_cancel.clone(),
+        ));
+        if cluster_cfg.is_some() {
+            // Wake-ups from the API of any replica, completions for waiting requests; ends
+            // with the publisher, once the mailboxes are stopped.
+            let listen = signals.clone().listen(config.storage.url.clone());
+            let cancel = publisher_cancel.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    () = listen => {}
+                    () = cancel.cancelled() => {}
+                }
+            });
+        }
         let publisher = tokio::spawn(
             Publisher {
                 store: store.clone(),
@@ -168,6 +223,35 @@ impl Daemon {
             },
             admin_cancel.clone(),
         ));
+        let api = api_listener.map(|(listener, addr, tokens)| {
+            let cancel = root.child_token();
+            let timeout = config
+                .api
+                .as_ref()
+                .map_or(Duration::from_secs(300), |a| a.action_timeout);
+            let state = ApiState::new(
+                store.clone(),
+                &config.accounts,
+                tokens,
+                CancellationToken::new(),
+                signals.clone(),
+                timeout,
+            );
+            tokio::spawn(crate::api::serve(listener, state.clone(), cancel.clone()));
+            let every = (timeout / 10).clamp(Duration::from_millis(100), Duration::from_secs(5));
+            tokio::spawn(crate::actions::sweeper::run(
+                store.clone(),
+                signals.clone(),
+                every,
+                cancel.clone(),
+            ));
+            tracing::info!(api = %addr, "API listening");
+            Api {
+                state,
+                cancel,
+                addr,
+            }
+        });
         match &node {
             Some(node) => tracing::info!(
                 mailboxes = supervisor.mailboxes().len(),
@@ -189,12 +273,18 @@ impl Daemon {
             admin_cancel,
             admin_addr,
             cluster,
+            api,
         })
     }
 
     /// Where `/metrics`, `/healthz`, `/readyz` and `/status` are served.
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin_addr
+    }
+
+    /// Where the web app's API is served, when `[api]` is configured.
+    pub fn api_addr(&self) -> Option<SocketAddr> {
+        self.api.as_ref().map(|a| a.addr)
     }
 
     /// The mailbox states.
@@ -219,10 +309,26 @@ impl Daemon {
             ("backoff", old.backoff != new.backoff),
             ("outbox", old.outbox != new.outbox),
             ("cluster", old.cluster != new.cluster),
+            (
+                "api",
+                old.api.as_ref().map(|a| (a.listen, a.action_timeout))
+                    != new.api.as_ref().map(|a| (a.listen, a.action_timeout)),
+            ),
         ]
         .into_iter()
         .filter_map(|(name, changed)| changed.then_some(name))
         .collect();
+        if let (Some(api), Some(cfg)) = (&self.api, &new.api) {
+            api.state.set_accounts(&new.accounts);
+            // Token rotation: the new sources are read now; on failure the old tokens stay.
+            match cfg.tokens().await {
+                Ok(tokens) => api.state.tokens().replace(tokens),
+                Err((key, e)) => tracing::error!(
+                    key = %format!("api.{key}"), error = %e,
+                    "API tokens not reloaded; the running tokens stay"
+                ),
+            }
+        }
         let applied = self.supervisor.apply(new.accounts).await;
         metrics::gauge!(crate::metrics::CONFIG_RESTART_REQUIRED).set(
             if restart_required.is_empty() {
@@ -306,6 +412,10 @@ impl Daemon {
     /// Stops everything, within about 10 s whatever the servers do. Returns how the mailboxes
     /// stopped.
     pub async fn shutdown(mut self) -> Stopped {
+        // New work is refused (503) from here on; reads go on until the listener closes.
+        if let Some(api) = &self.api {
+            api.state.stopping().cancel();
+        }
         let stopped = self.supervisor.shutdown().await;
         self.publisher_cancel.cancel();
         if tokio::time::timeout(Duration::from_secs(3), &mut self.publisher)
@@ -321,6 +431,9 @@ impl Daemon {
             c.leave().await;
         }
         self.admin_cancel.cancel();
+        if let Some(api) = &self.api {
+            api.cancel.cancel();
+        }
         tracing::info!("idlesync stopped");
         stopped
     }

@@ -91,6 +91,9 @@ pub enum ChangeKind {
     /// Mail that was in the mailbox before idlesync first selected it was stored: history,
     /// not new mail.
     Imported,
+    /// An action moved messages to `to`; `uids` pairs each old UID with its new one (from the
+    /// server's COPYUID). Never new mail: nothing goes to `email:sync` for it.
+    MessagesMoved,
 }
 
 /// The fields every change record starts with, in wire order.
@@ -104,6 +107,10 @@ struct Common<'a> {
     uid_validity: u32,
     timestamp: &'a str,
     count: usize,
+    /// The API action (#19) whose effect this record is, so the web app can settle its
+    /// optimistic UI.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    action_id: Option<i64>,
 }
 
 impl<'a> Common<'a> {
@@ -116,6 +123,7 @@ impl<'a> Common<'a> {
             uid_validity: o.uid_validity,
             timestamp,
             count,
+            action_id: None,
         }
     }
 }
@@ -164,6 +172,15 @@ pub fn flags_changed(o: &Origin<'_>, changes: &[(u32, String)]) -> String {
 }
 
 fn flags_changed_at(o: &Origin<'_>, changes: &[(u32, String)], timestamp: &str) -> String {
+    flags_changed_as(o, changes, timestamp, None)
+}
+
+fn flags_changed_as(
+    o: &Origin<'_>,
+    changes: &[(u32, String)],
+    timestamp: &str,
+    action: Option<i64>,
+) -> String {
     let changes = changes
         .iter()
         .map(|(uid, flags)| FlagChange {
@@ -171,7 +188,8 @@ fn flags_changed_at(o: &Origin<'_>, changes: &[(u32, String)], timestamp: &str) 
             flags: flags.split_ascii_whitespace().collect(),
         })
         .collect::<Vec<_>>();
-    let common = Common::new(ChangeKind::FlagsChanged, o, timestamp, changes.len());
+    let mut common = Common::new(ChangeKind::FlagsChanged, o, timestamp, changes.len());
+    common.action_id = action;
     to_json(common, FlagsBody { changes })
 }
 
@@ -194,6 +212,42 @@ pub fn imported(o: &Origin<'_>, uids: &[u32], progress: Progress) -> String {
 fn imported_at(o: &Origin<'_>, uids: &[u32], progress: Progress, timestamp: &str) -> String {
     let common = Common::new(ChangeKind::Imported, o, timestamp, uids.len());
     to_json(common, ImportedBody { uids, progress })
+}
+
+/// `flagsChanged` of an action: [`flags_changed`] with `actionId`.
+pub fn flags_changed_by(o: &Origin<'_>, changes: &[(u32, String)], action: i64) -> String {
+    flags_changed_as(o, changes, &timestamp_now(), Some(action))
+}
+
+/// `messagesExpunged` of an action: [`messages_expunged`] with `actionId`.
+pub fn messages_expunged_by(o: &Origin<'_>, uids: &[u32], action: i64) -> String {
+    let ts = timestamp_now();
+    let mut common = Common::new(ChangeKind::MessagesExpunged, o, &ts, uids.len());
+    common.action_id = Some(action);
+    to_json(common, UidsBody { uids })
+}
+
+#[derive(Serialize)]
+struct MovedBody<'a> {
+    from: &'a str,
+    to: &'a str,
+    uids: Vec<[u32; 2]>,
+}
+
+/// `messagesMoved`: action `action` moved messages from `o.mailbox` to `to`, each
+/// `(old UID, new UID)`.
+pub fn messages_moved(o: &Origin<'_>, to: &str, pairs: &[(u32, u32)], action: i64) -> String {
+    let ts = timestamp_now();
+    let mut common = Common::new(ChangeKind::MessagesMoved, o, &ts, pairs.len());
+    common.action_id = Some(action);
+    to_json(
+        common,
+        MovedBody {
+            from: o.mailbox,
+            to,
+            uids: pairs.iter().map(|(a, b)| [*a, *b]).collect(),
+        },
+    )
 }
 
 /// The current time as RFC 3339 UTC (`2025-10-03T00:00:00.000Z`).

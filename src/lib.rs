@@ -19,7 +19,9 @@
 //! - [`admin`]: `/metrics`, `/healthz`, `/readyz`, `/status` and a status page.
 //! - [`limiter`]: connection attempts per host; [`fault`]: test-only fault injection.
 
+pub mod actions;
 pub mod admin;
+pub mod api;
 pub mod backoff;
 pub mod changes;
 pub mod cluster;
@@ -35,6 +37,7 @@ pub mod message;
 pub mod metrics;
 pub mod publish;
 pub mod reload;
+pub mod search;
 pub mod secrets;
 pub mod status;
 pub mod store;

@@ -50,6 +50,12 @@ pub const CONFIG_RELOAD_ERRORS: &str = "idlesync_config_reload_errors_total";
 /// 1 while the config file holds changes that only a restart applies.
 pub const CONFIG_RESTART_REQUIRED: &str = "idlesync_config_restart_required";
 
+/// API actions finished (#19), by `outcome`: `done`, or the failure's code (`gone`,
+/// `no_such_mailbox`, `refused`, `timeout`, `stale_uidvalidity`).
+pub const ACTIONS_FINISHED: &str = "idlesync_actions_total";
+/// API requests answered, by `status` (the HTTP status code).
+pub const API_REQUESTS: &str = "idlesync_api_requests_total";
+
 /// Cluster mode: mailbox leases this replica holds.
 pub const LEASES_HELD: &str = "idlesync_leases_held";
 /// Cluster mode: live replicas this one sees (itself included).
@@ -129,6 +135,11 @@ fn describe() {
         metrics::Unit::Seconds,
         "How long a mailbox taken over had been without an owner"
     );
+    describe_counter!(
+        ACTIONS_FINISHED,
+        "API actions finished, by outcome (done or the failure's code)"
+    );
+    describe_counter!(API_REQUESTS, "API requests answered, by HTTP status");
     describe_gauge!(
         CONFIG_RESTART_REQUIRED,
         "1 while the config file holds changes that only a restart applies"

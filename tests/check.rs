@@ -239,6 +239,80 @@ fn mirror_keys_with_valid_values_exit_0() -> Result<()> {
 
 /// Cluster mode: refused on SQLite with why, accepted on PostgreSQL (`check` connects nowhere),
 /// and the summary line says the replica watches only its share.
+/// `[api]` (#19): exactly one kind of token source, readable, long enough; each error at its key.
+#[test]
+fn api_section_is_checked() -> Result<()> {
+    let fx = Fixture::new()?;
+    std::fs::write(fx.path("token"), "a-token-of-thirty-characters-1\n")?;
+    let token = fx.path("token").display().to_string();
+    let with = |api: &str| {
+        fx.base
+            .replacen("[imap]", &format!("[api]\n{api}\n\n[imap]"), 1)
+    };
+    let cases = [
+        (
+            "listen = \"127.0.0.1:9899\"",
+            "api",
+            12,
+            "exactly one of token_env, token_file or token_command",
+        ),
+        (
+            &*format!("token_file = \"{token}\"\ntoken_env = \"X\""),
+            "api.token_file",
+            13,
+            "set only one of",
+        ),
+        (
+            "token_file = \"PWFILE\"",
+            "api.token_file",
+            13,
+            "shorter than 16 characters",
+        ),
+        (
+            "token_file = \"/nonexistent/token\"",
+            "api.token_file",
+            13,
+            "cannot read",
+        ),
+        (
+            "token_file = []",
+            "api.token_file",
+            13,
+            "at least one source",
+        ),
+        (
+            &*format!("token_file = \"{token}\"\naction_timeout = \"0s\""),
+            "api.action_timeout",
+            14,
+            "more than 0",
+        ),
+    ];
+    for (i, (api, key, line, why)) in cases.into_iter().enumerate() {
+        let (path, out) = fx.check(&format!("api-{i}.toml"), fx.render(&with(api)).as_bytes())?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        ensure!(out.status.code() == Some(2), "{api}: {stderr}");
+        let want = format!("{}:{line}: key `{key}`", path.display());
+        ensure!(
+            stderr.contains(&want) && stderr.contains(why),
+            "{api}: {want:?} / {why:?} not in {stderr}"
+        );
+        ensure!(
+            !stderr.contains("thirty-characters"),
+            "a token in an error: {stderr}"
+        );
+    }
+    let (_, out) = fx.check(
+        "api-ok.toml",
+        with(&format!("token_file = [\"{token}\"]")).as_bytes(),
+    )?;
+    ensure!(
+        out.status.code() == Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
 #[test]
 fn cluster_mode_needs_postgres() -> Result<()> {
     let fx = Fixture::new()?;

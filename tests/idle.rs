@@ -409,8 +409,17 @@ async fn dovecot_flag_storm_and_expunges_reach_the_view() -> Result<()> {
     let (mut flagged, mut expunged) = (std::collections::BTreeSet::new(), Vec::new());
     // One batch per wait; a storm of N changes is at most N batches.
     for _ in 0..N {
-        let ev = tokio::time::timeout(WAIT, idling.wait(&mut view, timers, &mut live, &cancel))
-            .await??;
+        let ev = tokio::time::timeout(
+            WAIT,
+            idling.wait(
+                &mut view,
+                timers,
+                &mut live,
+                &cancel,
+                &tokio::sync::Notify::new(),
+            ),
+        )
+        .await??;
         anyhow::ensure!(ev == IdleEvent::Changed, "{ev:?}");
         let set = view.pending.take_batch(usize::MAX);
         flagged.extend(

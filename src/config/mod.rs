@@ -17,6 +17,7 @@
 //! - `redact`: `Debug` that hides passwords, in URLs too ([`redact_url`]);
 //! - [`ca_file`]: reading an account's extra trust roots.
 
+mod api;
 pub mod ca_file;
 mod error;
 mod load;
@@ -27,6 +28,7 @@ mod validate;
 mod validate_cluster;
 
 pub use crate::secrets::{Secret, SecretError, SecretSource};
+pub use api::{ApiConfig, OneOrMany, DEFAULT_API_LISTEN, MIN_TOKEN_LEN};
 pub use error::{ConfigError, ConfigErrors};
 pub(crate) use load::Seg;
 pub use redact::redact_url;

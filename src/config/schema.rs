@@ -37,6 +37,8 @@ pub struct Config {
     /// Several replicas sharing this account list through PostgreSQL leases (off by default).
     #[serde(default)]
     pub cluster: ClusterConfig,
+    /// The web app's HTTP API (reads, flags, moves, deletes). Without it, no listener.
+    pub api: Option<super::ApiConfig>,
     /// The accounts to watch.
     #[serde(default)]
     pub accounts: Vec<Account>,
@@ -380,6 +382,9 @@ pub struct Account {
     pub mailboxes: Vec<String>,
     /// Extra PEM trust root, for servers with a private CA.
     pub ca_file: Option<PathBuf>,
+    /// Where `DELETE` through the API moves mail. Defaults to the mailbox the server marks
+    /// `\Trash` (SPECIAL-USE).
+    pub trash: Option<String>,
 }
 
 fn default_tls() -> TlsMode {
@@ -442,7 +447,7 @@ impl Account {
     }
 }
 
-fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+pub(super) fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let s = String::deserialize(d)?;
     humantime::parse_duration(&s).map_err(|e| {
         serde::de::Error::custom(format!(

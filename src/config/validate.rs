@@ -104,6 +104,7 @@ impl Config {
             ));
         }
         self.cluster_problems(&mut out);
+        self.api_problems(&mut out);
         let mut ids = HashSet::new();
         let mut logins = HashSet::new();
         for (i, a) in self.accounts.iter().enumerate() {
@@ -264,6 +265,7 @@ impl Config {
                 out.push((key, e.to_string()));
             }
         }
+        self.api_secret_problems(&mut out);
         out
     }
 

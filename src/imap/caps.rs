@@ -26,6 +26,10 @@ pub struct Caps {
     pub objectid: bool,
     /// The server offers `X-GM-EXT-1` (Gmail): `X-GM-MSGID` and `X-GM-THRID` can be fetched.
     pub gmail: bool,
+    /// The server offers MOVE (RFC 6851): actions move with `UID MOVE`.
+    pub moves: bool,
+    /// The server offers UIDPLUS (RFC 4315): `UID EXPUNGE` of chosen UIDs, and COPYUID.
+    pub uidplus: bool,
 }
 
 /// CAPABILITY (one round trip), then one ENABLE for what is offered: QRESYNC (which implies
@@ -62,6 +66,8 @@ pub(crate) async fn negotiate_with(
         let mut caps = Caps {
             objectid: has("OBJECTID"),
             gmail: has("X-GM-EXT-1"),
+            moves: has("MOVE"),
+            uidplus: has("UIDPLUS"),
             ..Caps::default()
         };
         let mut wanted: Vec<&'static str> = Vec::new();

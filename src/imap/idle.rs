@@ -89,6 +89,8 @@ pub enum IdleEvent {
     Renew,
     /// Shutdown was requested; IDLE was left cleanly.
     Shutdown,
+    /// The API queued actions for this mailbox (#19): leave IDLE and run them.
+    Actions,
 }
 
 /// A session in IDLE: the server accepted `IDLE` and `DONE` has not been sent.
@@ -179,6 +181,7 @@ impl Idling {
         timers: IdleTimers,
         liveness: &mut Liveness,
         cancel: &CancellationToken,
+        actions: &tokio::sync::Notify,
     ) -> Result<IdleEvent, ImapError> {
         self.probe = false;
         if cancel.is_cancelled() {
@@ -210,6 +213,7 @@ impl Idling {
                     }
                 }
                 _ = cancel.cancelled() => return Ok(IdleEvent::Shutdown),
+                _ = actions.notified() => return Ok(IdleEvent::Actions),
                 // One timer for both deadlines: each costs an idle mailbox its size.
                 _ = tokio::time::sleep_until(renew_at.min(self.heard + timers.dead_after)) => {
                     if renew_at <= self.heard + timers.dead_after {

@@ -5,6 +5,9 @@ use std::time::Duration;
 use super::test_server::{session, Server};
 use super::*;
 
+/// No action is ever queued in these tests.
+static NO_ACTIONS: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
 const TIMERS: IdleTimers = IdleTimers {
     renew: Duration::from_secs(29 * 60),
     dead_after: Duration::from_secs(300),
@@ -57,7 +60,9 @@ async fn exists_before_idling_is_new_mail_at_once() {
     let (mut idling, tag) = entered(s, &mut server, &mut view, "* 4 EXISTS\r\n").await;
     let cancel = CancellationToken::new();
     let mut live = Liveness::default();
-    let ev = idling.wait(&mut view, TIMERS, &mut live, &cancel).await;
+    let ev = idling
+        .wait(&mut view, TIMERS, &mut live, &cancel, &NO_ACTIONS)
+        .await;
     assert!(matches!(ev, Ok(IdleEvent::NewMail { .. })), "{ev:?}");
     assert_eq!(view.exists(), 4);
     left(idling, &mut server, &mut view, &tag, "")
@@ -81,12 +86,16 @@ async fn storm_loses_nothing_and_comes_in_batches() {
     server.send(&storm).await;
     let cancel = CancellationToken::new();
     let mut live = Liveness::default();
-    let ev = idling.wait(&mut view, TIMERS, &mut live, &cancel).await;
+    let ev = idling
+        .wait(&mut view, TIMERS, &mut live, &cancel, &NO_ACTIONS)
+        .await;
     assert_eq!(ev.expect("wait"), IdleEvent::Changed);
     assert_eq!(view.pending.len(), MAX_PENDING, "one batch at the cap");
     let first = view.pending.take_batch(usize::MAX);
     // Still in IDLE: the rest is read by the next wait, nothing was sent.
-    let ev = idling.wait(&mut view, TIMERS, &mut live, &cancel).await;
+    let ev = idling
+        .wait(&mut view, TIMERS, &mut live, &cancel, &NO_ACTIONS)
+        .await;
     assert_eq!(ev.expect("wait"), IdleEvent::Changed);
     let second = view.pending.take_batch(usize::MAX);
     assert_eq!(first.flags.len() + second.flags.len(), 2_999);
@@ -107,7 +116,9 @@ async fn responses_during_done_reach_the_view() {
     let cancel = CancellationToken::new();
     cancel.cancel();
     let mut live = Liveness::default();
-    let ev = idling.wait(&mut view, TIMERS, &mut live, &cancel).await;
+    let ev = idling
+        .wait(&mut view, TIMERS, &mut live, &cancel, &NO_ACTIONS)
+        .await;
     assert_eq!(ev.expect("wait"), IdleEvent::Shutdown);
     let during = "* VANISHED 7\r\n* 9 EXISTS\r\n* 3 FETCH (UID 5 FLAGS ())\r\n";
     let session = left(idling, &mut server, &mut view, &tag, during).await;
@@ -115,17 +126,23 @@ async fn responses_during_done_reach_the_view() {
     assert_eq!(view.pending.len(), 2);
     // The EXISTS waits in the view: the next round reports it at once.
     let (mut idling, tag) = entered(session, &mut server, &mut view, "").await;
-    let ev = idling.wait(&mut view, TIMERS, &mut live, &cancel).await;
+    let ev = idling
+        .wait(&mut view, TIMERS, &mut live, &cancel, &NO_ACTIONS)
+        .await;
     assert_eq!(
         ev.expect("cancelled"),
         IdleEvent::Shutdown,
         "shutdown first"
     );
     let cancel = CancellationToken::new();
-    let ev = idling.wait(&mut view, TIMERS, &mut live, &cancel).await;
+    let ev = idling
+        .wait(&mut view, TIMERS, &mut live, &cancel, &NO_ACTIONS)
+        .await;
     assert!(matches!(ev, Ok(IdleEvent::NewMail { .. })), "{ev:?}");
     // Changes left from before are reported at once, without reading.
-    let ev = idling.wait(&mut view, TIMERS, &mut live, &cancel).await;
+    let ev = idling
+        .wait(&mut view, TIMERS, &mut live, &cancel, &NO_ACTIONS)
+        .await;
     assert_eq!(ev.expect("pending"), IdleEvent::Changed);
     assert_eq!(view.pending.len(), 2);
     left(idling, &mut server, &mut view, &tag, "")
@@ -141,7 +158,13 @@ async fn bye_and_tagged_refusals_are_errors() {
     server.send("* BYE shutting down\r\n").await;
     let mut live = Liveness::default();
     let ev = idling
-        .wait(&mut view, TIMERS, &mut live, &CancellationToken::new())
+        .wait(
+            &mut view,
+            TIMERS,
+            &mut live,
+            &CancellationToken::new(),
+            &NO_ACTIONS,
+        )
         .await;
     assert!(
         matches!(ev, Err(ImapError::Closed(ref m)) if m == "shutting down"),
@@ -173,7 +196,7 @@ async fn renew_then_probe_then_dead() {
     let cancel = CancellationToken::new();
     let mut live = Liveness::default();
     // A keepalive at 50 s: silence from 50 s, renew at 100 s comes first.
-    let wait = idling.wait(&mut view, timers, &mut live, &cancel);
+    let wait = idling.wait(&mut view, timers, &mut live, &cancel, &NO_ACTIONS);
     let serve = async {
         tokio::time::sleep(Duration::from_secs(50)).await;
         server.send("* OK Still here\r\n").await;
@@ -187,7 +210,9 @@ async fn renew_then_probe_then_dead() {
     // A server not known to send keepalives is probed after dead_after.
     let mut live = Liveness::default();
     let (mut idling, _tag) = entered(s, &mut server, &mut view, "").await;
-    let ev = idling.wait(&mut view, timers, &mut live, &cancel).await;
+    let ev = idling
+        .wait(&mut view, timers, &mut live, &cancel, &NO_ACTIONS)
+        .await;
     assert_eq!(ev.expect("probe"), IdleEvent::Renew);
     // Its DONE goes unanswered: dead.
     let done = idling.done(&mut view, timers);
@@ -200,7 +225,9 @@ async fn renew_then_probe_then_dead() {
     let (mut idling, _tag) = entered(s, &mut server, &mut view, "* OK hi\r\n").await;
     let mut live = Liveness::default();
     server.send("* OK Still here\r\n").await;
-    let ev = idling.wait(&mut view, timers, &mut live, &cancel).await;
+    let ev = idling
+        .wait(&mut view, timers, &mut live, &cancel, &NO_ACTIONS)
+        .await;
     assert!(matches!(ev, Err(ImapError::Dead)), "{ev:?}");
 }
 
@@ -228,7 +255,7 @@ async fn an_idle_mailbox_stays_small() {
     let (mut idling, _tag) = entered(s, &mut server, &mut view, "").await;
     let cancel = CancellationToken::new();
     let mut live = Liveness::default();
-    let wait = idling.wait(&mut view, TIMERS, &mut live, &cancel);
+    let wait = idling.wait(&mut view, TIMERS, &mut live, &cancel, &NO_ACTIONS);
     let waiting = std::mem::size_of_val(&wait);
     let held = std::mem::size_of::<Idling>() + std::mem::size_of::<View>();
     assert!(

@@ -13,6 +13,7 @@
 
 pub mod auth;
 pub mod caps;
+pub mod commands;
 pub mod connect;
 pub mod fetch;
 pub mod guard;

@@ -88,7 +88,7 @@ pub(super) async fn run(
     let Some(since) = ctx.import_since else {
         let total = u64::from(sel.exists).max(stored);
         conn.import.started(ctx, total);
-        return Ok(Fetched::Done);
+        return Box::pin(in_windows(ctx, conn, boundary, cancel)).await;
     };
     let t = ctx.timers.connect_timeout;
     if conn.view.tracks_seqs() {
@@ -140,6 +140,52 @@ pub(super) async fn run(
         .await?;
     conn.state.last_uid = conn.state.last_uid.max(end);
     ctx.reporter.set_last_uid(conn.state.last_uid);
+    Ok(Fetched::Done)
+}
+
+/// First UIDs per window of a whole import, in commit batches (`imap.fetch_batch`): 5,000
+/// UIDs with the default of 500.
+const FIRST_WINDOW_BATCHES: usize = 10;
+/// Widest window: sparse UIDs (a mailbox whose UIDs jump by millions) cost a few empty
+/// windows, not millions.
+const MAX_WINDOW: u32 = 1 << 26;
+
+/// A whole import, `UID FETCH a:b` window after window up to the boundary, so that the API's
+/// actions (#19) run between windows instead of waiting for the whole history. A window that
+/// brought less than a quarter of its width doubles the next one; each round moves at least
+/// the first window's width on, so the loop is bounded by the boundary.
+async fn in_windows(
+    ctx: &MailboxCtx,
+    conn: &mut Conn,
+    boundary: u32,
+    cancel: &CancellationToken,
+) -> Result<Fetched, MailboxError> {
+    let wake = ctx.signals.waker(&ctx.account_id, &ctx.mailbox);
+    let first = ctx.timers.fetch_batch.saturating_mul(FIRST_WINDOW_BATCHES);
+    let mut window = u32::try_from(first)
+        .unwrap_or(MAX_WINDOW)
+        .clamp(1, MAX_WINDOW);
+    let mut from = conn.state.last_uid.saturating_add(1);
+    while from < boundary {
+        let to = from.saturating_add(window - 1).min(boundary - 1);
+        let before = conn.import.stored.load(Ordering::Relaxed);
+        if fetch_round(ctx, conn, &format!("{from}:{to}"), None, cancel).await?
+            == Fetched::Interrupted
+        {
+            return Ok(Fetched::Interrupted);
+        }
+        let got = conn.import.stored.load(Ordering::Relaxed) - before;
+        if got < u64::from(window / 4) {
+            window = window.saturating_mul(2).min(MAX_WINDOW);
+        }
+        if futures::FutureExt::now_or_never(wake.notified()).is_some() {
+            Box::pin(super::actions::run(ctx, conn)).await?;
+        }
+        if to == u32::MAX {
+            break;
+        }
+        from = to + 1;
+    }
     Ok(Fetched::Done)
 }
 

@@ -11,6 +11,7 @@
 //! CAPABILITY allows ([`catchup`]). A mailbox seen for the first time is imported as history,
 //! not announced as new mail ([`fetch`], [`import`]).
 
+mod actions;
 mod catchup;
 mod changes;
 mod fetch;
@@ -59,6 +60,11 @@ pub struct MailboxCtx {
     pub limiter: Arc<ConnectLimiter>,
     /// `storage.import_since`: a first import only fetches mail at most this old.
     pub import_since: Option<Duration>,
+    /// Wake-ups and completions of the API's actions (#19).
+    pub signals: crate::actions::Signals,
+    /// Whether this task lists the account's mailboxes at each connection (the account's
+    /// first mailbox does, for the API's checks and the Trash).
+    pub lists_mailboxes: bool,
 }
 
 impl MailboxCtx {
@@ -81,6 +87,8 @@ struct Conn {
     extras: crate::imap::fetch::Extras,
     /// The import under way, if any.
     import: import::Import,
+    /// What the server offers and what was enabled.
+    caps: caps::Caps,
 }
 
 /// Why a connection's life ended early.
@@ -147,13 +155,14 @@ pub async fn run(ctx: &MailboxCtx, cancel: &CancellationToken) -> Result<(), Mai
         done_timeout: ctx.timers.done_timeout,
     };
     let mut liveness = idle::Liveness::default();
+    let wake = ctx.signals.waker(&ctx.account_id, &ctx.mailbox);
     while !cancel.is_cancelled() {
         let mut idling = Box::pin(idle::enter(conn.session, &mut conn.view, timers, || {
             ctx.reporter.set_state(MailboxState::Idling)
         }))
         .await?;
         let event = loop {
-            let event = idling.wait(&mut conn.view, timers, &mut liveness, cancel);
+            let event = idling.wait(&mut conn.view, timers, &mut liveness, cancel, &wake);
             match event.await? {
                 // Applied while the connection stays in IDLE: nothing is sent to the server.
                 IdleEvent::Changed => {
@@ -224,6 +233,10 @@ async fn after_idle(
             // What came during DONE.
             Box::pin(changes::apply(ctx, &mut conn.view, &mut conn.state)).await?;
         }
+        IdleEvent::Actions => {
+            ctx.reporter.set_state(MailboxState::Fetching);
+            Box::pin(actions::run(ctx, conn)).await?;
+        }
         // Changes read during DONE are left: the next connection catches them up.
         IdleEvent::Shutdown => return Ok(Flow::Shutdown),
     }
@@ -269,6 +282,9 @@ async fn open_and_catch_up(
     else {
         return Ok(None);
     };
+    if ctx.lists_mailboxes {
+        Box::pin(list_mailboxes(ctx, &mut session, t)).await?;
+    }
     let stored = ctx.store.sync_state(&ctx.account_id, &ctx.mailbox).await?;
     let known = stored.and_then(|s| {
         Some(Known {
@@ -318,6 +334,7 @@ async fn open_and_catch_up(
         state,
         extras,
         import,
+        caps,
     };
     let imported = import::run(ctx, &mut conn, &selected, cancel);
     if Box::pin(imported).await? == Fetched::Interrupted {
@@ -334,7 +351,33 @@ async fn open_and_catch_up(
     Box::pin(import::finished(ctx, &mut conn)).await?;
     Box::pin(changes::apply(ctx, &mut conn.view, &mut conn.state)).await?;
     changes::check(&conn.view)?;
+    // Actions queued while no connection was open (or left running by the last one).
+    Box::pin(actions::run(ctx, &mut conn)).await?;
+    changes::check(&conn.view)?;
     Ok(Some(conn))
+}
+
+/// Most mailboxes of an account kept from one LIST.
+const MAX_LISTED: usize = 10_000;
+
+/// Lists the account's mailboxes into the store (the API refuses a move to a mailbox the
+/// server does not have, and finds the Trash by SPECIAL-USE). A refused LIST is logged and
+/// skipped: the mailbox is still watched.
+async fn list_mailboxes(
+    ctx: &MailboxCtx,
+    session: &mut Session,
+    t: Duration,
+) -> Result<(), MailboxError> {
+    match crate::imap::commands::list(session, t, MAX_LISTED).await {
+        Ok(list) => {
+            ctx.store
+                .set_server_mailboxes(&ctx.account_id, &list)
+                .await?
+        }
+        Err(ImapError::Select(why)) => tracing::warn!(reason = %why, "LIST refused"),
+        Err(e) => return Err(e.into()),
+    }
+    Ok(())
 }
 
 /// Whether SELECT's answer leaves room for messages above `last_uid`: not when the mailbox is

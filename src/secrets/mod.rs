@@ -195,7 +195,8 @@ impl SecretSource {
         }
     }
 
-    fn resolve_local(&self) -> Result<Secret, SecretError> {
+    /// Reads an environment, file or inline secret now (a command is not run: an error).
+    pub(crate) fn resolve_local(&self) -> Result<Secret, SecretError> {
         match self {
             SecretSource::Env(var) => std::env::var(var)
                 .map(Secret)

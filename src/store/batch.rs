@@ -137,6 +137,9 @@ impl Store {
             new_rows.sort_by_key(|r| r.id);
             writes.extend(insert_attachments(target.account_id, &new_rows));
             writes.extend(insert_raw(&new_rows));
+            if self.index_search {
+                writes.extend(super::search::doc_writes(self.backend, target, &new_rows));
+            }
             let threads = assign_threads(
                 &mut tx,
                 target.account_id,
@@ -165,10 +168,18 @@ impl Store {
         );
         let mut inserted: Vec<u32> = new_rows.iter().map(|r| r.rec.uid).collect();
         inserted.sort_unstable();
-        let mut outbox: Vec<OutboxRow> = if inserted.is_empty() {
+        // Messages an action moved here (#19) are stored like any other, but not announced:
+        // the move's own record (messagesMoved) did that.
+        let moved_in = take_expected_arrivals(&mut tx, target, &new_rows).await?;
+        let announced: Vec<u32> = inserted
+            .iter()
+            .copied()
+            .filter(|u| !moved_in.contains(u))
+            .collect();
+        let mut outbox: Vec<OutboxRow> = if announced.is_empty() {
             Vec::new()
         } else {
-            records(&inserted)
+            records(&announced)
                 .into_iter()
                 .map(|(topic, payload)| {
                     OutboxRow::new(
@@ -192,6 +203,38 @@ impl Store {
         tx.commit().await?;
         Ok(Committed { inserted, outbox })
     }
+}
+
+/// Takes the expected arrivals (written by a move action before its `UID MOVE`) that these new
+/// rows fulfil, by Message-ID; their UIDs.
+async fn take_expected_arrivals(
+    tx: &mut super::stmt::Tx<'_>,
+    target: BatchTarget<'_>,
+    new_rows: &[NewRow<'_>],
+) -> Result<Vec<u32>, sqlx::Error> {
+    let with_id: Vec<(&str, u32)> = new_rows
+        .iter()
+        .filter_map(|r| Some((r.rec.message_id.as_deref()?, r.rec.uid)))
+        .collect();
+    let mut out = Vec::new();
+    for chunk in with_id.chunks(500) {
+        let sql = format!(
+            "DELETE FROM expected_arrivals WHERE account_id = $1 AND mailbox = $2 \
+             AND message_id IN ({}) RETURNING message_id",
+            super::chunk::placeholders(3, chunk.len())
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(target.account_id)
+            .bind(target.mailbox);
+        for (id, _) in chunk {
+            q = q.bind(*id);
+        }
+        for r in q.fetch_all(&mut **tx).await? {
+            let id: String = r.get(0);
+            out.extend(chunk.iter().filter(|(m, _)| *m == id).map(|(_, u)| *u));
+        }
+    }
+    Ok(out)
 }
 
 /// A batch transaction opened early; dropping it rolls it back.

@@ -7,6 +7,7 @@
 
 use sqlx::{AssertSqlSafe, Row};
 
+use super::actions::{outcome_stmts, StepOutcome};
 use super::batch::BatchTarget;
 use super::changes_plan::{plan, Loaded, Plan, RowState};
 use super::chunk::placeholders;
@@ -58,7 +59,21 @@ impl Store {
         set: &ChangeSet,
         records: impl FnOnce(&Applied) -> Vec<String>,
     ) -> Result<Applied, StoreError> {
-        if set.is_empty() {
+        self.apply_changes_with_outcomes(target, set, &[], records)
+            .await
+    }
+
+    /// [`Store::apply_changes`], also storing the outcomes of the actions (#19) whose effect
+    /// these changes are, in the same transaction: an action never shows done before its
+    /// effect is in the store. Runs even when `set` is empty if there are outcomes.
+    pub async fn apply_changes_with_outcomes(
+        &self,
+        target: BatchTarget<'_>,
+        set: &ChangeSet,
+        outcomes: &[StepOutcome],
+        records: impl FnOnce(&Applied) -> Vec<String>,
+    ) -> Result<Applied, StoreError> {
+        if set.is_empty() && outcomes.is_empty() {
             return Ok(Applied::default());
         }
         let now = now_ms();
@@ -82,7 +97,9 @@ impl Store {
                 .map(|p| OutboxRow::new(target.account_id, target.mailbox, Topic::Changes, p, None))
                 .collect();
         }
-        let mut writes = writes(target, &plan, self.expunged, now);
+        let mut writes = writes(self.backend, target, &plan, self.expunged, now);
+        let (outcome_writes, rollups) = outcome_stmts(outcomes, now);
+        writes.extend(outcome_writes);
         if let Some(h) = set.highest_modseq {
             writes.push(
                 Stmt::new(
@@ -108,6 +125,9 @@ impl Store {
         };
         if !applied.outbox.is_empty() {
             fill_ids(&mut applied.outbox, &returned);
+        }
+        if !rollups.is_empty() {
+            run_all(&mut tx, self.backend, rollups).await?;
         }
         tx.commit().await?;
         Ok(applied)
@@ -198,6 +218,7 @@ async fn load(
 /// The multi-row writes of a plan, in an order that is safe to run as one statement (no row
 /// written twice).
 fn writes<'a>(
+    backend: super::Backend,
     target: BatchTarget<'a>,
     plan: &'a Plan,
     mode: ExpungeMode,
@@ -238,6 +259,7 @@ fn writes<'a>(
                 // Children first: SQLite checks the foreign keys statement by statement.
                 out.push(ids(format!("DELETE FROM attachments WHERE message_row_id IN ({list})")));
                 out.push(ids(format!("DELETE FROM message_raw WHERE message_row_id IN ({list})")));
+                out.push(ids(super::search::delete_docs_sql(backend, &list)));
                 out.push(ids(format!("DELETE FROM messages WHERE id IN ({list})")));
             }
         }

@@ -15,6 +15,8 @@
 //! - [`outbox`]: records waiting to be published (in cluster mode, per lease holder).
 //! - [`leases`]: cluster mode's heartbeats and mailbox leases; [`fence`]: the lease check in
 //!   every mailbox write.
+//! - [`actions`]: the queue of actions the API accepted (#19), per mailbox, and outcomes.
+//! - [`search`]: the full-text index rows of each batch, their backfill, and running a query.
 //! - [`stmt`]: statements built first and run grouped (one round trip on PostgreSQL).
 //!
 //! Imports between the files go one way (batch → threads → thread_writes → thread_model;
@@ -22,6 +24,7 @@
 //! `impl Store` methods and uses the shared [`Store`], [`StoreError`] and row types from this
 //! one, while this one only declares the files and re-exports their public types.
 
+mod actions;
 mod attachments;
 mod batch;
 mod changes;
@@ -30,17 +33,22 @@ mod chunk;
 mod fence;
 mod leases;
 mod outbox;
+mod search;
 mod state;
 mod stmt;
 mod thread_model;
 mod thread_writes;
 mod threads;
 
+pub use actions::{
+    ActionKind, ActionRow, Enqueued, MessageRef, NewAction, NewStep, StepOutcome, StepRow,
+};
 pub use batch::{BatchTarget, BatchTx, Committed};
 pub use changes::Applied;
 pub use fence::Fence;
 pub use leases::{Acquired, Lease, Membership, NodeRow, Takeover, TakeoverReason, CLUSTER_CHANNEL};
 pub use outbox::OutboxRow;
+pub use search::{Cursor, Hit, BACKFILL_BATCH};
 pub use state::SyncState;
 
 use std::time::Duration;
@@ -158,6 +166,18 @@ pub struct Store {
     expunged: ExpungeMode,
     /// Cluster mode: the lease every mailbox write checks ([`Store::fenced`]).
     fence: Option<std::sync::Arc<Fence>>,
+    /// Whether batches write search index rows (#21); off only to measure what they cost.
+    index_search: bool,
+}
+
+impl Store {
+    /// This store without search index rows in its batches: for measuring what the index
+    /// costs at ingest (`examples/search`), never for running.
+    #[doc(hidden)]
+    pub fn without_search_index(mut self) -> Store {
+        self.index_search = false;
+        self
+    }
 }
 
 /// A message row this batch inserted: its `messages.id` and its record.
@@ -251,6 +271,7 @@ impl Store {
             thread_by_subject: cfg.thread_by_subject,
             expunged: cfg.expunged,
             fence: None,
+            index_search: true,
         })
     }
 

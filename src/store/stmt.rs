@@ -125,7 +125,7 @@ impl<'a> Stmt<'a> {
 
 /// `sql` with `vals` bound. The SQL moves into the query (a 500-row insert's is tens of KB); the
 /// values are borrowed.
-fn query<'q>(sql: String, vals: &'q [Val<'_>]) -> Query<'q, Any, AnyArguments> {
+pub(super) fn query<'q>(sql: String, vals: &'q [Val<'_>]) -> Query<'q, Any, AnyArguments> {
     let mut q = sqlx::query(AssertSqlSafe(sql));
     for v in vals {
         q = match v {

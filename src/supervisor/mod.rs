@@ -54,6 +54,8 @@ pub struct Shared {
     pub grace: Duration,
     /// Cluster mode: mailboxes start only when the cluster loop hands them a lease.
     pub cluster: Option<ClusterLink>,
+    /// Wake-ups and completions of the API's actions.
+    pub signals: crate::actions::Signals,
 }
 
 /// What the supervisor of a replica in cluster mode shares with its cluster loop.
@@ -238,6 +240,8 @@ impl Supervisor {
             reporter: Reporter::new(s.board.clone(), &account.id, mailbox),
             limiter: s.limiter.clone(),
             import_since: s.import_since,
+            signals: s.signals.clone(),
+            lists_mailboxes: account.mailboxes.first().is_some_and(|m| m == mailbox),
         };
         if let Some(c) = &s.cluster {
             s.board.set_owner(&key.0, &key.1, Some(&c.node));
@@ -264,6 +268,7 @@ impl Supervisor {
         let stopped = self.cancel_and_wait(keys).await;
         for (account, mailbox) in keys {
             self.shared.board.remove(account, mailbox);
+            self.shared.signals.forget(account, mailbox);
         }
         stopped
     }

@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests. Each test binary uses only some of them.
 #![allow(dead_code)]
 
+pub mod actions;
+pub mod api;
 pub mod cluster;
 pub mod command;
 pub mod daemon;

@@ -114,6 +114,13 @@ impl ConfigToml {
             .set("redis", "changes_channel", changes_channel(channel))
     }
 
+    /// Turns the API on, on a free loopback port, with [`super::api::TOKEN`] read from
+    /// `token_file` (see [`super::api::token_file`]).
+    pub fn api(self, token_file: &Path) -> Self {
+        self.set("api", "listen", "127.0.0.1:0")
+            .set("api", "token_file", token_file)
+    }
+
     /// Adds an `[[accounts]]` entry for a test Dovecot user on 127.0.0.1 (`ca_file` when given).
     pub fn account(mut self, a: &AccountSpec<'_>, ca_file: Option<&Path>) -> Self {
         let mut t = Table::new();

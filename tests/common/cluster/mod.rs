@@ -188,6 +188,7 @@ impl Rig {
         };
         // A file rather than inline, as a deployment would (and no warning per account).
         std::fs::write(rig.dir.path().join("password"), PW)?;
+        super::api::token_file(rig.dir.path());
         for _ in 0..replicas {
             rig.add_replica()?;
         }
@@ -199,12 +200,14 @@ impl Rig {
         let i = self.replicas.len();
         let node = format!("r{}", i + 1);
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+        let api: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
         let config = self.dir.path().join(format!("{node}.toml"));
-        std::fs::write(&config, self.config_toml(&node, admin))?;
+        std::fs::write(&config, self.config_toml(&node, admin, api))?;
         let mut r = Replica {
             log: self.dir.path().join(format!("{node}.log")),
             node,
             admin,
+            api,
             config,
             child: None,
         };
@@ -213,10 +216,12 @@ impl Rig {
         Ok(i)
     }
 
-    fn config_toml(&self, node: &str, admin: SocketAddr) -> String {
+    fn config_toml(&self, node: &str, admin: SocketAddr, api: SocketAddr) -> String {
         let mut c = ConfigToml::new(&self.db_url)
             .redis(&redis::url(), &self.channel)
             .set("metrics", "listen", admin.to_string())
+            .api(&self.dir.path().join("api-token"))
+            .set("api", "listen", api.to_string())
             .set("cluster", "enabled", true)
             .set("cluster", "node_id", node)
             .set("cluster", "lease_ttl", "3s")

@@ -14,6 +14,8 @@ pub struct Replica {
     pub node: String,
     /// `[metrics] listen`.
     pub admin: SocketAddr,
+    /// `[api] listen` (#19).
+    pub api: SocketAddr,
     pub(super) config: PathBuf,
     pub(super) log: PathBuf,
     pub(super) child: Option<tokio::process::Child>,
