@@ -41,6 +41,7 @@ pub mod search;
 pub mod secrets;
 pub mod status;
 pub mod store;
+pub mod submit;
 pub mod supervisor;
 
 pub use config::Config;

@@ -16,6 +16,7 @@
 //!   line and key of each problem; `error`: [`ConfigError`];
 //! - `redact`: `Debug` that hides passwords, in URLs too ([`redact_url`]);
 //! - [`ca_file`]: reading an account's extra trust roots.
+//! - `smtp`: the sending keys (#20): `accounts[].smtp`, `send_as`, `sent`, `sent_copy`.
 
 mod api;
 pub mod ca_file;
@@ -24,6 +25,7 @@ mod load;
 mod locate;
 mod redact;
 mod schema;
+mod smtp;
 mod validate;
 mod validate_cluster;
 
@@ -37,6 +39,7 @@ pub use schema::{
     MetricsConfig, OutboxConfig, RawRetention, RedisConfig, ReloadConfig, StorageConfig, TlsMode,
     DEFAULT_PUBLISH_RETRY_MAX,
 };
+pub use smtp::{SentCopy, SmtpConfig, DEFAULT_GIVE_UP_AFTER, DEFAULT_MAX_MESSAGE_SIZE};
 pub use validate::MAX_CONNECTIONS_PER_LOGIN;
 
 #[cfg(test)]

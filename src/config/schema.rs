@@ -388,6 +388,16 @@ pub struct Account {
     /// Where `DELETE` through the API moves mail. Defaults to the mailbox the server marks
     /// `\Trash` (SPECIAL-USE).
     pub trash: Option<String>,
+    /// Sending (#20): the account's SMTP server; without it the account cannot send.
+    pub smtp: Option<super::smtp::SmtpConfig>,
+    /// Sending (#20): other `from` addresses this account may send as.
+    #[serde(default)]
+    pub send_as: Vec<String>,
+    /// Sending (#20): where sent mail is filed; defaults to the mailbox marked `\Sent`.
+    pub sent: Option<String>,
+    /// Sending (#20): `append` (default) or `server` (the provider files the copy itself).
+    #[serde(default)]
+    pub sent_copy: super::smtp::SentCopy,
 }
 
 fn default_tls() -> TlsMode {

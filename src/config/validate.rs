@@ -105,6 +105,7 @@ impl Config {
         }
         self.cluster_problems(&mut out);
         self.api_problems(&mut out);
+        self.smtp_problems(&mut out);
         let mut ids = HashSet::new();
         let mut logins = HashSet::new();
         for (i, a) in self.accounts.iter().enumerate() {
