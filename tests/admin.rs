@@ -189,7 +189,7 @@ async fn chromium(url: &str, dir: &Path) -> Result<(String, Vec<u8>)> {
     )
     .await
     .context("chromium --dump-dom timed out")?
-    .context("starting chromium (Debian package `chromium`; scripts/prepare installs it)")?;
+    .context("starting chromium (Debian package `chromium`; scripts/test installs it)")?;
     ensure!(dom.status.success(), "chromium --dump-dom: {dom:?}");
     let out = tokio::time::timeout(
         Duration::from_secs(60),
