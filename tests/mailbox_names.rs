@@ -123,6 +123,8 @@ async fn utf8_accept_is_used_where_offered() -> Result<()> {
             vec![
                 "CAPABILITY".to_string(),
                 "ENABLE UTF8=ACCEPT".into(),
+                // The account's first mailbox lists the server's mailboxes (#19).
+                "LIST \"\" \"*\"".into(),
                 "SELECT \"受信トレイ\"".into()
             ],
             // Every connection reads CAPABILITY (#11: CONDSTORE/QRESYNC are chosen from it);
