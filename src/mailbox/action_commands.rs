@@ -20,19 +20,69 @@ pub(super) struct Done {
     pub(super) failed: Option<(&'static str, String)>,
 }
 
-/// Sends one group's commands.
+/// Why a group's commands ended early.
+enum Stop {
+    /// The server refused a command (tagged NO or BAD): the steps fail with this.
+    Refused((&'static str, String)),
+    /// The connection or the store failed: the connection ends.
+    Error(MailboxError),
+}
+
+impl From<MailboxError> for Stop {
+    fn from(e: MailboxError) -> Self {
+        Stop::Error(e)
+    }
+}
+
+impl From<crate::imap::ImapError> for Stop {
+    fn from(e: crate::imap::ImapError) -> Self {
+        Stop::Error(e.into())
+    }
+}
+
+/// Sends one group's commands. A refusal fails the group's steps, with what was learnt
+/// before it kept; any other error ends the connection.
 pub(super) async fn execute(
     ctx: &MailboxCtx,
     conn: &mut Conn,
     g: &Group,
 ) -> Result<Done, MailboxError> {
+    let mut done = Done::default();
+    match Box::pin(commands_of(ctx, conn, g, &mut done)).await {
+        Ok(()) => Ok(done),
+        Err(Stop::Refused(f)) => {
+            done.failed = Some(f);
+            Ok(done)
+        }
+        Err(Stop::Error(e)) => Err(e),
+    }
+}
+
+/// One command on the selected mailbox; a refusal is [`Stop::Refused`], named `what`.
+async fn send(
+    conn: &mut Conn,
+    command: &str,
+    what: &str,
+    t: std::time::Duration,
+) -> Result<Answer, Stop> {
+    let a = commands::run(&mut conn.session, &mut conn.view, command, t).await?;
+    match refusal(&a, what) {
+        Some(f) => Err(Stop::Refused(f)),
+        None => Ok(a),
+    }
+}
+
+async fn commands_of(
+    ctx: &MailboxCtx,
+    conn: &mut Conn,
+    g: &Group,
+    done: &mut Done,
+) -> Result<(), Stop> {
     let t = ctx
         .timers
         .connect_timeout
         .max(std::time::Duration::from_secs(30));
     let set = uid_set(&g.uids);
-    let mut done = Done::default();
-    let utf8 = conn.caps.utf8_accept;
     match &g.op {
         Op::Flags { add, remove } => {
             let mut seen: HashSet<u32> = HashSet::new();
@@ -41,93 +91,53 @@ pub(super) async fn execute(
                     continue;
                 }
                 let cmd = format!("UID STORE {set} {sign}FLAGS ({})", flags.join(" "));
-                let a = commands::run(&mut conn.session, &mut conn.view, &cmd, t).await?;
-                if let Some(f) = refusal(&a, "UID STORE") {
-                    done.failed = Some(f);
-                    return Ok(done);
-                }
-                seen.extend(&a.fetched);
+                seen.extend(send(conn, &cmd, "UID STORE", t).await?.fetched);
             }
             done.gone = confirm_gone(conn, &g.uids, &seen, t).await?;
         }
         Op::Move { to } => {
-            let target = mailbox_name::argument(to, utf8);
-            if conn.caps.moves {
-                let a = commands::run(
-                    &mut conn.session,
-                    &mut conn.view,
-                    &format!("UID MOVE {set} {target}"),
-                    t,
-                )
-                .await?;
-                if let Some(f) = refusal(&a, "UID MOVE") {
-                    done.failed = Some(f);
-                    return Ok(done);
-                }
-                done.moved = a.copied.iter().copied().collect();
-                if conn.caps.uidplus {
-                    done.gone = g
-                        .uids
-                        .iter()
-                        .filter(|u| !done.moved.contains_key(u))
-                        .copied()
-                        .collect();
-                }
-            } else if conn.caps.uidplus {
-                // RFC 6851's fallback, expunging only what was copied: another client's
-                // \Deleted mail stays.
-                let a = commands::run(
-                    &mut conn.session,
-                    &mut conn.view,
-                    &format!("UID COPY {set} {target}"),
-                    t,
-                )
-                .await?;
-                if let Some(f) = refusal(&a, "UID COPY") {
-                    done.failed = Some(f);
-                    return Ok(done);
-                }
-                done.moved = a.copied.iter().copied().collect();
-                let mut copied: Vec<u32> = done.moved.keys().copied().collect();
-                copied.sort_unstable();
+            let target = mailbox_name::argument(to, conn.caps.utf8_accept);
+            let (moves, uidplus) = (conn.caps.moves, conn.caps.uidplus);
+            if !moves && !uidplus {
+                return Err(Stop::Refused((
+                    "refused",
+                    "the server offers neither MOVE nor UIDPLUS: a move would need a bare \
+                     EXPUNGE, which also removes other clients' \\Deleted mail"
+                        .into(),
+                )));
+            }
+            // Without MOVE, RFC 6851's fallback, expunging only what was copied: another
+            // client's \Deleted mail stays.
+            let verb = if moves { "UID MOVE" } else { "UID COPY" };
+            let a = send(conn, &format!("{verb} {set} {target}"), verb, t).await?;
+            done.moved = a.copied.iter().copied().collect();
+            // Which UIDs were gone is known from COPYUID, which UIDPLUS brings.
+            if uidplus {
                 done.gone = g
                     .uids
                     .iter()
                     .filter(|u| !done.moved.contains_key(u))
                     .copied()
                     .collect();
+            }
+            if !moves {
+                let mut copied: Vec<u32> = done.moved.keys().copied().collect();
+                copied.sort_unstable();
                 if !copied.is_empty() {
-                    done.failed = expunge_uids(conn, &copied, t).await?;
+                    expunge_uids(conn, &copied, t).await?;
                 }
-            } else {
-                done.failed = Some((
-                    "refused",
-                    "the server offers neither MOVE nor UIDPLUS: a move would need a bare \
-                     EXPUNGE, which also removes other clients' \\Deleted mail"
-                        .into(),
-                ));
             }
         }
         Op::Expunge => {
             if !conn.caps.uidplus {
-                done.failed = Some((
+                return Err(Stop::Refused((
                     "refused",
                     "the server lacks UIDPLUS: UID EXPUNGE is needed to delete only this mail"
                         .into(),
-                ));
-                return Ok(done);
+                )));
             }
-            let a = commands::run(
-                &mut conn.session,
-                &mut conn.view,
-                &format!("UID STORE {set} +FLAGS (\\Deleted)"),
-                t,
-            )
-            .await?;
-            if let Some(f) = refusal(&a, "UID STORE") {
-                done.failed = Some(f);
-                return Ok(done);
-            }
+            let cmd = format!("UID STORE {set} +FLAGS (\\Deleted)");
+            let a = send(conn, &cmd, "UID STORE", t).await?;
             let seen: HashSet<u32> = a.fetched.iter().copied().collect();
             done.gone = confirm_gone(conn, &g.uids, &seen, t).await?;
             let mut present: Vec<u32> = g
@@ -138,30 +148,23 @@ pub(super) async fn execute(
                 .collect();
             present.sort_unstable();
             if !present.is_empty() {
-                done.failed = expunge_uids(conn, &present, t).await?;
+                expunge_uids(conn, &present, t).await?;
             }
         }
     }
-    Ok(done)
+    Ok(())
 }
 
 /// `\Deleted` on `uids` and `UID EXPUNGE` of exactly them.
-async fn expunge_uids(
-    conn: &mut Conn,
-    uids: &[u32],
-    t: std::time::Duration,
-) -> Result<Option<(&'static str, String)>, MailboxError> {
+async fn expunge_uids(conn: &mut Conn, uids: &[u32], t: std::time::Duration) -> Result<(), Stop> {
     let set = uid_set(uids);
     for cmd in [
         format!("UID STORE {set} +FLAGS.SILENT (\\Deleted)"),
         format!("UID EXPUNGE {set}"),
     ] {
-        let a = commands::run(&mut conn.session, &mut conn.view, &cmd, t).await?;
-        if let Some(f) = refusal(&a, "UID EXPUNGE") {
-            return Ok(Some(f));
-        }
+        send(conn, &cmd, "UID EXPUNGE", t).await?;
     }
-    Ok(None)
+    Ok(())
 }
 
 /// Of `uids`, those the server has no message for: the ones without a FETCH answer are asked
