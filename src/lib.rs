@@ -33,6 +33,7 @@ pub mod handoff;
 pub mod imap;
 pub mod limiter;
 pub mod mailbox;
+pub mod mailbox_name;
 pub mod message;
 pub mod metrics;
 pub mod publish;

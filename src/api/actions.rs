@@ -222,7 +222,7 @@ async fn checked_target(api: &ApiState, account: &Account, to: &str) -> Result<S
         ));
     }
     let listed = api.store().server_mailboxes(&account.id).await?;
-    let utf7 = crate::imap::mailbox_name::utf7(to);
+    let utf7 = crate::mailbox_name::utf7(to);
     if !listed.is_empty() && !listed.iter().any(|(n, _)| n == to || *n == utf7) {
         return Err(ApiError::unprocessable(
             "no_such_mailbox",

@@ -18,11 +18,12 @@ pub mod connect;
 pub mod fetch;
 pub mod guard;
 pub mod idle;
-pub mod mailbox_name;
 pub mod sync;
 pub mod throttle;
 pub mod tls;
 pub mod view;
+
+pub use crate::mailbox_name;
 
 use std::fmt;
 use std::time::Duration;

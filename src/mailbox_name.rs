@@ -1,14 +1,16 @@
-//! Mailbox names on the wire.
+//! Mailbox names on the wire (pure). Used by the IMAP side to send them and by the API to
+//! compare a move's target with the names the server listed; `crate::imap::mailbox_name`
+//! re-exports it.
 //!
 //! The operator writes a name in UTF-8 (`Entwürfe`, `Входящие`, `受信トレイ`, `Archive "2024"`),
 //! and that name is what the config, the store, the records and the metrics keep. Only the
 //! argument of `SELECT` differs:
 //! - IMAP4rev1 wants modified UTF-7 (RFC 3501 §5.1.3): [`utf7`];
 //! - a server that offers `UTF8=ACCEPT` (RFC 6855), once it is enabled, takes UTF-8 as it is
-//!   ([`super::caps::Caps::utf8_accept`]: [`super::caps::negotiate`] enables it).
+//!   ([`crate::imap::caps::Caps::utf8_accept`]: [`crate::imap::caps::negotiate`] enables it).
 //!
 //! Either way the name goes as a quoted string ([`quoted`]). async-imap's `select()` would
-//! quote again, so [`super::connect::select`] sends its own command: each name is quoted
+//! quote again, so [`crate::imap::connect::select`] sends its own command: each name is quoted
 //! once.
 //! A name of printable ASCII without `&` is the same in both forms ([`is_plain`]).
 
